@@ -1,0 +1,61 @@
+"""Typed errors. Each carries the status that the envelope and the HTTP reply use.
+
+Adapters raise these (or subclasses); the API layer turns them into
+``{"status": <code>, "payload": <message>}`` without knowing where they came from.
+"""
+
+
+class ApiError(Exception):
+    status = 500
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class BadInput(ApiError):
+    """The request's inputs are wrong; nothing was changed."""
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+
+
+class Busy(ApiError):
+    """Another change holds the configuration lock."""
+    status = 409
+
+
+class ActionFailed(ApiError):
+    """The action ran and failed (failed job, config rejected, rolled back)."""
+    status = 500
+
+
+class ConfigInvalid(ActionFailed):
+    """The IMAP server's validator rejected a candidate configuration."""
+
+
+class ConfigWriteError(ActionFailed):
+    """A configuration file could not be written (disk full, permissions...)."""
+
+
+class NodeFailed(ApiError):
+    status = 502
+
+
+class Unavailable(ApiError):
+    """systemd / D-Bus cannot be reached."""
+    status = 503
