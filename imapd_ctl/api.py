@@ -1,0 +1,109 @@
+"""The Flask app (factory, as in Flask's tutorial): HTTP JSON routes, /xmlrpc, /healthz and
+/openapi.json, all derived from the action table. Every reply is the InterWorx envelope
+{"status": N, "payload": ...}; a non-zero status is also the HTTP status."""
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from . import audit, openapi, settings as settings_mod
+from .actions import CONTROLLER
+from .controller import Controller, dispatch
+from .errors import BadInput
+from .keys import store_for
+from .xmlrpc import handle_xmlrpc
+
+MAX_BODY = 64 * 1024
+
+
+def envelope(status: int, payload) -> Response:
+    # json.dumps' default separators give the InterWorx look: {"status": 0, "payload": true}
+    body = json.dumps({"status": status, "payload": payload}) + "\n"
+    return Response(body, status=status or 200, mimetype="application/json")
+
+
+def _peer() -> str:
+    return request.remote_addr or "unix-socket"
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+
+
+def _inputs() -> dict:
+    """Inputs from the query string and a form or JSON-object body; each name at most once."""
+    found: dict = {}
+
+    def put(name, values):
+        if name in found or len(values) != 1:
+            raise BadInput(f"{name}: given more than once")
+        found[name] = values[0]
+
+    for name in request.args:
+        put(name, request.args.getlist(name))
+    if request.mimetype == "application/json":
+        raw = request.get_data(cache=True)
+        try:
+            body = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+        except UnicodeDecodeError:
+            raise BadInput("body: not valid UTF-8") from None
+        except ValueError as exc:
+            raise BadInput(f"body: not valid JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise BadInput(f"body: must be a JSON object of named inputs, got {type(body).__name__}")
+        for name, value in body.items():
+            put(name, [value])
+    elif request.form:
+        for name in request.form:
+            put(name, request.form.getlist(name))
+    return found
+
+
+def create_app(settings=None, controller=None, keys=None) -> Flask:
+    settings = settings or settings_mod.load()
+    app = Flask("imapd_ctl")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    controller = controller or Controller(settings)
+    keys = keys or store_for(settings)
+    audit.setup(settings.audit_log)
+    app.extensions["imapd_ctl"] = {"settings": settings, "controller": controller, "keys": keys}
+
+    @app.route(f"{CONTROLLER}/<action>", methods=["GET", "POST"])
+    def action_route(action):
+        try:
+            raw = _inputs()
+        except BadInput as exc:
+            # Bad encoding is reported only to a caller with a valid key, like any input error.
+            raw = exc
+        status, payload = dispatch(controller, keys, _bearer(), action, raw,
+                                   transport="http", peer=_peer(), method=request.method)
+        return envelope(status, payload)
+
+    @app.post("/xmlrpc")
+    def xmlrpc_route():
+        body = handle_xmlrpc(request.get_data(), controller, keys, peer=_peer())
+        return Response(body, mimetype="text/xml")
+
+    @app.get("/healthz")
+    def healthz():
+        return envelope(0, "ok")
+
+    @app.get("/openapi.json")
+    def openapi_route():
+        return Response(json.dumps(openapi.document(), indent=1), mimetype="application/json")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return envelope(exc.code or 500, f"{exc.name}: {exc.description}")
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception):
+        logging.getLogger(__name__).exception("unhandled error")
+        return envelope(500, f"internal error in imapd-ctl: {type(exc).__name__}")
+
+    return app

@@ -1,0 +1,174 @@
+"""The `imapd-ctl` command: serve, call, key, check, recover."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import settings as settings_mod
+from .actions import ACTIONS, PERMISSION, lookup
+from .errors import ApiError
+
+
+def _settings(args) -> settings_mod.Settings:
+    try:
+        return settings_mod.load(args.config)
+    except ValueError as exc:
+        raise SystemExit(f"imapd-ctl: {exc}")
+
+
+def cmd_serve(args) -> int:
+    from . import serve
+    serve.run(_settings(args), args.config)
+    return 0
+
+
+def _parse_pairs(pairs: list[str]) -> dict:
+    inputs = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"imapd-ctl: inputs are name=value, got {pair!r}")
+        inputs[name] = value
+    return inputs
+
+
+def cmd_call(args) -> int:
+    from . import client
+    s = _settings(args)
+    inputs = _parse_pairs(args.inputs)
+    try:
+        lookup(args.action).validate(inputs, strict=True)   # quick local check of names and values
+    except ApiError as exc:
+        print(f"imapd-ctl: {exc.message}", file=sys.stderr)
+        return 2
+    key = args.key or os.environ.get("IMAPD_CTL_KEY")
+    if not key:
+        print("imapd-ctl: an API key is needed: --key KEY or IMAPD_CTL_KEY", file=sys.stderr)
+        return 2
+    sock = args.socket or s.socket
+    try:
+        status, payload = client.call(sock, key, args.action, inputs)
+    except OSError as exc:
+        print(f"imapd-ctl: cannot reach the daemon at {sock}: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps({"status": status, "payload": payload}))
+    elif status == 0:
+        print(payload if isinstance(payload, str) else json.dumps(payload, indent=2))
+    else:
+        print(f"imapd-ctl: {args.action} failed (status {status}): {payload}", file=sys.stderr)
+    return 0 if status == 0 else 1
+
+
+def cmd_key(args) -> int:
+    from .keys import store_for
+    store = store_for(_settings(args))
+    try:
+        if args.key_cmd == "create":
+            secret = store.create(args.name, args.perm or [PERMISSION])
+            print(secret)
+            print(f"key {args.name!r} created; it is shown only this once", file=sys.stderr)
+        elif args.key_cmd == "import":
+            secret = args.value if args.value is not None else sys.stdin.readline()
+            store.import_key(args.name, secret, args.perm or [PERMISSION])
+            print(f"key {args.name!r} imported", file=sys.stderr)
+        elif args.key_cmd == "list":
+            for e in store.entries():
+                print(f"{e['name']}\t{','.join(e['perms'])}\t{e['created']}")
+        elif args.key_cmd == "revoke":
+            if not store.revoke(args.name):
+                print(f"imapd-ctl: no key named {args.name!r}", file=sys.stderr)
+                return 1
+            print(f"key {args.name!r} revoked", file=sys.stderr)
+    except ApiError as exc:
+        print(f"imapd-ctl: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .controller import Controller
+    s = _settings(args)
+    ok = True
+
+    def report(what, good, detail):
+        nonlocal ok
+        ok &= good
+        print(f"{'ok  ' if good else 'FAIL'} {what}: {detail}")
+
+    report("settings", True, s.source)
+    controller = Controller(s)
+    try:
+        report("systemd over D-Bus", True, f"systemd {controller.systemd.ping()}")
+        flavour = controller.flavour
+        report("IMAP server", True, f"{flavour.name} ({', '.join(flavour.units)})")
+    except ApiError as exc:
+        report("systemd / IMAP server", False, exc.message)
+        return 1
+    if flavour.name == "dovecot":
+        dropin_dir = os.path.dirname(s.dovecot.dropin)
+        report("config writable", os.access(dropin_dir, os.W_OK), dropin_dir)
+        report("validator", os.access(s.dovecot.doveconf, os.X_OK), s.dovecot.doveconf)
+    report("state dir writable", os.access(s.state_dir, os.W_OK) or not os.path.exists(s.state_dir), s.state_dir)
+    pending = controller.journal.pending()
+    report("no interrupted change", pending is None,
+           "none" if pending is None else f"{pending.txn_id} at step {pending.step} (run `imapd-ctl recover`)")
+    return 0 if ok else 1
+
+
+def cmd_recover(args) -> int:
+    from .controller import Controller
+    try:
+        what = Controller(_settings(args)).recover()
+    except ApiError as exc:
+        print(f"could not check for an interrupted change: {exc.message}", file=sys.stderr)
+        return 1
+    print(what or "no interrupted change")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imapd-ctl", description="Control this host's IMAP server "
+                                "(InterWorx /nodeworx/mail/imap compatible).")
+    p.add_argument("--config", help=f"settings file (default: $IMAPD_CTL_CONFIG or {settings_mod.DEFAULT_PATH})")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("serve", help="run the daemon (gunicorn; unix socket + loopback)").set_defaults(fn=cmd_serve)
+
+    c = sub.add_parser("call", help="call an action on the running daemon",
+                       epilog="actions: " + ", ".join(ACTIONS))
+    c.add_argument("action")
+    c.add_argument("inputs", nargs="*", metavar="name=value")
+    c.add_argument("--json", action="store_true", help="print the raw envelope")
+    c.add_argument("--key", help="API key (default: $IMAPD_CTL_KEY)")
+    c.add_argument("--socket", help="the daemon's unix socket (default: from the settings)")
+    c.set_defaults(fn=cmd_call)
+
+    k = sub.add_parser("key", help="manage API keys")
+    ksub = k.add_subparsers(dest="key_cmd", required=True)
+    for name, helptext in (("create", "create a key and print it once"),
+                           ("import", "store an existing key (e.g. from InterWorx), read from stdin")):
+        kp = ksub.add_parser(name, help=helptext)
+        kp.add_argument("name")
+        kp.add_argument("--perm", action="append", help=f"permission (repeatable; default {PERMISSION})")
+        if name == "import":
+            kp.add_argument("--value", help="the key (default: first line of stdin)")
+    ksub.add_parser("list", help="list key names and permissions")
+    kr = ksub.add_parser("revoke", help="revoke a key by name")
+    kr.add_argument("name")
+    k.set_defaults(fn=cmd_key)
+
+    sub.add_parser("check", help="check D-Bus, the IMAP server, config and validator").set_defaults(fn=cmd_check)
+    sub.add_parser("recover", help="finish or undo a change a crash interrupted").set_defaults(fn=cmd_recover)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
