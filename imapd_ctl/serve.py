@@ -55,11 +55,14 @@ class _Gunicorn(BaseApplication):
             "errorlog": "-",
             "loglevel": "info",
             "proc_name": "imapd-ctl",
+            # gunicorn's own control socket would land in $HOME; we have no use for it.
+            "control_socket_disable": True,
         }
         if s.tls_cert and s.tls_key:
             options.update(certfile=s.tls_cert, keyfile=s.tls_key)
         for key, value in options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # older gunicorn (e.g. Debian's) lacks some settings
+                self.cfg.set(key, value)
 
     def load(self):
         from .api import create_app

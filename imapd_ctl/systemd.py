@@ -160,12 +160,22 @@ class Systemd:
     def journal_tail(self, name: str, lines: int = 10, since: float | None = None) -> str:
         argv = ["journalctl", "--no-pager", "-o", "cat", "-n", str(lines), "-u", name]
         if since is not None:
-            argv += ["--since", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))]
+            argv += ["--since", f"@{since:.6f}"]
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"(journal unavailable: {exc})"
         return out.strip()
+
+    def _failure_tail(self, name: str, since: float) -> str:
+        """The unit's journal lines since the job began. journald may lag a little behind
+        systemd's job result, so wait (bounded) until systemd's own "Failed" line is in."""
+        deadline = time.monotonic() + 3
+        while True:
+            tail = self.journal_tail(name, since=since)
+            if "Failed" in tail or "failed" in tail or time.monotonic() > deadline:
+                return tail
+            time.sleep(0.1)
 
     # -- jobs --------------------------------------------------------------------
     def _job(self, verb: str, method: str, name: str) -> None:
@@ -190,8 +200,7 @@ class Systemd:
         result = self._removed.pop(job)
         log.info("systemd job %s %s: %s (%.2f s)", verb, name, result, time.time() - started)
         if result != "done":
-            time.sleep(0.2)  # let journald catch up with the unit's last words
-            tail = self.journal_tail(name, since=started - 1)
+            tail = self._failure_tail(name, started)
             raise JobFailed(f"{verb} {name} failed: systemd job result '{result}'"
                             + (f"; last journal lines of {name}:\n{tail}" if tail else ""))
 
