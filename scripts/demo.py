@@ -1,0 +1,61 @@
+"""The embedded default behind `scripts/run`: boot a throw-away mail host (real systemd +
+Dovecot), start imapd-ctl inside it, print a key and a curl line, wait for Ctrl-C."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from daemon import launch  # noqa: E402
+from mailhost import MailHost, machine_ready  # noqa: E402
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--index", type=int, default=240,
+                        help="test-host number: its address is 198.18.INDEX.2 (default 240)")
+    args = parser.parse_args()
+    ok, reason = machine_ready()
+    if not ok:
+        print(f"imapd-ctl demo: cannot boot a mail host here: {reason}", file=sys.stderr)
+        return 1
+    share = Path(tempfile.mkdtemp(prefix="imapd-ctl-demo-", dir="/run"))
+    share.chmod(0o755)
+    host = MailHost(args.index, binds=[str(REPO), str(share)], name="imapd-ctl-demo")
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        host.boot()
+        host.start_dovecot()
+        daemon = launch(host, share, node_id="demo")
+        print(f"""
+imapd-ctl is serving inside a throw-away mail host (systemd pid {host.pid}, Dovecot on {host.address}:143).
+API key (EMAIL permission): {daemon.key}
+Socket: {daemon.socket}
+
+Try:
+curl -s --unix-socket {daemon.socket} -H 'Authorization: Bearer {daemon.key}' http://localhost/nodeworx/mail/imap/isRunning
+
+More: POST .../stop, .../start, .../update -d imap_max_connections=20; GET /openapi.json.
+Ctrl-C stops the daemon and throws the host away.""", flush=True)
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("imapd-ctl demo: shutting the mail host down", file=sys.stderr, flush=True)
+        host.shutdown()
+        shutil.rmtree(share, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Fixtures for end-to-end tests: a throw-away mail host (real systemd as PID 1 in namespaces,
+real Dovecot) with the real imapd-ctl under gunicorn inside, one per test module."""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from daemon import REPO, launch
+from mailhost import MailHost, machine_ready
+
+_index = itertools.count(10 + (os.getpid() % 20) * 10)
+
+
+def _require_machine():
+    ok, reason = machine_ready()
+    if not ok:
+        # Never a silent skip: CI runs scripts/setup first, so this is a broken setup.
+        pytest.fail(f"cannot boot a mail host here: {reason} (run `sudo scripts/setup`)", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def mailhost():
+    _require_machine()
+    share = Path(tempfile.mkdtemp(prefix="imapd-ctl-share-", dir="/var/tmp"))
+    host = MailHost(next(_index), binds=[str(REPO), str(share)])
+    host.share = share
+    try:
+        host.boot()
+        host.start_dovecot()
+        yield host
+    finally:
+        host.shutdown()
+        shutil.rmtree(share, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def daemon(mailhost):
+    d = launch(mailhost, mailhost.share)
+    yield d
+    d.stop()

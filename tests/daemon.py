@@ -1,0 +1,102 @@
+"""Run the real imapd-ctl (gunicorn) inside a booted MailHost and talk to it.
+
+The daemon runs as a transient systemd unit inside the host, from this checkout's venv (the
+repo is bind-mounted at the same path). Its unix socket lives in a directory bind-mounted
+from the caller, so tests and the demo reach it from outside the host.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import xmlrpc.client
+from dataclasses import dataclass
+from pathlib import Path
+
+from imapd_ctl import client
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+IMAPD_CTL = str(VENV_BIN / "imapd-ctl")
+UNIT = "imapd-ctl-test.service"
+
+
+@dataclass
+class Daemon:
+    host: object                # tests.mailhost.MailHost
+    share: Path
+    config: str
+    key: str                    # has EMAIL
+    key_without_email: str
+    node_id: str
+
+    @property
+    def socket(self) -> str:
+        return str(self.share / "imapd-ctl.sock")
+
+    def call(self, action: str, inputs: dict | None = None, *, key: str | None = "default",
+             method: str = "POST"):
+        """(status, payload) of one HTTP JSON call over the unix socket."""
+        return client.call(self.socket, self.key if key == "default" else key, action, inputs,
+                           method=method)
+
+    def http(self, method: str, url: str, **kw) -> tuple[int, bytes]:
+        return client.request(self.socket, method, url, **kw)
+
+    def xmlrpc(self) -> xmlrpc.client.ServerProxy:
+        return xmlrpc.client.ServerProxy("http://localhost/xmlrpc", allow_none=True,
+                                         transport=client.UnixTransport(self.socket))
+
+    def route(self, action: str, inputs=None, *, key=None):
+        """iworx.route over XML-RPC exactly as InterWorx clients call it."""
+        reply = self.xmlrpc().iworx.route(self.key if key is None else key,
+                                           "/nodeworx/mail/imap", action, inputs)
+        return reply["status"], reply["payload"]
+
+    def ctl(self, *args: str, check: bool = True, input: str | None = None):
+        """Run the imapd-ctl command inside the host with this daemon's config."""
+        return self.host.run([IMAPD_CTL, "--config", self.config, *args], check=check, input=input)
+
+    def audit_lines(self) -> list[dict]:
+        text = self.host.read_file("/var/log/imapd-ctl/audit.log").decode()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        self.host.systemctl("stop", UNIT, check=False)
+
+
+def write_config(share: Path, node_id: str, workers: int = 2) -> str:
+    path = share / "imapd-ctl.toml"
+    path.write_text(
+        f'node_id = "{node_id}"\n'
+        f'socket = "{share / "imapd-ctl.sock"}"\n'
+        'listen = ["127.0.0.1:8143"]\n'
+        f"workers = {workers}\n"
+        'state_dir = "/var/lib/imapd-ctl"\n'
+        'audit_log = "/var/log/imapd-ctl/audit.log"\n'
+    )
+    return str(path)
+
+
+def launch(host, share: Path, *, node_id: str = "node1", workers: int = 2, timeout: float = 30) -> Daemon:
+    """Create keys and start the daemon inside `host`; return when /healthz answers."""
+    share.mkdir(parents=True, exist_ok=True)
+    config = write_config(share, node_id, workers)
+    run = lambda *a, **kw: host.run([IMAPD_CTL, "--config", config, *a], **kw)  # noqa: E731
+    key = run("key", "create", "panel").stdout.strip()
+    key_without_email = run("key", "create", "webonly", "--perm", "WEB").stdout.strip()
+    host.run(["systemd-run", f"--unit={UNIT}", "--collect", "-p", "KillMode=mixed",
+              "--setenv=PYTHONUNBUFFERED=1", IMAPD_CTL, "--config", config, "serve"])
+    daemon = Daemon(host, share, config, key, key_without_email, node_id)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status, _ = client.request(daemon.socket, "GET", "/healthz")
+            if status == 200:
+                return daemon
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            log = host.run(["journalctl", "--no-pager", "-n", "40", "-u", UNIT], check=False).stdout
+            raise RuntimeError(f"imapd-ctl did not answer on {daemon.socket} within {timeout} s:\n{log}")
+        time.sleep(0.1)
