@@ -178,7 +178,7 @@ class Systemd:
             time.sleep(0.1)
 
     # -- jobs --------------------------------------------------------------------
-    def _job(self, verb: str, method: str, name: str) -> None:
+    def _job(self, verb: str, method: str, name: str, *, since: float | None = None) -> None:
         """Queue a job and wait for JobRemoved; raise JobFailed with systemd's result and
         the unit's last journal lines unless the result is 'done'."""
         from gi.repository import GLib
@@ -199,10 +199,20 @@ class Systemd:
                 raise Unavailable(f"{verb} {name}: lost the D-Bus connection while waiting for the job")
         result = self._removed.pop(job)
         log.info("systemd job %s %s: %s (%.2f s)", verb, name, result, time.time() - started)
-        if result != "done":
-            tail = self._failure_tail(name, started)
-            raise JobFailed(f"{verb} {name} failed: systemd job result '{result}'"
-                            + (f"; last journal lines of {name}:\n{tail}" if tail else ""))
+        if result == "done":
+            return
+        if since is None and method in ("StartUnit", "RestartUnit") and self._unit_result(name) == "start-limit-hit":
+            # systemd's crash-loop brake also stops an operator's explicit request after a few
+            # quick restarts; like `systemctl reset-failed`, clear it once and try again.
+            log.warning("%s hit its start limit; resetting it and retrying %s once", name, verb)
+            self._call(f"reset the start limit of {name}", lambda m: m.ResetFailedUnit, name)
+            return self._job(verb, method, name, since=started)
+        tail = self._failure_tail(name, since or started)
+        raise JobFailed(f"{verb} {name} failed: systemd job result '{result}'"
+                        + (f"; last journal lines of {name}:\n{tail}" if tail else ""))
+
+    def _unit_result(self, name: str) -> str:
+        return str(self._get(self._unit_path(name), SERVICE_IFACE, "Result", f"read the result of {name}"))
 
     def start(self, name: str) -> None:
         self._job("start", "StartUnit", name)

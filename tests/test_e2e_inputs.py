@@ -10,7 +10,7 @@ pytestmark = pytest.mark.mailhost
 DROPIN = "/etc/dovecot/conf.d/99-imapd-ctl.conf"
 
 BAD_VALUES = [
-    "abc", "4x", "40.5", 40.5, -5, "-5", 0, "0", 10**12, "99999999999999999999", "40\n",
+    "abc", "4x", "40.5", 40.5, -5, "-5", 0, "0", 10**13, "99999999999999999999", "40\n",
     "40}", "{40", "４０", True, [], {"a": 1}, "", None,
 ]
 
