@@ -46,7 +46,9 @@ class Input:
         return self._parse_str(raw)
 
     def _fail(self, raw: Any, why: str = "") -> BadInput:
-        shown = repr(raw)
+        # repr() of a giant int raises ValueError (Python's digit limit): describe it instead.
+        huge = isinstance(raw, int) and raw.bit_length() > 128
+        shown = f"an integer of {raw.bit_length()} bits" if huge else repr(raw)
         if len(shown) > 40:
             shown = shown[:37] + "..."
         why = f" ({why})" if why else ""

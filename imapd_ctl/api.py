@@ -17,6 +17,7 @@ from .keys import store_for
 from .xmlrpc import handle_xmlrpc
 
 MAX_BODY = 64 * 1024
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def envelope(status: int, payload) -> Response:
@@ -49,7 +50,7 @@ def _inputs() -> dict:
     if request.mimetype == "application/json":
         raw = request.get_data(cache=True)
         try:
-            body = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+            body = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates) if raw.strip() else {}
         except UnicodeDecodeError:
             raise BadInput("body: not valid UTF-8") from None
         except ValueError as exc:
@@ -58,10 +59,20 @@ def _inputs() -> dict:
             raise BadInput(f"body: must be a JSON object of named inputs, got {type(body).__name__}")
         for name, value in body.items():
             put(name, [value])
-    elif request.form:
+    elif request.mimetype in FORM_TYPES:
         for name in request.form:
             put(name, request.form.getlist(name))
+    elif request.get_data(cache=True).strip():
+        raise BadInput(f"body: send application/json or a form, not {request.mimetype or 'an untyped body'}")
     return found
+
+
+def _no_duplicates(pairs: list) -> dict:
+    names = [name for name, _ in pairs]
+    for name in names:
+        if names.count(name) > 1:
+            raise BadInput(f"{name}: given more than once")
+    return dict(pairs)
 
 
 def create_app(settings=None, controller=None, keys=None) -> Flask:
@@ -81,7 +92,8 @@ def create_app(settings=None, controller=None, keys=None) -> Flask:
             # Bad encoding is reported only to a caller with a valid key, like any input error.
             raw = exc
         status, payload = dispatch(controller, keys, _bearer(), action, raw,
-                                   transport="http", peer=_peer(), method=request.method)
+                                   transport="http", peer=_peer(),
+                                   method="GET" if request.method == "HEAD" else request.method)
         return envelope(status, payload)
 
     @app.post("/xmlrpc")

@@ -317,8 +317,6 @@ def test_duplicate_input_name_is_400(env, kw):
     assert env.systemd.calls == []
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: json.loads keeps the last of duplicate keys, so "
-                                       "api._inputs never sees the duplicate")
 def test_duplicate_key_inside_a_json_body_is_400(env):
     body = envelope(env.call("update", data=b'{"imap_max_connections": 5, "imap_max_connections": 6}',
                              content_type="application/json"))
@@ -482,3 +480,14 @@ def test_on_node_actions_run_locally_for_the_local_node(env):
 
 def test_update_fields_match_the_flavour(env):
     assert set(UPDATE_FIELDS) == set(FakeFlavour.DEFAULTS)
+
+
+def test_a_body_that_is_neither_json_nor_a_form_is_400(env):
+    reply = env.call("update", data=b'{"imap_max_connections": 5}', content_type="text/plain")
+    assert envelope(reply)["status"] == 400
+    assert "application/json or a form" in envelope(reply)["payload"]
+
+
+def test_head_on_a_read_only_action_is_allowed(env):
+    assert env.call("isRunning", method="HEAD").status_code == 200
+    assert env.call("stop", method="HEAD").status_code == 405

@@ -145,10 +145,17 @@ def test_every_action_answers_with_a_status_payload_struct(env, action):
     assert reply["status"] == 0, reply
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: payload ints above 2**31-1 cannot be marshalled; "
-                                       "the reply is a Fault, not {status, payload}")
 def test_query_update_with_a_large_mem_limit(env):
+    """XML-RPC ints are 32-bit: a 4 GiB limit comes back as a decimal string (not a Fault),
+    and that string is accepted as input again."""
     env.flavour.current_values = lambda: {**FakeFlavour.DEFAULTS, "imap_mem_limit": 4 << 30}
-    # xmlrpc.client.loads raises Fault for a fault reply
     assert route(env, env.key, CTRL, "queryUpdate", {}) == {
-        "status": 0, "payload": {**FakeFlavour.DEFAULTS, "imap_mem_limit": 4 << 30}}
+        "status": 0, "payload": {**FakeFlavour.DEFAULTS, "imap_mem_limit": str(4 << 30)}}
+    assert route(env, env.key, CTRL, "update", {"imap_mem_limit": str(4 << 30), "dry_run": 1})["status"] == 0
+
+
+def test_too_few_parameters_is_a_400_struct(env):
+    body = xmlrpc.client.dumps((env.key, CTRL), "iworx.route")
+    reply = env.client.post("/xmlrpc", data=body, content_type="text/xml")
+    (result,), _ = xmlrpc.client.loads(reply.data)
+    assert result["status"] == 400 and "iworx.route takes" in result["payload"]
