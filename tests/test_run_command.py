@@ -1,0 +1,57 @@
+"""The README's run command: sets up, starts the daemon on a throw-away mail host, prints a
+key and a curl line; that curl line prints {"status": 0, "payload": true}."""
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from queue import Empty, Queue
+
+import pytest
+
+from daemon import REPO
+
+pytestmark = pytest.mark.mailhost
+
+
+def read_until(proc, pattern: str, timeout: float) -> list[str]:
+    """Lines of proc's output up to the first matching one (a reader thread, because a
+    buffered pipe and select() do not mix)."""
+    queue: Queue = Queue()
+    threading.Thread(target=lambda: [queue.put(l) for l in proc.stdout] + [queue.put(None)],
+                     daemon=True).start()
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = queue.get(timeout=1)
+        except Empty:
+            continue
+        if line is None:
+            break
+        lines.append(line)
+        if re.match(pattern, line):
+            return lines
+    raise AssertionError(f"no line matching {pattern!r} within {timeout} s; got:\n{''.join(lines)}")
+
+
+def test_run_command_prints_a_working_curl_line():
+    proc = subprocess.Popen(["bash", str(REPO / "scripts" / "run"), "--index", "239"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = read_until(proc, r"curl ", timeout=300)
+        curl = lines[-1].strip()
+        systemd_pid = int(re.search(r"systemd pid (\d+)", "".join(lines)).group(1))
+        assert re.search(r"API key \(EMAIL permission\): ictl_\S+", "".join(lines))
+        out = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30)
+        assert out.stdout == '{"status": 0, "payload": true}\n', (curl, out)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(systemd_pid, 0)
