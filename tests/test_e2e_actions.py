@@ -144,3 +144,17 @@ def test_openapi_and_healthz_are_served(daemon):
     assert status == 200
     doc = json.loads(daemon.http("GET", "/openapi.json")[1])
     assert {p.rsplit("/", 1)[1] for p in doc["paths"]} == set(ACTIONS)
+
+
+def test_loopback_tcp_listener_serves_both_transports(daemon, mailhost):
+    out = mailhost.run(["curl", "-s", "-H", f"Authorization: Bearer {daemon.key}",
+                        "http://127.0.0.1:8143/nodeworx/mail/imap/isRunning"]).stdout
+    assert out == '{"status": 0, "payload": true}\n'
+    script = ("import sys, xmlrpc.client\n"
+              "api = xmlrpc.client.ServerProxy('http://127.0.0.1:8143/xmlrpc', allow_none=True)\n"
+              "print(api.iworx.route({'apikey': sys.argv[1]}, '/nodeworx/mail/imap', 'listServiceName', None))\n")
+    out = mailhost.run(["python3", "-c", script, daemon.key]).stdout
+    assert out.strip() == "{'status': 0, 'payload': 'imap4'}"
+    # Loopback only: nothing of ours listens on the host's veth address.
+    assert "127.0.0.1:8143" in mailhost.run(["ss", "-ltnH", "sport = :8143"]).stdout
+    assert f"{mailhost.address}:8143" not in mailhost.run(["ss", "-ltnH"]).stdout
