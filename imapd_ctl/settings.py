@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_PATH = "/etc/imapd-ctl/imapd-ctl.toml"
+FLAVOURS = ("auto", "dovecot", "courier")
 
 
 @dataclass
@@ -22,6 +23,15 @@ class DovecotSettings:
 
 
 @dataclass
+class CourierSettings:
+    unit: str = "courier-imap.service"          # serves 143, reads `imapd`
+    ssl_unit: str = "courier-imap-ssl.service"  # serves 993, reads `imapd` then `imapd-ssl`
+    # The directory holding imapd and imapd-ssl; "" detects /etc/courier (Debian) or
+    # /etc/courier-imap (RHEL-style).
+    config_dir: str = ""
+
+
+@dataclass
 class Settings:
     node_id: str = field(default_factory=lambda: socket.gethostname().split(".")[0] or "localhost")
     state_dir: str = "/var/lib/imapd-ctl"
@@ -31,12 +41,13 @@ class Settings:
     tls_key: str = ""
     workers: int = 2
     audit_log: str = "/var/log/imapd-ctl/audit.log"
-    flavour: str = "auto"          # auto | dovecot
+    flavour: str = "auto"          # auto | dovecot | courier
     port: int = 143                # the port isRunning checks and list* report
     lock_timeout: float = 10.0     # seconds a change waits for another before 409
     job_timeout: float = 90.0      # seconds to wait for a systemd job
     listen_timeout: float = 15.0   # seconds to wait for the port after start/restart
     dovecot: DovecotSettings = field(default_factory=DovecotSettings)
+    courier: CourierSettings = field(default_factory=CourierSettings)
     source: str = "(built-in defaults)"
 
     @property
@@ -84,7 +95,7 @@ def load(path: str | None = None) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: not valid TOML: {exc}") from None
     _apply(settings, data, path)
-    if settings.flavour not in ("auto", "dovecot"):
-        raise ValueError(f"{path}: flavour must be 'auto' or 'dovecot', got {settings.flavour!r}")
+    if settings.flavour not in FLAVOURS:
+        raise ValueError(f"{path}: flavour must be one of {', '.join(FLAVOURS)}, got {settings.flavour!r}")
     settings.source = path
     return settings

@@ -66,7 +66,7 @@ def change(flavour, requested: dict[str, int | None], *, systemd, journal: Journ
     try:
         _write(changed)
         journal.mark("written")
-        outcome.applied = flavour.apply(systemd)
+        outcome.applied = flavour.apply(systemd, sorted(changed))
         journal.mark("applied")
         flavour.verify(systemd, values)
         journal.mark("verified")
@@ -88,7 +88,7 @@ def _undo(flavour, systemd, journal: Journal) -> str:
     entry = journal.pending()
     restored = journal.restore(entry)
     try:
-        flavour.apply(systemd)
+        flavour.apply(systemd, restored)
     except ApiError as exc:
         journal.clear()
         return (f"the previous configuration was restored ({', '.join(restored)}) but applying it "

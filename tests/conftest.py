@@ -2,8 +2,6 @@
 real Dovecot) with the real imapd-ctl under gunicorn inside, one per test module."""
 from __future__ import annotations
 
-import itertools
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,8 +10,6 @@ import pytest
 
 from daemon import REPO, launch
 from mailhost import MailHost, machine_ready
-
-_index = itertools.count(10 + (os.getpid() % 20) * 10)
 
 
 def _require_machine():
@@ -27,7 +23,7 @@ def _require_machine():
 def mailhost():
     _require_machine()
     share = Path(tempfile.mkdtemp(prefix="imapd-ctl-share-", dir="/var/tmp"))
-    host = MailHost(next(_index), binds=[str(REPO), str(share)])
+    host = MailHost(binds=[str(REPO), str(share)])  # first free index
     host.share = share
     try:
         host.boot()

@@ -49,6 +49,7 @@ Everything here needs root. Only the standard library is used.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -211,6 +212,23 @@ def _remove_cgroup_tree(path: str) -> None:
             pass
 
 
+INDEX_LOCK_DIR = "/var/tmp/imapd-ctl-host-index"
+
+
+def _claim_index(index: int | None) -> tuple[int, int]:
+    """(lock fd, index): flock the index's lock file; None picks the first free index."""
+    os.makedirs(INDEX_LOCK_DIR, exist_ok=True)
+    for candidate in ([index] if index is not None else range(1, 251)):
+        fd = os.open(f"{INDEX_LOCK_DIR}/{candidate}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd, candidate
+        except BlockingIOError:
+            os.close(fd)
+    raise MailHostError(f"mail host index {index} is in use by another run" if index is not None
+                        else "all 250 mail host indexes are in use")
+
+
 class MailHost:
     """One booted throw-away mail host; see the module docstring.
 
@@ -225,9 +243,12 @@ class MailHost:
     the journal has the rest: :meth:`journal`), ``boot_seconds``.
     """
 
-    def __init__(self, index: int, *, binds: list[str] = (), name: str | None = None):
-        if not isinstance(index, int) or not 1 <= index <= 250:
+    def __init__(self, index: int | None = None, *, binds: list[str] = (), name: str | None = None):
+        if index is not None and (not isinstance(index, int) or not 1 <= index <= 250):
             raise ValueError(f"index must be an int in 1..250, not {index!r}")
+        # An index is owned through a lock file for the host's life, so concurrent test runs
+        # never take (and "clean up") each other's veth link; None takes the first free one.
+        self._index_fd, index = _claim_index(index)
         self.index = index
         self.name = name or f"mailhost{index}"
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", self.name):
@@ -330,6 +351,9 @@ class MailHost:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        if self._index_fd is not None:
+            os.close(self._index_fd)  # releases the index lock
+            self._index_fd = None
         if self.workdir is not None:
             fs = os.path.join(self.workdir, "fs")
             if os.path.ismount(fs):  # never the case: the tmpfs lives in the host's mount ns

@@ -101,7 +101,7 @@ class FakeFlavour:
     def validate(self, files):
         self.calls.append(("validate", sorted(files)))
 
-    def apply(self, systemd):
+    def apply(self, systemd, changed):
         self.calls.append(("apply",))
         systemd.reload(UNIT)
         return f"reloaded {UNIT}"

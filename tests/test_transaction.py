@@ -101,7 +101,7 @@ class FakeFlavour:
         if self.validate_error is not None:
             raise self.validate_error
 
-    def apply(self, systemd):
+    def apply(self, systemd, changed):
         self.apply_count += 1
         self.events.append(("apply", systemd))
         self._snap("apply")

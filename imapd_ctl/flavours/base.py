@@ -27,8 +27,9 @@ class Flavour(Protocol):
         """Raise ConfigInvalid unless the server accepts the config with these files in place.
         Must not touch the live files."""
 
-    def apply(self, systemd) -> str:
-        """Make the running server take up the live files; return what was done."""
+    def apply(self, systemd, changed: list[str]) -> str:
+        """Make the running server take up the live files (`changed`: the paths that were
+        just written or restored); return what was done."""
 
     def verify(self, systemd, values: Values) -> None:
         """Raise ActionFailed unless the live files and the running server show values."""
