@@ -118,6 +118,28 @@ def cmd_check(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_node(args) -> int:
+    from .cluster import Cluster
+    s = _settings(args)
+    cluster = Cluster(s.node_id, s.nodes, s.node_timeout)
+    if args.node_cmd == "list":
+        print(f"{s.node_id}\t(this node)")
+        for node in cluster.nodes.values():
+            print(f"{node.id}\t{node.url}\tca={node.ca}")
+        return 0
+    failed = 0
+    for node in cluster.nodes.values():   # check: does each node answer, with our key and CA?
+        status, payload = cluster.call(node, "isRunning", {})
+        if status == 0:
+            print(f"ok   {node.id}: answers; IMAP server {'running' if payload else 'NOT running'}")
+        else:
+            failed += 1
+            print(f"FAIL {node.id}: status {status}: {payload}")
+    if not cluster.nodes:
+        print("no other nodes are configured ([[nodes]] in the settings)")
+    return 1 if failed else 0
+
+
 def cmd_recover(args) -> int:
     from .controller import Controller
     try:
@@ -159,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke", help="revoke a key by name")
     kr.add_argument("name")
     k.set_defaults(fn=cmd_key)
+
+    n = sub.add_parser("node", help="the cluster's nodes")
+    nsub = n.add_subparsers(dest="node_cmd", required=True)
+    nsub.add_parser("list", help="show the node registry")
+    nsub.add_parser("check", help="call every node (HTTPS, verified) and show which answer")
+    n.set_defaults(fn=cmd_node)
 
     sub.add_parser("check", help="check D-Bus, the IMAP server, config and validator").set_defaults(fn=cmd_check)
     sub.add_parser("recover", help="finish or undo a change a crash interrupted").set_defaults(fn=cmd_recover)

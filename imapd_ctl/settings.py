@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ class Settings:
     lock_timeout: float = 10.0     # seconds a change waits for another before 409
     job_timeout: float = 90.0      # seconds to wait for a systemd job
     listen_timeout: float = 15.0   # seconds to wait for the port after start/restart
+    # Other nodes of the cluster: [[nodes]] tables with id, url (https://...), key, ca.
+    nodes: list = field(default_factory=list)
+    node_timeout: float = 30.0     # seconds for one node's answer (forwarding, cascades)
     dovecot: DovecotSettings = field(default_factory=DovecotSettings)
     courier: CourierSettings = field(default_factory=CourierSettings)
     source: str = "(built-in defaults)"
@@ -97,5 +101,20 @@ def load(path: str | None = None) -> Settings:
     _apply(settings, data, path)
     if settings.flavour not in FLAVOURS:
         raise ValueError(f"{path}: flavour must be one of {', '.join(FLAVOURS)}, got {settings.flavour!r}")
+    settings.nodes = [_node(entry, f"{path} [[nodes]] #{i + 1}") for i, entry in enumerate(settings.nodes)]
     settings.source = path
     return settings
+
+
+def _node(entry, where: str):
+    from .cluster import Node
+    fields = ("id", "url", "key", "ca")
+    if not isinstance(entry, dict) or set(entry) != set(fields):
+        raise ValueError(f"{where}: needs exactly the keys {', '.join(fields)}")
+    if not all(isinstance(entry[f], str) and entry[f] for f in fields):
+        raise ValueError(f"{where}: {', '.join(fields)} must be non-empty strings")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", entry["id"]):
+        raise ValueError(f"{where}: id {entry['id']!r} is not a valid node id")
+    if not entry["url"].startswith("https://"):
+        raise ValueError(f"{where}: url must be https:// (node-to-node calls are verified TLS)")
+    return Node(**entry)

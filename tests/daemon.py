@@ -64,39 +64,47 @@ class Daemon:
     def stop(self) -> None:
         self.host.systemctl("stop", UNIT, check=False)
 
+    def wait_healthy(self, timeout: float = 30) -> None:
+        """Return when /healthz answers on the unix socket; raise with the unit's log if not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if client.request(self.socket, "GET", "/healthz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                log = self.host.run(["journalctl", "--no-pager", "-n", "40", "-u", UNIT], check=False).stdout
+                raise RuntimeError(f"imapd-ctl did not answer on {self.socket} within {timeout} s:\n{log}")
+            time.sleep(0.1)
 
-def write_config(share: Path, node_id: str, workers: int = 2) -> str:
+
+def write_config(share: Path, node_id: str, workers: int = 2, extra: str = "",
+                 listen: tuple[str, ...] = ("127.0.0.1:8143",)) -> str:
+    """The daemon's settings file in the shared dir; `extra` is appended (TOML)."""
     path = share / "imapd-ctl.toml"
     path.write_text(
         f'node_id = "{node_id}"\n'
         f'socket = "{share / "imapd-ctl.sock"}"\n'
-        'listen = ["127.0.0.1:8143"]\n'
+        f"listen = {json.dumps(list(listen))}\n"
         f"workers = {workers}\n"
         'state_dir = "/var/lib/imapd-ctl"\n'
         'audit_log = "/var/log/imapd-ctl/audit.log"\n'
+        + extra
     )
     return str(path)
 
 
-def launch(host, share: Path, *, node_id: str = "node1", workers: int = 2, timeout: float = 30) -> Daemon:
+def launch(host, share: Path, *, node_id: str = "node1", workers: int = 2, timeout: float = 30,
+           extra_config: str = "", listen: tuple[str, ...] = ("127.0.0.1:8143",)) -> Daemon:
     """Create keys and start the daemon inside `host`; return when /healthz answers."""
     share.mkdir(parents=True, exist_ok=True)
-    config = write_config(share, node_id, workers)
+    config = write_config(share, node_id, workers, extra_config, listen)
     run = lambda *a, **kw: host.run([IMAPD_CTL, "--config", config, *a], **kw)  # noqa: E731
     key = run("key", "create", "panel").stdout.strip()
     key_without_email = run("key", "create", "webonly", "--perm", "WEB").stdout.strip()
     host.run(["systemd-run", f"--unit={UNIT}", "--collect", "-p", "KillMode=mixed",
               "--setenv=PYTHONUNBUFFERED=1", IMAPD_CTL, "--config", config, "serve"])
     daemon = Daemon(host, share, config, key, key_without_email, node_id)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            status, _ = client.request(daemon.socket, "GET", "/healthz")
-            if status == 200:
-                return daemon
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            log = host.run(["journalctl", "--no-pager", "-n", "40", "-u", UNIT], check=False).stdout
-            raise RuntimeError(f"imapd-ctl did not answer on {daemon.socket} within {timeout} s:\n{log}")
-        time.sleep(0.1)
+    daemon.wait_healthy(timeout)
+    return daemon

@@ -5,13 +5,11 @@ from __future__ import annotations
 import imaplib
 import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from daemon import UNIT, launch
-from imapd_ctl import client
 from imapd_ctl.flavours.dovecot import mapped, parse_size
 
 pytestmark = pytest.mark.mailhost
@@ -24,18 +22,6 @@ def daemon(mailhost):
     d = launch(mailhost, mailhost.share, workers=4)
     yield d
     d.stop()
-
-
-def wait_healthy(daemon, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if client.request(daemon.socket, "GET", "/healthz")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("the daemon did not come back")
 
 
 def values_for(i: int) -> dict[str, int]:
@@ -103,6 +89,6 @@ def test_with_a_short_lock_timeout_the_losers_get_409(daemon, mailhost):
     with open(daemon.config, "a") as fh:
         fh.write("lock_timeout = 0.05\n")
     mailhost.systemctl("restart", UNIT)
-    wait_healthy(daemon)
+    daemon.wait_healthy()
     applied, busy = storm(daemon, mailhost)
     assert busy > 0 and applied > 0
