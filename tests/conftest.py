@@ -39,3 +39,33 @@ def daemon(mailhost):
     d = launch(mailhost, mailhost.share)
     yield d
     d.stop()
+
+
+# -- Courier ---------------------------------------------------------------------------------
+# A mail host with Courier-IMAP instead of Dovecot (installed inside the host from the .debs that
+# scripts/setup downloads; see tests/courierhost.py), and the real daemon auto-detecting it.
+
+@pytest.fixture(scope="module")
+def courierhost():
+    from courierhost import debs_ready, install_courier
+    _require_machine()
+    ok, reason = debs_ready()
+    if not ok:
+        pytest.fail(f"cannot install Courier in a mail host: {reason}", pytrace=False)
+    share = Path(tempfile.mkdtemp(prefix="imapd-ctl-share-", dir="/var/tmp"))
+    host = MailHost(binds=[str(REPO), str(share)])
+    host.share = share
+    try:
+        host.boot()
+        host.courier_install_seconds = install_courier(host)
+        yield host
+    finally:
+        host.shutdown()
+        shutil.rmtree(share, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def courier_daemon(courierhost):
+    d = launch(courierhost, courierhost.share)
+    yield d
+    d.stop()

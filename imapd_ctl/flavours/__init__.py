@@ -5,6 +5,8 @@ import os
 
 from ..errors import ActionFailed
 from .base import Flavour
+from . import courier as _courier
+from .courier import Courier, find_config_dir
 from .dovecot import Dovecot
 
 
@@ -13,14 +15,22 @@ class NoFlavour(ActionFailed):
 
 
 def detect(settings, systemd) -> Flavour:
-    """The configured flavour, or (auto) the first whose unit systemd knows and whose tools
-    are installed. Raises NoFlavour with what was looked for."""
+    """The configured flavour (settings.flavour "dovecot" or "courier"), or in "auto" the first
+    that is installed: Dovecot (its unit loaded and doveconf present), else Courier (its 143
+    unit loaded and its config directory found). Raises NoFlavour naming what was looked for."""
     if settings.flavour == "dovecot":
         return Dovecot(settings)
+    if settings.flavour == "courier":
+        return Courier(settings, systemd)
     looked = []
     unit = settings.dovecot.unit
     if os.path.exists(settings.dovecot.doveconf) and systemd.unit(unit).load_state == "loaded":
         return Dovecot(settings)
     looked.append(f"Dovecot ({unit} with {settings.dovecot.doveconf})")
+    courier = settings.courier
+    if find_config_dir(courier.config_dir) and systemd.unit(courier.unit).load_state == "loaded":
+        return Courier(settings, systemd)
+    dirs = courier.config_dir or " or ".join(f"{d}/imapd" for d in _courier.CONFIG_DIRS)
+    looked.append(f"Courier ({courier.unit} with {dirs})")
     raise NoFlavour("no supported IMAP server is installed on this host; looked for: "
                     + "; ".join(looked))
