@@ -438,6 +438,29 @@ def test_apply_restarts_what_reads_the_changed_files(tmp_path):
     assert sd.calls == [("restart", "courier-imap.service")]
 
 
+def test_undo_brings_back_a_unit_the_change_took_down(tmp_path):
+    flavour, conf = make(tmp_path)
+    imapd = str(conf / "imapd")
+
+    class Failing(FakeSystemd):
+        def restart(self, unit):
+            super().restart(unit)
+            if self.fail:
+                self.states[unit] = "failed"
+                raise ActionFailed(f"restart {unit} failed")
+
+    sd = Failing(dict(RUNNING))
+    sd.fail = True
+    with pytest.raises(ActionFailed):
+        flavour.apply(sd, [imapd])                    # the change: the 143 daemon does not come back
+    sd.fail = False
+    assert flavour.apply(sd, [imapd]) == "restarted courier-imap.service, courier-imap-ssl.service"  # the undo
+    # Only the undo does that: once the operator stops a unit, later changes leave it stopped.
+    sd.states["courier-imap.service"] = "inactive"
+    assert flavour.apply(sd, [imapd]) == ("restarted courier-imap-ssl.service; courier-imap.service is not "
+                                          "running; the new limits apply when it starts")
+
+
 def test_verify_checks_files_and_listening_ports(tmp_path, monkeypatch):
     flavour, conf = make(tmp_path)
     write(flavour, VALUES)

@@ -189,7 +189,8 @@ class Courier:
             units.append(self.s.ssl_unit)
         self.units = tuple(units)
         self.primary_unit = self.s.unit
-        self._restarted: list[str] = []
+        self._restarted: list[str] = []   # what the last apply restarted (verify waits for them)
+        self._down: set[str] = set()      # served before a change that failed after restarting them
 
     # -- reading -------------------------------------------------------------------------
     def _read(self) -> dict[str, bytes | None]:
@@ -333,11 +334,17 @@ class Courier:
             affected = list(self.units)          # both daemons source imapd
         elif self.paths[SSL] in changed:
             affected = [u for u in self.units if u == self.s.ssl_unit]
-        running = [u for u in affected if systemd.active_state(u) == "active"]
-        self._restarted = []
-        for unit in running:
-            systemd.restart(unit)
-            self._restarted.append(unit)
+        # Units that served before a change whose restart or verify just failed: the apply that
+        # follows is the transaction's undo, which brings them back too (not only the active ones).
+        down, self._down = self._down, set()
+        running = [u for u in affected if u in down or systemd.active_state(u) == "active"]
+        self._restarted = running
+        try:
+            for unit in running:
+                systemd.restart(unit)
+        except Exception:
+            self._down = set(running)
+            raise
         idle = [u for u in affected if u not in running]
         parts = []
         if running:
@@ -361,6 +368,14 @@ class Courier:
         return result
 
     def verify(self, systemd, values: dict[str, int]) -> None:
+        try:
+            self._verify(systemd, values)
+        except Exception:
+            self._down = set(self._restarted)
+            raise
+        self._restarted = []
+
+    def _verify(self, systemd, values: dict[str, int]) -> None:
         got = self.current_values()
         if got != values:
             raise ActionFailed(f"Courier's configuration reads back as {got}, expected {values}")
@@ -385,4 +400,3 @@ class Courier:
                     f"after the change {unit} is {systemd.active_state(unit)} and does not listen on port "
                     f"{port} within {self.listen_timeout:.0f} s; last journal lines:\n{systemd.journal_tail(unit)}")
             time.sleep(0.05)
-        self._restarted = []
