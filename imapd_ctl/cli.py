@@ -108,9 +108,11 @@ def cmd_check(args) -> int:
         report("systemd / IMAP server", False, exc.message)
         return 1
     if flavour.name == "dovecot":
-        dropin_dir = os.path.dirname(s.dovecot.dropin)
-        report("config writable", os.access(dropin_dir, os.W_OK), dropin_dir)
-        report("validator", os.access(s.dovecot.doveconf, os.X_OK), s.dovecot.doveconf)
+        config_dir, validator = os.path.dirname(s.dovecot.dropin), s.dovecot.doveconf
+    else:  # courier: shell files, validated by sourcing them in /bin/sh
+        config_dir, validator = flavour.config_dir, "/bin/sh"
+    report("config writable", os.access(config_dir, os.W_OK), config_dir)
+    report("validator", os.access(validator, os.X_OK), validator)
     report("state dir writable", os.access(s.state_dir, os.W_OK) or not os.path.exists(s.state_dir), s.state_dir)
     pending = controller.journal.pending()
     report("no interrupted change", pending is None,
