@@ -15,7 +15,9 @@ def _settings(args) -> settings_mod.Settings:
     try:
         return settings_mod.load(args.config)
     except ValueError as exc:
-        raise SystemExit(f"imapd-ctl: {exc}")
+        print(f"imapd-ctl: {exc}", file=sys.stderr)
+        # 78 (EX_CONFIG): the unit's RestartPreventExitStatus, so systemd does not retry a bad file.
+        raise SystemExit(78)
 
 
 def cmd_serve(args) -> int:
