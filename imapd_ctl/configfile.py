@@ -132,6 +132,25 @@ def atomic_remove(path: str | os.PathLike) -> None:
         raise ConfigWriteError(f"cannot remove {os.fspath(path)}: {_reason(exc)}") from exc
 
 
+def remove_stale_temps(path: str | os.PathLike) -> list[str]:
+    """Remove temporary files that atomic_write left next to ``path`` when the process died
+    between creating and renaming them (only ours: ``.<basename>.imapd-ctl.<hex>``).
+    The caller must hold whatever lock serializes writers of ``path``. Returns what went."""
+    dirname, basename = os.path.split(os.path.realpath(path))
+    prefix = f".{basename}{_TEMP_TAG}"
+    removed = []
+    try:
+        names = os.listdir(dirname)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(prefix) and len(name) == len(prefix) + 12:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(dirname, name))
+                removed.append(os.path.join(dirname, name))
+    return removed
+
+
 def read_bytes_or_none(path: str | os.PathLike) -> bytes | None:
     """The file's contents, or None if it does not exist (a dangling symlink counts as absent)."""
     try:
@@ -310,9 +329,12 @@ class Journal:
         """
         restored = []
         for path, content in entry.old.items():
+            remove_stale_temps(path)
             if content is None:
                 atomic_remove(path)
-            else:
+            elif read_bytes_or_none(path) != content:
+                # A file that still holds its old bytes is left alone: nothing to undo, and
+                # no write that could fail (e.g. on the full disk that stopped the change).
                 atomic_write(path, content)
             restored.append(path)
         return restored

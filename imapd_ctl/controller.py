@@ -55,6 +55,9 @@ class Controller:
 
     # -- read-only -------------------------------------------------------------------
     def is_running(self, _values=None) -> bool:
+        """Active AND listening. With no supported IMAP server installed this is an error
+        (NoFlavour, 500), not False: False reads as "installed but stopped, press Start", which
+        cannot work; listServiceInfo follows it. Only the constant list* actions answer then."""
         unit = self.flavour.primary_unit
         if self.systemd.active_state(unit) != "active":
             return False

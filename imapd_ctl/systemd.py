@@ -76,19 +76,51 @@ class Systemd:
         self._unit_paths: dict[str, str] = {}
 
     # -- connection ------------------------------------------------------------
+    def _open(self):
+        """A private connection to the system bus, never Gio's shared singleton: after the bus
+        went away (dbus stopped and started again) g_bus_get_sync kept handing a worker the
+        closed singleton, so it answered 503 until the daemon was restarted; and the singleton
+        is "exit-on-close": GLib raise(SIGTERM)s the process once the main context runs after
+        the bus died (our job waits run it). tests/test_e2e_faults.py covers both."""
+        import pydbus
+        from gi.repository import Gio
+        address = self.bus_address or Gio.dbus_address_get_for_bus_sync(Gio.BusType.SYSTEM, None)
+        bus = pydbus.connect(address)
+        bus.con.set_exit_on_close(False)
+        return bus
+
+    def _drop(self) -> None:
+        """Forget the connection (it failed or the bus went away); the next call reconnects."""
+        bus, self._bus, self._manager = self._bus, None, None
+        self._unit_paths.clear()
+        if bus is not None:
+            try:
+                if not bus.con.is_closed():
+                    bus.con.close_sync(None)
+            except Exception:  # noqa: BLE001 - it is being thrown away
+                pass
+
     def _connect(self):
         if self._bus is not None and self._pid == os.getpid() and not self._bus.con.is_closed():
             return self._manager
-        import pydbus
-        self._bus = self._manager = None
-        self._unit_paths.clear()
+        if self._pid == os.getpid():
+            self._drop()
+        else:  # inherited across fork(): unusable here, and must not be closed from this side
+            self._bus = self._manager = None
+            self._unit_paths.clear()
+        bus = None
         try:
-            bus = pydbus.connect(self.bus_address) if self.bus_address else pydbus.SystemBus()
+            bus = self._open()
             manager = bus.get(BUS_NAME, MANAGER_PATH)
             # systemd only emits JobRemoved to clients that subscribed.
             manager.Subscribe()
             manager.JobRemoved.connect(self._on_job_removed)
         except Exception as exc:  # GLib.Error or a connect failure
+            if bus is not None:
+                try:
+                    bus.con.close_sync(None)
+                except Exception:  # noqa: BLE001
+                    pass
             raise _map_error(exc, "connect to the system bus") from None
         self._bus, self._manager, self._pid = bus, manager, os.getpid()
         return manager
@@ -106,7 +138,7 @@ class Systemd:
         except Exception as exc:
             err = _map_error(exc, what)
             if isinstance(err, Unavailable):
-                self._bus = None  # reconnect on the next call
+                self._drop()  # reconnect on the next call
             raise err from None
 
     def _unit_path(self, name: str) -> str:
@@ -128,7 +160,7 @@ class Systemd:
         except Exception as exc:
             err = _map_error(exc, what)
             if isinstance(err, Unavailable):
-                self._bus = None
+                self._drop()
             raise err from None
         return reply.unpack()[0]
 
@@ -195,7 +227,7 @@ class Systemd:
                 time.sleep(0.005)
             context.iteration(False)
             if self._bus is None or self._bus.con.is_closed():
-                self._bus = None
+                self._drop()
                 raise Unavailable(f"{verb} {name}: lost the D-Bus connection while waiting for the job")
         result = self._removed.pop(job)
         log.info("systemd job %s %s: %s (%.2f s)", verb, name, result, time.time() - started)

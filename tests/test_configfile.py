@@ -350,3 +350,32 @@ def test_journal_unreadable(tmp_path):
     (tmp_path / "journal.json").write_bytes(b"{not json")
     with pytest.raises(RuntimeError, match="unreadable"):
         Journal(tmp_path).pending()
+
+
+def test_journal_restore_leaves_files_that_hold_their_old_bytes_alone(tmp_path):
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    same, changed = str(conf / "a.conf"), str(conf / "b.conf")
+    for p in (same, changed):
+        with open(p, "wb") as f:
+            f.write(b"old\n")
+    journal = Journal(tmp_path / "state")
+    journal.begin("t", "update", old={same: b"old\n", changed: b"old\n"},
+                  new={same: b"new\n", changed: b"new\n"}, meta={})
+    atomic_write(changed, b"new\n")
+    ino = os.stat(same).st_ino
+    assert journal.restore(journal.pending()) == [same, changed]
+    assert os.stat(same).st_ino == ino              # not rewritten (a full disk could not)
+    assert read_bytes_or_none(changed) == b"old\n"
+
+
+def test_remove_stale_temps_only_removes_our_temporaries_of_that_file(tmp_path):
+    target = tmp_path / "99-imapd-ctl.conf"
+    target.write_bytes(b"x")
+    stale = tmp_path / ".99-imapd-ctl.conf.imapd-ctl.0123456789ab"
+    other = tmp_path / ".10-mail.conf.imapd-ctl.0123456789ab"
+    odd = tmp_path / ".99-imapd-ctl.conf.imapd-ctl.keep"
+    for p in (stale, other, odd):
+        p.write_bytes(b"partial")
+    assert configfile.remove_stale_temps(target) == [str(stale)]
+    assert sorted(os.listdir(tmp_path)) == sorted([target.name, other.name, odd.name])

@@ -413,10 +413,29 @@ def test_recover_without_journal_returns_none(env):
 
 def test_recover_when_reapply_fails_still_restores_and_clears(env):
     interrupt(env, "written")
-    env.flavour.apply_errors[1] = Unavailable("cannot reach systemd over D-Bus")
+    env.flavour.apply_errors[1] = ActionFailed("reload of fake-imapd.service failed")
     msg = transaction.recover(env.flavour, env.systemd, env.journal)
-    assert "'written'" in msg and "failed too" in msg and "cannot reach systemd" in msg
+    assert "'written'" in msg and "failed too" in msg and "reload of fake-imapd.service failed" in msg
     assert_rolled_back(env)
+
+
+def test_recover_when_systemd_is_unreachable_restores_but_keeps_the_journal(env):
+    # Restored files but no reload: a server still running the new configuration must not be
+    # forgotten, so the journal stays until the re-apply can happen.
+    interrupt(env, "applied")
+    env.flavour.apply_errors[1] = Unavailable("cannot reach systemd over D-Bus")
+    with pytest.raises(Unavailable) as ei:
+        transaction.recover(env.flavour, env.systemd, env.journal)
+    assert ei.value.status == 503
+    msg = ei.value.message
+    assert "'applied'" in msg and "could not be re-applied yet" in msg and "cannot reach systemd" in msg
+    assert read_bytes_or_none(env.main) == env.old_main and not os.path.exists(env.secure)
+    assert env.journal.pending().step == "applied"
+    # systemd is back: the next recovery re-applies the (already restored) old files
+    msg = transaction.recover(env.flavour, env.systemd, env.journal)
+    assert "already held the previous contents" in msg and "re-applied" in msg
+    assert_rolled_back(env)
+    assert env.flavour.count("apply") == 2
 
 
 # --- Controller: lock + automatic recovery ------------------------------------------------
@@ -499,3 +518,177 @@ def test_mutating_action_while_the_lock_is_held_raises_busy(env, ctl, action, ra
     # once the lock is free the same call goes through (recovering first)
     ctl.run(ACTIONS[action], ACTIONS[action].validate(raw))
     assert env.journal.pending() is None
+
+
+# --- faults: crash points, refusing before the live path, units the change stopped ----------------
+
+class UnitsSystemd(DummySystemd):
+    """A systemd whose units have a state: active_state answers, start() activates; `down`
+    (a set) lists units that stop when apply runs; `unreachable` makes every call a 503."""
+
+    def __init__(self, active=("fake-imapd.service",)):
+        super().__init__()
+        self.active = set(active)
+        self.unreachable = False
+
+    def active_state(self, unit):
+        self.calls.append(("active_state", unit))
+        if self.unreachable:
+            raise Unavailable("systemd is unreachable over D-Bus while trying to read the state of " + unit)
+        return "active" if unit in self.active else "failed"
+
+    def start(self, unit):
+        self.calls.append(("start", unit))
+        self.active.add(unit)
+
+
+class Crashed(BaseException):
+    """What os.kill(self, SIGKILL) would have done; BaseException so nothing catches it."""
+
+
+@pytest.mark.parametrize("step", Journal.STEPS)
+def test_crash_point_kills_the_process_right_after_the_journal_records_the_step(env, monkeypatch, step):
+    killed = []
+
+    def fake_kill(pid, sig):
+        killed.append((pid, sig, env.journal.pending().step, env.flavour.live()))
+        raise Crashed()
+
+    monkeypatch.setattr(transaction.os, "kill", fake_kill)
+    monkeypatch.setenv(transaction.CRASH_ENV, step)
+    with pytest.raises(Crashed):
+        change(env, CHANGE_BOTH)
+    [(pid, sig, journaled, live)] = killed
+    assert (pid, sig, journaled) == (os.getpid(), transaction.signal.SIGKILL, step)
+    new = {p: b for p, b in env.flavour.plan(CHANGE_BOTH).items()}
+    assert live == ({env.main: env.old_main, env.secure: None} if step == "begun" else new)
+    assert env.journal.pending().step == step
+    # what the next start (or the next mutating call) does with it
+    monkeypatch.delenv(transaction.CRASH_ENV)
+    msg = transaction.recover(env.flavour, env.systemd, env.journal)
+    assert env.journal.pending() is None
+    if step == "verified":
+        assert "completed" in msg and env.flavour.live() == new
+    else:
+        assert "rolled back" in msg
+        assert_rolled_back(env)
+        # the change's own apply (from "applied" on) plus recovery's re-apply, which is skipped
+        # when the process died before anything reached the live files
+        assert env.flavour.count("apply") == {"begun": 0, "written": 1, "applied": 2}[step]
+
+
+def test_crash_point_is_read_at_every_call_and_ignores_other_values(env, monkeypatch):
+    monkeypatch.setattr(transaction.os, "kill", lambda *a: pytest.fail("killed"))
+    monkeypatch.setenv(transaction.CRASH_ENV, "nonsense")
+    change(env, values(imap_max_connections=99))
+    monkeypatch.delenv(transaction.CRASH_ENV)
+    change(env, values(imap_max_connections=98))
+    assert env.flavour.current_values() == values(imap_max_connections=98)
+
+
+def test_systemd_unreachable_refuses_before_the_journal_or_the_files(env):
+    systemd = UnitsSystemd()
+    systemd.unreachable = True
+    st = os.stat(env.main)
+    with pytest.raises(Unavailable) as ei:
+        transaction.change(env.flavour, CHANGE_BOTH, systemd=systemd, journal=env.journal)
+    assert ei.value.status == 503 and "rolled back" not in ei.value.message
+    assert os.stat(env.main).st_ino == st.st_ino and read_bytes_or_none(env.main) == env.old_main
+    assert not os.path.exists(env.secure)
+    assert env.journal.pending() is None
+    assert [e[0] for e in env.flavour.events] == ["validate"]
+
+
+def test_journal_that_cannot_be_written_refuses_the_change(env, monkeypatch):
+    from imapd_ctl.errors import ConfigWriteError
+
+    def full(_entry):
+        raise ConfigWriteError(f"cannot write {env.journal.path}: No space left on device")
+
+    monkeypatch.setattr(env.journal, "_save", full)
+    st = os.stat(env.main)
+    with pytest.raises(ConfigWriteError) as ei:
+        change(env, CHANGE_BOTH)
+    assert "No space left on device" in ei.value.message
+    assert "refused before touching the live configuration" in ei.value.message
+    assert os.stat(env.main).st_ino == st.st_ino and read_bytes_or_none(env.main) == env.old_main
+    assert not os.path.exists(env.secure)
+    assert [e[0] for e in env.flavour.events] == ["validate"]
+
+
+def test_write_failure_before_any_file_changed_is_not_reapplied(env, monkeypatch):
+    from imapd_ctl.errors import ConfigWriteError
+
+    def full(path, data, **kw):
+        raise ConfigWriteError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(transaction, "atomic_write", full)
+    with pytest.raises(ActionFailed) as ei:
+        change(env, values(imap_max_connections=99))
+    assert "No space left on device" in ei.value.message
+    assert "rolled back: the live configuration had not been modified" in ei.value.message
+    assert_rolled_back(env)
+    assert [e[0] for e in env.flavour.events] == ["validate"]      # no reload of an unchanged config
+
+
+def test_a_change_that_stops_a_serving_unit_is_rolled_back_and_the_unit_started(env):
+    systemd = UnitsSystemd()
+    real_apply = env.flavour.apply
+
+    def apply_and_die(sd, changed):
+        out = real_apply(sd, changed)
+        if env.flavour.apply_count == 1:
+            systemd.active.discard("fake-imapd.service")   # the reload took the server down
+        return out
+
+    env.flavour.apply = apply_and_die
+    with pytest.raises(ActionFailed) as ei:
+        transaction.change(env.flavour, CHANGE_BOTH, systemd=systemd, journal=env.journal)
+    msg = ei.value.message
+    assert "fake-imapd.service was running before the change and is failed after applying it" in msg
+    assert "rolled back" in msg and "fake-imapd.service had stopped and was started again" in msg
+    assert_rolled_back(env)
+    assert ("start", "fake-imapd.service") in systemd.calls
+    assert "fake-imapd.service" in systemd.active
+
+
+def test_recovery_starts_a_unit_that_served_before_the_crash(env):
+    interrupt(env, "applied")
+    entry = env.journal.pending()
+    entry.meta["serving"] = ["fake-imapd.service"]
+    env.journal._save(entry)
+    systemd = UnitsSystemd(active=())
+    msg = transaction.recover(env.flavour, systemd, env.journal)
+    assert "'applied'" in msg and "was started again" in msg
+    assert_rolled_back(env)
+    assert systemd.active == {"fake-imapd.service"}
+
+
+def test_restore_that_cannot_write_keeps_the_journal_for_the_next_recovery(env, monkeypatch):
+    from imapd_ctl.errors import ConfigWriteError
+    interrupt(env, "written")
+    real = env.journal.restore
+    monkeypatch.setattr(env.journal, "restore",
+                        lambda entry: (_ for _ in ()).throw(ConfigWriteError("cannot write x: No space left on device")))
+    with pytest.raises(ActionFailed) as ei:
+        transaction.recover(env.flavour, env.systemd, env.journal)
+    assert "could NOT be rolled back yet" in ei.value.message and "No space left on device" in ei.value.message
+    assert env.journal.pending() is not None
+    monkeypatch.setattr(env.journal, "restore", real)
+    assert "rolled back" in transaction.recover(env.flavour, env.systemd, env.journal)
+    assert_rolled_back(env)
+
+
+def test_systemd_lost_during_the_change_keeps_the_journal_until_it_can_reapply(env, ctl):
+    # reachable for the pre-check, gone at apply and at the rollback's re-apply
+    env.flavour.apply_errors[1] = Unavailable("cannot reach systemd over D-Bus")
+    env.flavour.apply_errors[2] = Unavailable("cannot reach systemd over D-Bus")
+    with pytest.raises(Unavailable) as ei:
+        change(env, CHANGE_BOTH)
+    assert ei.value.status == 503 and "could not be re-applied yet" in ei.value.message
+    assert read_bytes_or_none(env.main) == env.old_main and not os.path.exists(env.secure)
+    assert env.journal.pending() is not None
+    # the next mutating call re-applies the restored files first, then does its own work
+    ctl.run(ACTIONS["stop"], ACTIONS["stop"].validate({}))
+    assert_rolled_back(env)
+    assert env.flavour.count("apply") == 3 and ("stop", "fake-imapd.service") in env.systemd.calls

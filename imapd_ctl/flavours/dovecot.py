@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ..actions import MEM_MAX, UPDATE_FIELDS
-from ..errors import ActionFailed, ConfigInvalid
+from ..errors import ActionFailed, ConfigInvalid, ConfigWriteError
 from .. import ports
 
 VALUES_RE = re.compile(r"^# imapd-ctl-values: (.*)$", re.M)
@@ -45,6 +45,16 @@ def parse_values(text: str) -> dict[str, int] | None:
         return {k: int(found[k]) for k in UPDATE_FIELDS}
     except (KeyError, ValueError):
         return None
+
+
+def _os_reason(exc: OSError) -> str:
+    """The OS reason (e.g. No space left on device) of an OSError, or of the first of the errors
+    that shutil.copytree collects into one shutil.Error ("[Errno 28] No space left on device: ...")."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        text = str(exc.args[0][0][-1])
+        m = re.match(r"\[Errno \d+\] ([^:]+)", text)
+        return m.group(1) if m else text
+    return exc.strerror or str(exc)
 
 
 def mapped(values: dict[str, int]) -> tuple[int, int]:
@@ -125,9 +135,18 @@ class Dovecot:
     def validate(self, files: dict[str, bytes | None]) -> None:
         """doveconf -n on a copy of the config tree with the candidate files in place.
         (`doveadm reload` exits 0 even for a broken config, so this must happen first.)"""
+        try:
+            self._validate(files)
+        except OSError as exc:
+            # Copying the tree into the state dir failed (typically ENOSPC): nothing live was touched.
+            raise ConfigWriteError(f"cannot prepare the candidate configuration for validation in "
+                                   f"{self.state_dir}: {_os_reason(exc)}; nothing was changed") from None
+
+    def _validate(self, files: dict[str, bytes | None]) -> None:
         conf_dir = Path(self.s.config).parent
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with tempfile.TemporaryDirectory(prefix="validate-", dir=self.state_dir) as tmp:
+        with tempfile.TemporaryDirectory(prefix="validate-", dir=self.state_dir,
+                                         ignore_cleanup_errors=True) as tmp:
             tree = Path(tmp) / "conf"
             shutil.copytree(conf_dir, tree, symlinks=True)
             for path, data in files.items():
@@ -177,6 +196,10 @@ class Dovecot:
         deadline = time.monotonic() + self.listen_timeout
         running = None
         while time.monotonic() < deadline:
+            state = systemd.active_state(self.s.unit)
+            if state not in ("active", "reloading"):
+                # The reload took the server down: no point in waiting for it.
+                raise ActionFailed(f"after the reload {self.s.unit} is {state}, no longer serving")
             running = self.running_process_limit()
             if running == want[0] and ports.unit_listens(systemd.main_pid(self.s.unit), self.port):
                 return
