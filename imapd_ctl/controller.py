@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import audit, ports, transaction
 from .actions import ACTIONS, CONTROLLER, PERMISSION, UPDATE_FIELDS, Action, lookup
 from .configfile import Journal, TransactionLock
-from .errors import ActionFailed, ApiError, BadInput, MethodNotAllowed, NotFound
+from .cluster import Cluster
+from .errors import ActionFailed, ApiError, BadInput, MethodNotAllowed, NodeFailed, Relayed
 from .flavours import detect
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ class Controller:
         self._flavour = flavour
         self.lock = TransactionLock(settings.lock_path)
         self.journal = Journal(settings.state_dir)
+        self.cluster = Cluster(settings.node_id, settings.nodes, settings.node_timeout)
 
     @property
     def flavour(self):
@@ -38,10 +41,38 @@ class Controller:
         return self._flavour
 
     def run(self, action: Action, values: dict[str, Any]) -> Any:
-        if action.local_action:  # *OnNode: choose the node, then run the plain action there
-            self._check_node(values["node_id"])
+        if action.local_action:  # *OnNode: this node, or forward the plain action to that node
+            node_id = values["node_id"]
+            if node_id is not None and node_id != self.settings.node_id:
+                status, payload = self.cluster.call(self.cluster.node(node_id), action.local_action, {})
+                if status:
+                    raise Relayed(status, payload)
+                return payload
             action = ACTIONS[action.local_action]
             values = action.validate({})
+        if values.get("cascade_to_nodes") == 1 and self.cluster.nodes:
+            return self._cascade(action, values)
+        return self._run_here(action, values)
+
+    def _cascade(self, action: Action, values: dict[str, Any]) -> list[dict]:
+        """Run here and, at the same time, replay on every other node in parallel (sent with
+        cascade_to_nodes=0, so it never cascades twice): a cascade takes as long as the slowest
+        node, not the sum. The payload is every node's outcome, this node first; the status is
+        502 if any failed."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            others = pool.submit(self.cluster.replay, action.name, values)
+            try:
+                here = {"id": self.settings.node_id, "status": 0, "payload": self._run_here(action, values)}
+            except ApiError as exc:
+                here = {"id": self.settings.node_id, "status": exc.status,
+                        "payload": exc.payload if exc.payload is not None else exc.message}
+            outcomes = [here] + others.result()
+        failed = [o["id"] for o in outcomes if o["status"]]
+        if failed:
+            raise NodeFailed(f"{action.name} failed on {', '.join(failed)}", payload=outcomes)
+        return outcomes
+
+    def _run_here(self, action: Action, values: dict[str, Any]) -> Any:
         handler = getattr(self, action.handler)
         if not action.mutating:
             return handler(values)
@@ -94,15 +125,16 @@ class Controller:
 
     # -- service control -------------------------------------------------------------
     def _wait_listening(self, verb: str) -> None:
-        unit = self.flavour.primary_unit
+        """Bounded wait until every unit listens on its port (Courier: 143 and 993)."""
         deadline = time.monotonic() + self.settings.listen_timeout
-        while time.monotonic() < deadline:
-            if ports.unit_listens(self.systemd.main_pid(unit), self.settings.port):
-                return
-            time.sleep(0.05)
-        raise ActionFailed(f"{verb} {unit}: the unit is {self.systemd.active_state(unit)} but nothing of it "
-                           f"listens on port {self.settings.port} after {self.settings.listen_timeout:.0f} s; "
-                           f"last journal lines:\n{self.systemd.journal_tail(unit)}")
+        for unit, port in self.flavour.unit_ports().items():
+            while not ports.unit_listens(self.systemd.main_pid(unit), port):
+                if time.monotonic() > deadline:
+                    raise ActionFailed(
+                        f"{verb} {unit}: the unit is {self.systemd.active_state(unit)} but nothing of it "
+                        f"listens on port {port} after {self.settings.listen_timeout:.0f} s; "
+                        f"last journal lines:\n{self.systemd.journal_tail(unit)}")
+                time.sleep(0.05)
 
     def start(self, _values) -> str:
         for unit in self.flavour.units:
@@ -143,11 +175,6 @@ class Controller:
         with self.lock.hold(timeout=self.settings.lock_timeout):
             return transaction.recover(self.flavour, self.systemd, self.journal)
 
-    # -- cluster -----------------------------------------------------------------------
-    def _check_node(self, node_id: str | None) -> None:
-        if node_id is not None and node_id != self.settings.node_id:
-            raise NotFound(f"node_id: unknown node {node_id!r}; known nodes: {self.settings.node_id} "
-                           "(this node; clustering is not configured)")
 
 
 def dispatch(controller: Controller, keys, apikey: Any, action_name: Any, raw: Any, *,
@@ -173,7 +200,7 @@ def dispatch(controller: Controller, keys, apikey: Any, action_name: Any, raw: A
         values = action.validate(raw)
         status, payload = 0, controller.run(action, values)
     except ApiError as exc:
-        status, payload = exc.status, exc.message
+        status, payload = exc.status, exc.payload if exc.payload is not None else exc.message
     except Exception as exc:  # a bug: say so, keep the worker alive, log the traceback
         log.exception("action %s failed unexpectedly", action_name)
         status, payload = 500, f"internal error in imapd-ctl: {type(exc).__name__}: {exc}"

@@ -8,9 +8,18 @@ Adapters raise these (or subclasses); the API layer turns them into
 class ApiError(Exception):
     status = 500
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, payload=None):
         super().__init__(message)
         self.message = message
+        self.payload = payload    # a structured payload for the reply; None: the message
+
+
+class Relayed(ApiError):
+    """Another node's non-zero answer, passed on with its own status and payload."""
+
+    def __init__(self, status: int, payload):
+        super().__init__(payload if isinstance(payload, str) else f"status {status}", payload)
+        self.status = status
 
 
 class BadInput(ApiError):

@@ -61,6 +61,12 @@ class Daemon:
         text = self.host.read_file("/var/log/imapd-ctl/audit.log").decode()
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
+    def start(self, timeout: float = 30) -> None:
+        """Run the daemon as a transient unit (gone once stopped: start() makes it again)."""
+        self.host.run(["systemd-run", f"--unit={UNIT}", "--collect", "-p", "KillMode=mixed",
+                       "--setenv=PYTHONUNBUFFERED=1", IMAPD_CTL, "--config", self.config, "serve"])
+        self.wait_healthy(timeout)
+
     def stop(self) -> None:
         self.host.systemctl("stop", UNIT, check=False)
 
@@ -103,8 +109,6 @@ def launch(host, share: Path, *, node_id: str = "node1", workers: int = 2, timeo
     run = lambda *a, **kw: host.run([IMAPD_CTL, "--config", config, *a], **kw)  # noqa: E731
     key = run("key", "create", "panel").stdout.strip()
     key_without_email = run("key", "create", "webonly", "--perm", "WEB").stdout.strip()
-    host.run(["systemd-run", f"--unit={UNIT}", "--collect", "-p", "KillMode=mixed",
-              "--setenv=PYTHONUNBUFFERED=1", IMAPD_CTL, "--config", config, "serve"])
     daemon = Daemon(host, share, config, key, key_without_email, node_id)
-    daemon.wait_healthy(timeout)
+    daemon.start(timeout)
     return daemon

@@ -88,6 +88,9 @@ class FakeFlavour:
         self.conf = str(conf_path)
         self.calls = []
 
+    def unit_ports(self):
+        return {UNIT: 143}
+
     def current_values(self):
         try:
             with open(self.conf) as fh:

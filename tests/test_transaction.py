@@ -83,6 +83,9 @@ class FakeFlavour:
         return sum(1 for e in self.events if e[0] == event)
 
     # -- the Flavour protocol ----------------------------------------------------------
+    def unit_ports(self):
+        return {"fake-imapd.service": 143}
+
     def current_values(self):
         values = dict(DEFAULTS)
         for path in (self.main, self.secure):

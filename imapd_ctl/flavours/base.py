@@ -17,6 +17,9 @@ class Flavour(Protocol):
     units: tuple[str, ...]      # every unit that serves IMAP, in start order
     primary_unit: str           # the unit that listens on settings.port
 
+    def unit_ports(self) -> dict[str, int]:
+        """{unit: the port it serves}; start/restart wait until each listens."""
+
     def current_values(self) -> Values:
         """The four update values now in force (exactly as last requested, if we wrote them)."""
 

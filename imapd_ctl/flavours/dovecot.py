@@ -177,6 +177,9 @@ class Dovecot:
                         f"process_limit={want[0]} vsz_limit={want[1]}B (check `doveconf -n` for "
                         f"'service imap' settings after {self.s.dropin}, e.g. in local.conf)")
 
+    def unit_ports(self) -> dict[str, int]:
+        return {self.s.unit: self.port}
+
     def apply(self, systemd, changed: list[str]) -> str:
         if systemd.active_state(self.s.unit) != "active":
             return f"{self.s.unit} is not running; the new limits apply when it starts"

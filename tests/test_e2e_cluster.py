@@ -1,0 +1,117 @@
+"""The cluster across real hosts: three mail hosts (each its own systemd, Dovecot and
+imapd-ctl) on one bridge, talking HTTPS with certificates from a CA made here."""
+from __future__ import annotations
+
+import pytest
+
+from cluster_fixture import Cluster3
+
+pytestmark = pytest.mark.mailhost
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster3()
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def main_pid(node) -> int:
+    return int(node.host.systemctl("show", "-p", "MainPID", "--value", "dovecot").stdout)
+
+
+def test_restart_on_node_restarts_only_that_node(cluster):
+    n1, n2, n3 = cluster.nodes
+    before = [main_pid(n) for n in cluster.nodes]
+    status, payload = n1.daemon.call("restartOnNode", {"node_id": "node2"})
+    assert status == 0, payload
+    after = [main_pid(n) for n in cluster.nodes]
+    assert after[0] == before[0] and after[2] == before[2]
+    assert after[1] != before[1] and after[1] > 0
+    # Over XML-RPC too, from another node.
+    status, payload = n3.daemon.route("restartOnNode", {"node_id": "node1"})
+    assert status == 0, payload
+    assert main_pid(n1) != after[0] and main_pid(n2) == after[1]
+
+
+def test_is_running_on_node_reflects_each_node(cluster):
+    n1, n2, n3 = cluster.nodes
+    n3.host.systemctl("stop", "dovecot")
+    try:
+        assert n1.daemon.call("isRunningOnNode", {"node_id": "node2"}) == (0, True)
+        assert n1.daemon.call("isRunningOnNode", {"node_id": "node3"}) == (0, False)
+        assert n2.daemon.route("isRunningOnNode", {"node_id": "node3"}) == (0, False)
+        assert n3.daemon.call("isRunningOnNode") == (0, False)          # default: this node
+        assert n3.daemon.call("isRunningOnNode", {"node_id": "node1"}) == (0, True)
+    finally:
+        n3.host.start_dovecot()
+    assert n1.daemon.call("isRunningOnNode", {"node_id": "node3"}) == (0, True)
+
+
+def test_unknown_node_lists_the_known_ones(cluster):
+    status, payload = cluster.nodes[0].daemon.call("stopOnNode", {"node_id": "node7"})
+    assert status == 404
+    for known in ("node1", "node2", "node3", "node7"):
+        assert known in payload
+
+
+def test_cascaded_update_changes_every_host(cluster):
+    n1 = cluster.nodes[0]
+    values = {"imap_mem_limit": 280_000_000, "imap_max_connections": 31,
+              "imap_secure_mem_limit": 270_000_000, "imap_secure_max_connections": 29}
+    status, payload = n1.daemon.call("update", {**values, "cascade_to_nodes": 1})
+    assert status == 0, payload
+    assert [o["id"] for o in payload] == ["node1", "node2", "node3"]
+    assert all(o["status"] == 0 for o in payload), payload
+    for node in cluster.nodes:
+        assert node.daemon.call("queryUpdate") == (0, values), node.id
+        assert node.host.run(["doveconf", "-h", "service/imap/process_limit"]).stdout.strip() == "60"
+    # The replay did not cascade again: node2 saw cascade_to_nodes=0 once, from node1's key.
+    replayed = [l for l in cluster.nodes[1].daemon.audit_lines() if l["action"] == "update"]
+    assert replayed[-1]["inputs"]["cascade_to_nodes"] == 0
+    assert replayed[-1]["key"] == "from-node1"
+
+
+def test_cascade_with_a_node_down_still_changes_the_others(cluster):
+    n1, n2, n3 = cluster.nodes
+    n3.daemon.stop()
+    try:
+        status, payload = n1.daemon.call("update", {"imap_max_connections": 44, "cascade_to_nodes": 1})
+        assert status == 502
+        by_id = {o["id"]: o for o in payload}
+        assert by_id["node1"]["status"] == 0 and by_id["node2"]["status"] == 0
+        assert by_id["node3"]["status"] == 502
+        assert "node3" in by_id["node3"]["payload"] and "cannot reach" in by_id["node3"]["payload"]
+        for node in (n1, n2):
+            assert node.daemon.call("queryUpdate")[1]["imap_max_connections"] == 44
+        # A cascaded restart reports the same way.
+        status, payload = n2.daemon.route("restart", {"cascade_to_nodes": 1})
+        assert status == 502 and [o["status"] for o in payload] == [0, 0, 502]
+    finally:
+        n3.daemon.start()
+    assert n3.daemon.call("queryUpdate")[1]["imap_max_connections"] != 44
+
+
+def test_a_certificate_from_another_ca_is_refused(cluster):
+    n1, n2, n3 = cluster.nodes
+    cluster.reissue_cert(n3, rogue=True)
+    try:
+        status, payload = n1.daemon.call("isRunningOnNode", {"node_id": "node3"})
+        assert status == 502
+        assert "node3" in payload and "certificate" in payload, payload
+        out = n1.daemon.ctl("node", "check", check=False)
+        assert out.returncode == 1
+        assert "ok   node2" in out.stdout and "FAIL node3" in out.stdout
+    finally:
+        cluster.reissue_cert(n3, rogue=False)
+    assert n1.daemon.call("isRunningOnNode", {"node_id": "node3"}) == (0, True)
+
+
+def test_node_list_and_check(cluster):
+    out = cluster.nodes[1].daemon.ctl("node", "list").stdout
+    assert "node2\t(this node)" in out and "node1\thttps://198.19.0.11:8443" in out
+    out = cluster.nodes[1].daemon.ctl("node", "check").stdout
+    assert "ok   node1" in out and "ok   node3" in out
