@@ -53,3 +53,26 @@ def test_non_loopback_binds_need_tls(bind):
     with pytest.raises(SystemExit, match="not a loopback address and TLS is not configured"):
         serve.check_binds(settings.Settings(listen=[bind]))
     serve.check_binds(settings.Settings(listen=[bind], tls_cert="/c.pem", tls_key="/k.pem"))
+
+
+NODE = '[[nodes]]\nid = "node2"\nurl = "https://198.18.0.2:8443"\nkey = "k"\nca = "/etc/imapd-ctl/ca.pem"\n'
+
+
+def test_node_registry_is_parsed(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('node_id = "node1"\n' + NODE)
+    s = settings.load(str(path))
+    assert [(n.id, n.url) for n in s.nodes] == [("node2", "https://198.18.0.2:8443")]
+
+
+@pytest.mark.parametrize("entry, message", [
+    (NODE.replace("https://", "http://"), "url must be https://"),
+    (NODE.replace('key = "k"\n', ""), "needs exactly the keys"),
+    (NODE.replace('"node2"', '"node 2"'), "not a valid node id"),
+    (NODE.replace('key = "k"', 'key = ""'), "non-empty strings"),
+])
+def test_bad_node_entries_are_refused(tmp_path, entry, message):
+    path = tmp_path / "c.toml"
+    path.write_text(entry)
+    with pytest.raises(ValueError, match=message):
+        settings.load(str(path))
