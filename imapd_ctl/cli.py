@@ -149,7 +149,8 @@ def cmd_recover(args) -> int:
     try:
         what = Controller(_settings(args)).recover()
     except ApiError as exc:
-        print(f"could not check for an interrupted change: {exc.message}", file=sys.stderr)
+        print(f"could not finish or undo an interrupted change (it is kept and retried by the next "
+              f"change): {exc.message}", file=sys.stderr)
         return 1
     print(what or "no interrupted change")
     return 0

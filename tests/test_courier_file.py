@@ -491,13 +491,14 @@ def test_ssl_unit_is_left_out_when_systemd_does_not_know_it(tmp_path):
     assert Courier(settings, FakeSystemd()).units == ("courier-imap.service", "courier-imap-ssl.service")
 
 
-def _detect_settings(tmp_path, flavour="auto", doveconf=True, courier_dir=True):
+def _detect_settings(tmp_path, flavour="auto", doveconf=True, courier_dir=True, protocols="imap pop3"):
     tmp_path = tmp_path / f"{flavour}-{doveconf}-{courier_dir}"
     tmp_path.mkdir(exist_ok=True)
     settings = Settings(state_dir=str(tmp_path / "state"), flavour=flavour)
     tool = tmp_path / "doveconf"
-    if doveconf:
-        tool.write_text("")
+    if doveconf:   # a stand-in answering `doveconf -h protocols`
+        tool.write_text(f"#!/bin/sh\necho '{protocols}'\n")
+        tool.chmod(0o755)
     settings.dovecot.doveconf = str(tool)
     conf = tmp_path / "courier"
     conf.mkdir(exist_ok=True)
@@ -511,6 +512,8 @@ def test_detection_order(tmp_path):
     both = FakeSystemd(loaded=("dovecot.service", "courier-imap.service", "courier-imap-ssl.service"))
     assert isinstance(detect(_detect_settings(tmp_path), both), Dovecot)
     assert isinstance(detect(_detect_settings(tmp_path, doveconf=False), both), Courier)
+    # dovecot-core without imap among its protocols (e.g. kept for Postfix SASL) is not an IMAP server
+    assert isinstance(detect(_detect_settings(tmp_path, protocols="pop3"), both), Courier)
     assert isinstance(detect(_detect_settings(tmp_path), FakeSystemd()), Courier)
     assert isinstance(detect(_detect_settings(tmp_path, flavour="courier"), both), Courier)
     assert isinstance(detect(_detect_settings(tmp_path, flavour="dovecot", doveconf=False), FakeSystemd()), Dovecot)

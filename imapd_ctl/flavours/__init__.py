@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 from ..errors import ActionFailed
 from .base import Flavour
@@ -14,6 +15,16 @@ class NoFlavour(ActionFailed):
     pass
 
 
+def _dovecot_serves_imap(doveconf: str) -> bool:
+    """dovecot-core alone (kept for Postfix SASL, or left behind when Courier replaced
+    dovecot-imapd) is not an IMAP server: imap must be among its protocols."""
+    try:
+        out = subprocess.run([doveconf, "-h", "protocols"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "imap" in out.split()
+
+
 def detect(settings, systemd) -> Flavour:
     """The configured flavour (settings.flavour "dovecot" or "courier"), or in "auto" the first
     that is installed: Dovecot (its unit loaded and doveconf present), else Courier (its 143
@@ -24,9 +35,10 @@ def detect(settings, systemd) -> Flavour:
         return Courier(settings, systemd)
     looked = []
     unit = settings.dovecot.unit
-    if os.path.exists(settings.dovecot.doveconf) and systemd.unit(unit).load_state == "loaded":
+    if os.path.exists(settings.dovecot.doveconf) and systemd.unit(unit).load_state == "loaded" \
+            and _dovecot_serves_imap(settings.dovecot.doveconf):
         return Dovecot(settings)
-    looked.append(f"Dovecot ({unit} with {settings.dovecot.doveconf})")
+    looked.append(f"Dovecot ({unit} with {settings.dovecot.doveconf} and imap in its protocols)")
     courier = settings.courier
     if find_config_dir(courier.config_dir) and systemd.unit(courier.unit).load_state == "loaded":
         return Courier(settings, systemd)
