@@ -76,3 +76,9 @@ def test_bad_node_entries_are_refused(tmp_path, entry, message):
     path.write_text(entry)
     with pytest.raises(ValueError, match=message):
         settings.load(str(path))
+
+
+def test_example_node_registry_parses():
+    s = settings.load(str(SHIPPED.parent / "nodes.example.toml"))
+    assert s.node_id == "node1" and [n.id for n in s.nodes] == ["node2", "node3"]
+    assert s.tls_cert and all(n.url.startswith("https://") for n in s.nodes)
