@@ -17,14 +17,20 @@ pytestmark = pytest.mark.mailhost
 SOCK = "/run/imapd-ctl/imapd-ctl.sock"
 
 
+def _use_checkout(h) -> None:
+    """The packaged ExecStart is /usr/bin/imapd-ctl; here the checkout's venv. The checkout
+    may live under /tmp or /root (CI clones anywhere), which PrivateTmp/ProtectHome hide from
+    the service: bind it back, read-only, as an installed package would be visible."""
+    h.write_file("/etc/systemd/system/imapd-ctl.service.d/venv.conf",
+                 f"[Service]\nExecStart=\nExecStart={IMAPD_CTL} serve\nBindReadOnlyPaths={REPO}\n")
+
+
 @pytest.fixture(scope="module")
 def units(mailhost):
     h = mailhost
     for name in ("imapd-ctl.service", "imapd-ctl.socket"):
         h.write_file(f"/etc/systemd/system/{name}", (REPO / "systemd" / name).read_text())
-    # The packaged ExecStart is /usr/bin/imapd-ctl; here the checkout's venv.
-    h.write_file("/etc/systemd/system/imapd-ctl.service.d/venv.conf",
-                 f"[Service]\nExecStart=\nExecStart={IMAPD_CTL} serve\n")
+    _use_checkout(h)
     h.write_file("/etc/imapd-ctl/imapd-ctl.toml", (REPO / "config" / "imapd-ctl.toml").read_text())
     key = h.run([IMAPD_CTL, "key", "create", "units"]).stdout.strip()
     h.systemctl("daemon-reload")
@@ -93,8 +99,7 @@ def test_courier_under_the_hardening(courierhost):
     h = courierhost
     for name in ("imapd-ctl.service", "imapd-ctl.socket"):
         h.write_file(f"/etc/systemd/system/{name}", (REPO / "systemd" / name).read_text())
-    h.write_file("/etc/systemd/system/imapd-ctl.service.d/venv.conf",
-                 f"[Service]\nExecStart=\nExecStart={IMAPD_CTL} serve\n")
+    _use_checkout(h)
     h.write_file("/etc/imapd-ctl/imapd-ctl.toml", (REPO / "config" / "imapd-ctl.toml").read_text())
     key = h.run([IMAPD_CTL, "key", "create", "courier"]).stdout.strip()
     h.systemctl("daemon-reload")
