@@ -6,6 +6,7 @@ are all derived from ACTIONS; nothing else lists actions or inputs.
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -20,6 +21,23 @@ MEM_MIN, MEM_MAX = 1 << 20, 1 << 40
 CONN_MIN, CONN_MAX = 1, 50_000
 
 _INT_TEXT = re.compile(r"-?[0-9]{1,30}", re.ASCII)
+
+_NESTED = reprlib.Repr()
+_NESTED.maxlevel = 3
+
+
+def brief(raw: Any, limit: int) -> str:
+    """repr() of a value from a request, for an error message, cut to `limit` characters.
+    repr() of a giant int raises ValueError (Python's digit limit), and of an array nested a
+    thousand deep (XML-RPC, or JSON near the parser's limit) RecursionError: never repr those."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw.bit_length() > 128:
+        shown = f"an integer of {raw.bit_length()} bits"
+    else:
+        try:
+            shown = repr(raw)
+        except RecursionError:
+            shown = _NESTED.repr(raw)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -46,13 +64,8 @@ class Input:
         return self._parse_str(raw)
 
     def _fail(self, raw: Any, why: str = "") -> BadInput:
-        # repr() of a giant int raises ValueError (Python's digit limit): describe it instead.
-        huge = isinstance(raw, int) and raw.bit_length() > 128
-        shown = f"an integer of {raw.bit_length()} bits" if huge else repr(raw)
-        if len(shown) > 40:
-            shown = shown[:37] + "..."
         why = f" ({why})" if why else ""
-        return BadInput(f"{self.name}: must be {self.allowed()}, got {shown}{why}")
+        return BadInput(f"{self.name}: must be {self.allowed()}, got {brief(raw, 40)}{why}")
 
     def _parse_int(self, raw: Any) -> int:
         # bool is an int subclass in Python: True must not become 1.
@@ -181,6 +194,5 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
 def lookup(name: Any) -> Action:
     action = ACTIONS.get(name) if isinstance(name, str) else None
     if action is None:
-        shown = repr(name)[:60]
-        raise NotFound(f"unknown action {shown} for {CONTROLLER}; actions: {', '.join(ACTIONS)}")
+        raise NotFound(f"unknown action {brief(name, 60)} for {CONTROLLER}; actions: {', '.join(ACTIONS)}")
     return action

@@ -3,11 +3,12 @@
 {"status": N, "payload": ...}; a non-zero status is also the HTTP status."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 from . import audit, openapi, settings as settings_mod
 from .actions import CONTROLLER
@@ -55,13 +56,26 @@ def _inputs() -> dict:
             raise BadInput("body: not valid UTF-8") from None
         except ValueError as exc:
             raise BadInput(f"body: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise BadInput("body: not valid JSON (nested too deeply)") from None
         if not isinstance(body, dict):
             raise BadInput(f"body: must be a JSON object of named inputs, got {type(body).__name__}")
         for name, value in body.items():
             put(name, [value])
     elif request.mimetype in FORM_TYPES:
-        for name in request.form:
-            put(name, request.form.getlist(name))
+        # request.form would turn a body Werkzeug cannot parse (invalid UTF-8, a broken
+        # multipart) into an empty form, and the action would run without its inputs.
+        parser = request.make_form_data_parser()
+        parser.silent = False
+        data = request.get_data(cache=True)
+        try:
+            _, form, files = parser.parse(io.BytesIO(data), request.mimetype, len(data), request.mimetype_params)
+        except ValueError as exc:
+            raise BadInput(f"body: not a valid {request.mimetype} body ({exc})") from None
+        for name in form:
+            put(name, form.getlist(name))
+        for name in files:   # an uploaded file is not a value: the input refuses it
+            put(name, files.getlist(name))
     elif request.get_data(cache=True).strip():
         raise BadInput(f"body: send application/json or a form, not {request.mimetype or 'an untyped body'}")
     return found
@@ -84,7 +98,29 @@ def create_app(settings=None, controller=None, keys=None) -> Flask:
     audit.setup(settings.audit_log)
     app.extensions["imapd_ctl"] = {"settings": settings, "controller": controller, "keys": keys}
 
-    @app.route(f"{CONTROLLER}/<action>", methods=["GET", "POST"])
+    @app.before_request
+    def read_body():
+        """Read the whole body here, once (later reads get this copy), and refuse one that is
+        not all there: a chunked body has no Content-Length to refuse up front, and Werkzeug
+        quietly stops reading it at MAX_CONTENT_LENGTH; a body that ends before its
+        Content-Length is taken as it is. Either way the request would run with its tail,
+        and the inputs in it, cut off. Broken chunked framing makes the server's reader raise
+        (gunicorn's InvalidChunkSize...): the client's 400, not a 500."""
+        try:
+            data = request.get_data(cache=True)
+            over = (request.content_length is None and len(data) >= MAX_BODY
+                    and request.environ["wsgi.input"].read(1))
+        except HTTPException:
+            raise
+        except Exception as exc:
+            raise BadRequest(f"the request body could not be read ({type(exc).__name__})") from None
+        if over:
+            raise RequestEntityTooLarge()
+        if request.content_length is not None and len(data) < request.content_length:
+            raise BadRequest(f"the body ended after {len(data)} of its {request.content_length} bytes")
+
+    # No automatic OPTIONS: its empty 200 would be the one reply without the envelope.
+    @app.route(f"{CONTROLLER}/<action>", methods=["GET", "POST"], provide_automatic_options=False)
     def action_route(action):
         try:
             raw = _inputs()
@@ -96,7 +132,7 @@ def create_app(settings=None, controller=None, keys=None) -> Flask:
                                    method="GET" if request.method == "HEAD" else request.method)
         return envelope(status, payload)
 
-    @app.post("/xmlrpc")
+    @app.post("/xmlrpc", provide_automatic_options=False)
     def xmlrpc_route():
         body = handle_xmlrpc(request.get_data(), controller, keys, peer=_peer())
         return Response(body, mimetype="text/xml")
