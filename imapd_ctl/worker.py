@@ -1,15 +1,28 @@
-"""gunicorn's sync worker, with TLS only where it belongs.
+"""gunicorn's sync worker, with TLS only where it belongs and envelopes for its own errors.
 
 gunicorn wraps every accepted connection in TLS once a certificate is configured, the unix
 socket's too. Local operators on the unix socket (already authorised by its file mode) should
 not need a certificate to talk to their own daemon, so connections from a unix listener are
 handled as plain HTTP and only TCP ones get TLS.
+
+Requests gunicorn itself rejects before the app sees them (a broken request line, bad headers,
+bad framing) get its HTML error page; clients of this API expect the JSON envelope everywhere,
+so those replies carry {"status": N, "payload": "..."} instead, with gunicorn's status.
 """
 from __future__ import annotations
 
+import json
 import socket
 
+from gunicorn import util
 from gunicorn.workers.sync import SyncWorker
+
+
+def _write_envelope(sock, status_int, reason, mesg):
+    body = (json.dumps({"status": int(status_int), "payload": f"{reason}: {mesg}".rstrip(": ")}) + "\n").encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    util.write_nonblock(sock, head + body)
 
 
 class _PlainConfig:
@@ -24,6 +37,15 @@ class _PlainConfig:
 
 
 class Worker(SyncWorker):
+    def handle_error(self, req, client, addr, exc):
+        # gunicorn picks the status and logs; only the page it writes is swapped, for this
+        # call (the sync worker handles one request at a time).
+        original, util.write_error = util.write_error, _write_envelope
+        try:
+            return super().handle_error(req, client, addr, exc)
+        finally:
+            util.write_error = original
+
     def handle(self, listener, client, addr):
         if listener.family != socket.AF_UNIX or not self.cfg.is_ssl:
             return super().handle(listener, client, addr)

@@ -1,6 +1,9 @@
 """Bad input and bad credentials through the real server: clear errors, nothing changed."""
 from __future__ import annotations
 
+import json
+import socket
+
 import pytest
 
 from imapd_ctl.actions import ACTIONS
@@ -90,3 +93,19 @@ def test_auth_on_every_action_and_both_transports(daemon, action):
     assert status == 401
     status, payload = daemon.route(action, {}, key={"email": "a@b.c", "password": "x"})
     assert status == 401 and "apikey" in payload
+
+
+@pytest.mark.parametrize("raw", [b"GARBAGE\r\n\r\n", b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n",
+                                 b"POST /xmlrpc HTTP/1.1\r\nContent-Length: x\r\n\r\n"])
+def test_requests_gunicorn_rejects_still_get_the_envelope(daemon, raw):
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(daemon.socket)
+        sock.sendall(raw)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    assert 400 <= status < 500 and b"application/json" in head
+    assert json.loads(body)["status"] == status
