@@ -7,7 +7,6 @@ from the caller, so tests and the demo reach it from outside the host.
 from __future__ import annotations
 
 import json
-import os
 import time
 import xmlrpc.client
 from dataclasses import dataclass
@@ -16,6 +15,49 @@ from pathlib import Path
 from imapd_ctl import client
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The seed's example payloads of the constant list* actions (the compatibility target).
+SEED_PAYLOADS = {
+    "listGeneralName": "##LG_IMAP##",
+    "listPortNumbers": "143",
+    "listPortNumbersArray": [143],
+    "listRequiredPermissions": ["EMAIL"],
+    "listServiceName": "imap4",
+    "listServicePage": "/nodeworx/mail/mda",
+}
+
+
+def service_info(running: int) -> dict:
+    """The seed's listServiceInfo payload."""
+    return {"id": "imap4", "name": "##LG_IMAP##", "ports": "143", "page": "/nodeworx/mail/mda",
+            "ctrl": "/nodeworx/mail/imap", "is_running": running}
+
+
+def exercise_every_action(call, node_id: str) -> dict:
+    """Run all 19 actions with their usual inputs through `call` (Daemon.call or .route),
+    asserting each succeeds, and leave the server as it was: running, enabled at boot, with
+    the limits it had. Returns those limits (queryUpdate before)."""
+    from imapd_ctl.actions import ACTIONS
+    current = call("queryUpdate")[1]
+    plan = [
+        ("stop", {}), ("start", {}), ("restart", {"cascade_to_nodes": 0}),
+        ("stopOnNode", {"node_id": node_id}), ("startOnNode", {}),
+        ("restartOnNode", {"node_id": node_id}),
+        ("startOnBoot", {"mda_imap_startonboot": 0}), ("queryStartOnBoot", {}),
+        ("startOnBoot", {"mda_imap_startonboot": 1}), ("queryStartOnBoot", {}),
+        ("update", {"imap_max_connections": current["imap_max_connections"] + 1}),
+        ("update", current), ("queryUpdate", {}),
+        ("isRunning", {}), ("isRunningOnNode", {}), ("listServiceInfo", {}),
+        *[(name, {}) for name in SEED_PAYLOADS],
+    ]
+    assert {name for name, _ in plan} == set(ACTIONS)
+    for name, inputs in plan:
+        status, payload = call(name, inputs)
+        assert status == 0, (name, payload)
+    assert call("queryStartOnBoot") == (0, {"mda_imap_startonboot": 1})
+    assert call("queryUpdate") == (0, current)
+    assert call("isRunning") == (0, True)
+    return current
 VENV_BIN = REPO / ".venv" / "bin"
 IMAPD_CTL = str(VENV_BIN / "imapd-ctl")
 UNIT = "imapd-ctl-test.service"

@@ -6,23 +6,10 @@ import json
 
 import pytest
 
+from daemon import SEED_PAYLOADS, exercise_every_action, service_info
 from imapd_ctl.actions import ACTIONS
 
 pytestmark = pytest.mark.mailhost
-
-SEED_PAYLOADS = {
-    "listGeneralName": "##LG_IMAP##",
-    "listPortNumbers": "143",
-    "listPortNumbersArray": [143],
-    "listRequiredPermissions": ["EMAIL"],
-    "listServiceName": "imap4",
-    "listServicePage": "/nodeworx/mail/mda",
-}
-
-
-def service_info(running: int) -> dict:
-    return {"id": "imap4", "name": "##LG_IMAP##", "ports": "143", "page": "/nodeworx/mail/mda",
-            "ctrl": "/nodeworx/mail/imap", "is_running": running}
 
 
 def test_isrunning_envelope_is_byte_exact(daemon):
@@ -73,25 +60,7 @@ def test_xmlrpc_key_and_input_forms(daemon):
 def test_every_action_runs(daemon, mailhost, transport):
     """All 19 actions, each with its usual inputs, succeed through the real stack."""
     call = daemon.call if transport == "http" else daemon.route
-    current = call("queryUpdate")[1]
-    plan = [
-        ("stop", {}), ("start", {}), ("restart", {"cascade_to_nodes": 0}),
-        ("stopOnNode", {"node_id": daemon.node_id}), ("startOnNode", {}),
-        ("restartOnNode", {"node_id": daemon.node_id}),
-        ("startOnBoot", {"mda_imap_startonboot": 0}), ("queryStartOnBoot", {}),
-        ("startOnBoot", {"mda_imap_startonboot": 1}), ("queryStartOnBoot", {}),
-        ("update", {"imap_max_connections": current["imap_max_connections"] + 1}),
-        ("update", current), ("queryUpdate", {}),
-        ("isRunning", {}), ("isRunningOnNode", {}), ("listServiceInfo", {}),
-        *[(name, {}) for name in SEED_PAYLOADS],
-    ]
-    assert {name for name, _ in plan} == set(ACTIONS)
-    for name, inputs in plan:
-        status, payload = call(name, inputs)
-        assert status == 0, (name, payload)
-    assert call("queryStartOnBoot") == (0, {"mda_imap_startonboot": 1})
-    assert call("queryUpdate") == (0, current)
-    assert call("isRunning") == (0, True)
+    exercise_every_action(call, daemon.node_id)
     assert mailhost.listening(143)
 
 

@@ -11,28 +11,15 @@ import ssl
 import pytest
 
 from courierhost import CONFIG_DIR, PORTS, UNITS, address_space_limit, main_pid, unit_processes
-from imapd_ctl.actions import ACTIONS
+from daemon import SEED_PAYLOADS, exercise_every_action, service_info
 from imapd_ctl.flavours.courier import kib, managed_line
 
 pytestmark = pytest.mark.mailhost
 
 IMAPD, IMAPD_SSL = f"{CONFIG_DIR}/imapd", f"{CONFIG_DIR}/imapd-ssl"
 PLAIN_UNIT, SSL_UNIT = UNITS
-SEED_PAYLOADS = {
-    "listGeneralName": "##LG_IMAP##",
-    "listPortNumbers": "143",
-    "listPortNumbersArray": [143],
-    "listRequiredPermissions": ["EMAIL"],
-    "listServiceName": "imap4",
-    "listServicePage": "/nodeworx/mail/mda",
-}
 VALUES = {"imap_mem_limit": 300_000_000, "imap_max_connections": 25,
           "imap_secure_mem_limit": 200_000_000, "imap_secure_max_connections": 15}
-
-
-def service_info(running: int) -> dict:
-    return {"id": "imap4", "name": "##LG_IMAP##", "ports": "143", "page": "/nodeworx/mail/mda",
-            "ctrl": "/nodeworx/mail/imap", "is_running": running}
 
 
 def tls_context() -> ssl.SSLContext:
@@ -146,25 +133,7 @@ def test_start_on_boot_acts_on_both_units(daemon, host):
 def test_every_action_runs(daemon, host, transport):
     """All 19 actions, each with its usual inputs, succeed through the real stack."""
     call = daemon.call if transport == "http" else daemon.route
-    current = call("queryUpdate")[1]
-    plan = [
-        ("stop", {}), ("start", {}), ("restart", {"cascade_to_nodes": 0}),
-        ("stopOnNode", {"node_id": daemon.node_id}), ("startOnNode", {}),
-        ("restartOnNode", {"node_id": daemon.node_id}),
-        ("startOnBoot", {"mda_imap_startonboot": 0}), ("queryStartOnBoot", {}),
-        ("startOnBoot", {"mda_imap_startonboot": 1}), ("queryStartOnBoot", {}),
-        ("update", {"imap_max_connections": current["imap_max_connections"] + 1}),
-        ("update", current), ("queryUpdate", {}),
-        ("isRunning", {}), ("isRunningOnNode", {}), ("listServiceInfo", {}),
-        *[(name, {}) for name in SEED_PAYLOADS],
-    ]
-    assert {name for name, _ in plan} == set(ACTIONS)
-    for name, inputs in plan:
-        status, payload = call(name, inputs)
-        assert status == 0, (name, payload)
-    assert call("queryStartOnBoot") == (0, {"mda_imap_startonboot": 1})
-    assert call("queryUpdate") == (0, current)
-    assert call("isRunning") == (0, True)
+    exercise_every_action(call, daemon.node_id)
     assert host.listening(143) and host.listening(993)
 
 
