@@ -2,6 +2,7 @@
 real Dovecot) with the real imapd-ctl under gunicorn inside, one per test module."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,19 +20,27 @@ def _require_machine():
         pytest.fail(f"cannot boot a mail host here: {reason} (run `sudo scripts/setup`)", pytrace=False)
 
 
-@pytest.fixture(scope="module")
-def mailhost():
+@contextlib.contextmanager
+def booted_host(prepare):
+    """A booted host (first free index) with the repo and a shared dir (`host.share`, for the
+    daemon's socket) bind-mounted; `prepare(host)` installs/starts the IMAP server."""
     _require_machine()
     share = Path(tempfile.mkdtemp(prefix="imapd-ctl-share-", dir="/var/tmp"))
-    host = MailHost(binds=[str(REPO), str(share)])  # first free index
+    host = MailHost(binds=[str(REPO), str(share)])
     host.share = share
     try:
         host.boot()
-        host.start_dovecot()
+        prepare(host)
         yield host
     finally:
         host.shutdown()
         shutil.rmtree(share, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mailhost():
+    with booted_host(lambda host: host.start_dovecot()) as host:
+        yield host
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +57,15 @@ def daemon(mailhost):
 @pytest.fixture(scope="module")
 def courierhost():
     from courierhost import debs_ready, install_courier
-    _require_machine()
     ok, reason = debs_ready()
     if not ok:
         pytest.fail(f"cannot install Courier in a mail host: {reason}", pytrace=False)
-    share = Path(tempfile.mkdtemp(prefix="imapd-ctl-share-", dir="/var/tmp"))
-    host = MailHost(binds=[str(REPO), str(share)])
-    host.share = share
-    try:
-        host.boot()
+
+    def prepare(host):
         host.courier_install_seconds = install_courier(host)
+
+    with booted_host(prepare) as host:
         yield host
-    finally:
-        host.shutdown()
-        shutil.rmtree(share, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
