@@ -82,11 +82,13 @@ def _inputs() -> dict:
 
 
 def _no_duplicates(pairs: list) -> dict:
-    names = [name for name, _ in pairs]
-    for name in names:
-        if names.count(name) > 1:
+    """json.loads keeps the last of repeated keys; a repeated input is an error instead."""
+    found = {}
+    for name, value in pairs:
+        if name in found:
             raise BadInput(f"{name}: given more than once")
-    return dict(pairs)
+        found[name] = value
+    return found
 
 
 def create_app(settings=None, controller=None, keys=None) -> Flask:
