@@ -139,11 +139,11 @@ def create_app(settings=None, controller=None, keys=None) -> Flask:
         body = handle_xmlrpc(request.get_data(), controller, keys, peer=_peer())
         return Response(body, mimetype="text/xml")
 
-    @app.get("/healthz")
+    @app.get("/healthz", provide_automatic_options=False)
     def healthz():
         return envelope(0, "ok")
 
-    @app.get("/openapi.json")
+    @app.get("/openapi.json", provide_automatic_options=False)
     def openapi_route():
         return Response(json.dumps(openapi.document(), indent=1), mimetype="application/json")
 

@@ -494,3 +494,9 @@ def test_a_body_that_is_neither_json_nor_a_form_is_400(env):
 def test_head_on_a_read_only_action_is_allowed(env):
     assert env.call("isRunning", method="HEAD").status_code == 200
     assert env.call("stop", method="HEAD").status_code == 405
+
+
+def test_options_gets_the_envelope_everywhere(env):
+    for url in ("/healthz", "/openapi.json", "/xmlrpc", f"{CONTROLLER}/isRunning"):
+        reply = env.client.open(url, method="OPTIONS")
+        assert reply.status_code == 405 and envelope(reply)["status"] == 405, url
