@@ -25,16 +25,22 @@ def _use_checkout(h) -> None:
                  f"[Service]\nExecStart=\nExecStart={IMAPD_CTL} serve\nBindReadOnlyPaths={REPO}\n")
 
 
-@pytest.fixture(scope="module")
-def units(mailhost):
-    h = mailhost
+def _install_units(h, key_name: str) -> str:
+    """The shipped units and settings, running the checkout; returns a new key."""
     for name in ("imapd-ctl.service", "imapd-ctl.socket"):
         h.write_file(f"/etc/systemd/system/{name}", (REPO / "systemd" / name).read_text())
     _use_checkout(h)
     h.write_file("/etc/imapd-ctl/imapd-ctl.toml", (REPO / "config" / "imapd-ctl.toml").read_text())
-    key = h.run([IMAPD_CTL, "key", "create", "units"]).stdout.strip()
+    key = h.run([IMAPD_CTL, "key", "create", key_name]).stdout.strip()
     h.systemctl("daemon-reload")
     h.systemctl("start", "imapd-ctl.socket")
+    return key
+
+
+@pytest.fixture(scope="module")
+def units(mailhost):
+    h = mailhost
+    key = _install_units(h, "units")
     yield h, key
     h.systemctl("stop", "imapd-ctl.service", "imapd-ctl.socket", check=False)
 
@@ -97,13 +103,7 @@ def test_courier_under_the_hardening(courierhost):
     validated by sh, both units restarted over D-Bus, and the port check on couriertcpd (a
     child of the unit's main process, courierlogger)."""
     h = courierhost
-    for name in ("imapd-ctl.service", "imapd-ctl.socket"):
-        h.write_file(f"/etc/systemd/system/{name}", (REPO / "systemd" / name).read_text())
-    _use_checkout(h)
-    h.write_file("/etc/imapd-ctl/imapd-ctl.toml", (REPO / "config" / "imapd-ctl.toml").read_text())
-    key = h.run([IMAPD_CTL, "key", "create", "courier"]).stdout.strip()
-    h.systemctl("daemon-reload")
-    h.systemctl("start", "imapd-ctl.socket")
+    key = _install_units(h, "courier")
     try:
         before = h.run(["stat", "-c", "%a %U %G", "/etc/courier/imapd"]).stdout
         assert _curl(h, key) == {"status": 0, "payload": True}
