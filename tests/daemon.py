@@ -33,6 +33,16 @@ def service_info(running: int) -> dict:
             "ctrl": "/nodeworx/mail/imap", "is_running": running}
 
 
+def assert_seed_payloads(call, node_id: str) -> None:
+    """The read-only actions answer the seed's example payloads on a running server."""
+    for action, payload in SEED_PAYLOADS.items():
+        assert call(action) == (0, payload), action
+    assert call("isRunning") == (0, True)
+    assert call("isRunningOnNode") == (0, True)
+    assert call("isRunningOnNode", {"node_id": node_id}) == (0, True)
+    assert call("listServiceInfo") == (0, service_info(1))
+
+
 def exercise_every_action(call, node_id: str) -> dict:
     """Run all 19 actions with their usual inputs through `call` (Daemon.call or .route),
     asserting each succeeds, and leave the server as it was: running, enabled at boot, with
