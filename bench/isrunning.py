@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 from daemon import launch  # noqa: E402
 from mailhost import MailHost  # noqa: E402
 
-from imapd_ctl import client  # noqa: E402
+from imapd_ctl.entry import client  # noqa: E402
 
 SHELL_TIMER = r"""
 import statistics, subprocess, sys, time

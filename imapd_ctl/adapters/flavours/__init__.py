@@ -1,0 +1,48 @@
+"""IMAP server flavours and their detection."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+from imapd_ctl.core.errors import ActionFailed
+from imapd_ctl.adapters.flavours.base import Flavour
+from imapd_ctl.adapters.flavours import courier as _courier
+from imapd_ctl.adapters.flavours.courier import Courier, find_config_dir
+from imapd_ctl.adapters.flavours.dovecot import Dovecot
+
+
+class NoFlavour(ActionFailed):
+    pass
+
+
+def _dovecot_serves_imap(doveconf: str) -> bool:
+    """dovecot-core alone (kept for Postfix SASL, or left behind when Courier replaced
+    dovecot-imapd) is not an IMAP server: imap must be among its protocols."""
+    try:
+        out = subprocess.run([doveconf, "-h", "protocols"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "imap" in out.split()
+
+
+def detect(settings, systemd) -> Flavour:
+    """The configured flavour (settings.flavour "dovecot" or "courier"), or in "auto" the first
+    that is installed: Dovecot (its unit loaded and doveconf present), else Courier (its 143
+    unit loaded and its config directory found). Raises NoFlavour naming what was looked for."""
+    if settings.flavour == "dovecot":
+        return Dovecot(settings)
+    if settings.flavour == "courier":
+        return Courier(settings, systemd)
+    looked = []
+    unit = settings.dovecot.unit
+    if os.path.exists(settings.dovecot.doveconf) and systemd.unit(unit).load_state == "loaded" \
+            and _dovecot_serves_imap(settings.dovecot.doveconf):
+        return Dovecot(settings)
+    looked.append(f"Dovecot ({unit} with {settings.dovecot.doveconf} and imap in its protocols)")
+    courier = settings.courier
+    if find_config_dir(courier.config_dir) and systemd.unit(courier.unit).load_state == "loaded":
+        return Courier(settings, systemd)
+    dirs = courier.config_dir or " or ".join(f"{d}/imapd" for d in _courier.CONFIG_DIRS)
+    looked.append(f"Courier ({courier.unit} with {dirs})")
+    raise NoFlavour("no supported IMAP server is installed on this host; looked for: "
+                    + "; ".join(looked))

@@ -1,0 +1,216 @@
+"""Dovecot: limits live in a drop-in we own (conf.d/99-imapd-ctl.conf); the admin's files are
+never edited.
+
+Mapping (Dovecot has ONE post-login `service imap` serving both 143 and 993):
+  process_limit = imap_max_connections + imap_secure_max_connections
+  vsz_limit     = max(imap_mem_limit, imap_secure_mem_limit), written in bytes
+The four requested values are kept in a comment line of the drop-in so queryUpdate reads back
+exactly what was sent.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from imapd_ctl.core.actions import MEM_MAX, UPDATE_FIELDS
+from imapd_ctl.core.errors import ActionFailed, ConfigInvalid, ConfigWriteError
+from imapd_ctl.adapters import ports
+
+VALUES_RE = re.compile(r"^# imapd-ctl-values: (.*)$", re.M)
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([bkmgt]?)\s*$", re.I)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+UNLIMITED = (0, (1 << 64) - 1)
+
+
+def parse_size(text: str) -> int:
+    """'250000 k' -> 256000000 (doveconf prints sizes with 1024-based suffixes)."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"not a Dovecot size: {text!r}")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def parse_values(text: str) -> dict[str, int] | None:
+    """The requested values recorded in a drop-in we wrote, or None."""
+    m = VALUES_RE.search(text)
+    if not m:
+        return None
+    try:
+        found = dict(pair.split("=", 1) for pair in m.group(1).split())
+        return {k: int(found[k]) for k in UPDATE_FIELDS}
+    except (KeyError, ValueError):
+        return None
+
+
+def _os_reason(exc: OSError) -> str:
+    """The OS reason (e.g. No space left on device) of an OSError, or of the first of the errors
+    that shutil.copytree collects into one shutil.Error ("[Errno 28] No space left on device: ...")."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        text = str(exc.args[0][0][-1])
+        m = re.match(r"\[Errno \d+\] ([^:]+)", text)
+        return m.group(1) if m else text
+    return exc.strerror or str(exc)
+
+
+def mapped(values: dict[str, int]) -> tuple[int, int]:
+    """(process_limit, vsz_limit in bytes) for the four requested values."""
+    return (values["imap_max_connections"] + values["imap_secure_max_connections"],
+            max(values["imap_mem_limit"], values["imap_secure_mem_limit"]))
+
+
+class Dovecot:
+    name = "dovecot"
+
+    def __init__(self, settings):
+        self.s = settings.dovecot
+        self.port = settings.port
+        self.listen_timeout = settings.listen_timeout
+        self.state_dir = Path(settings.state_dir)
+        self.units = (self.s.unit,)
+        self.primary_unit = self.s.unit
+
+    # -- helpers -----------------------------------------------------------------
+    def _run(self, argv: list[str], what: str) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=30,
+                                  env={**os.environ, "LC_ALL": "C"})
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ActionFailed(f"cannot {what}: {exc}") from None
+
+    def effective(self, config: str | None = None) -> tuple[int, int]:
+        """(process_limit, vsz_limit bytes) that doveconf reports for a config file."""
+        argv = [self.s.doveconf, "-c", config or self.s.config, "-h",
+                "service/imap/process_limit", "service/imap/vsz_limit", "default_vsz_limit"]
+        proc = self._run(argv, "read Dovecot's settings")
+        lines = proc.stdout.splitlines()
+        if proc.returncode != 0 or len(lines) != 3:
+            raise ConfigInvalid(f"doveconf cannot read the configuration: {proc.stderr.strip()}")
+        vsz = parse_size(lines[1])
+        if vsz in UNLIMITED:         # the service inherits default_vsz_limit
+            vsz = parse_size(lines[2])
+        return int(lines[0]), vsz
+
+    # -- Flavour interface ---------------------------------------------------------
+    def current_values(self) -> dict[str, int]:
+        try:
+            text = Path(self.s.dropin).read_text()
+        except FileNotFoundError:
+            text = ""
+        values = parse_values(text)
+        if values is not None:
+            return values
+        # Nothing of ours (or hand-edited beyond recognition): split the effective limits
+        # evenly between the two ports.
+        process_limit, vsz = self.effective()
+        vsz = MEM_MAX if vsz in UNLIMITED else min(vsz, MEM_MAX)
+        plain = max(1, process_limit // 2)
+        return {"imap_mem_limit": vsz, "imap_max_connections": plain,
+                "imap_secure_mem_limit": vsz,
+                "imap_secure_max_connections": max(1, process_limit - plain)}
+
+    def render(self, values: dict[str, int]) -> bytes:
+        process_limit, vsz = mapped(values)
+        pairs = " ".join(f"{k}={values[k]}" for k in UPDATE_FIELDS)
+        return (
+            "# Managed by imapd-ctl (the update action of /nodeworx/mail/imap).\n"
+            "# Edits made here are replaced by the next update; put your own settings elsewhere.\n"
+            "# The values requested last (queryUpdate reads them back):\n"
+            f"# imapd-ctl-values: {pairs}\n"
+            "service imap {\n"
+            "  # imap_max_connections + imap_secure_max_connections: one service serves 143 and 993\n"
+            f"  process_limit = {process_limit}\n"
+            "  # the larger of imap_mem_limit and imap_secure_mem_limit, in bytes\n"
+            f"  vsz_limit = {vsz}B\n"
+            "}\n"
+        ).encode()
+
+    def plan(self, values: dict[str, int]) -> dict[str, bytes | None]:
+        return {self.s.dropin: self.render(values)}
+
+    def validate(self, files: dict[str, bytes | None]) -> None:
+        """doveconf -n on a copy of the config tree with the candidate files in place.
+        (`doveadm reload` exits 0 even for a broken config, so this must happen first.)"""
+        try:
+            self._validate(files)
+        except OSError as exc:
+            # Copying the tree into the state dir failed (typically ENOSPC): nothing live was touched.
+            raise ConfigWriteError(f"cannot prepare the candidate configuration for validation in "
+                                   f"{self.state_dir}: {_os_reason(exc)}; nothing was changed") from None
+
+    def _validate(self, files: dict[str, bytes | None]) -> None:
+        conf_dir = Path(self.s.config).parent
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.TemporaryDirectory(prefix="validate-", dir=self.state_dir,
+                                         ignore_cleanup_errors=True) as tmp:
+            tree = Path(tmp) / "conf"
+            shutil.copytree(conf_dir, tree, symlinks=True)
+            for path, data in files.items():
+                rel = Path(path).relative_to(conf_dir)
+                target = tree / rel
+                if data is None:
+                    target.unlink(missing_ok=True)
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(data)
+            candidate = str(tree / Path(self.s.config).name)
+            proc = self._run([self.s.doveconf, "-n", "-c", candidate], "run doveconf")
+            if proc.returncode != 0:
+                reason = proc.stderr.strip().replace(str(tree), str(conf_dir))
+                raise ConfigInvalid(f"Dovecot rejects the configuration: {reason}")
+            data = files.get(self.s.dropin)
+            values = parse_values(data.decode()) if data else None
+            if values is not None:
+                try:
+                    got = self.effective(candidate)
+                except ConfigInvalid as exc:
+                    raise ConfigInvalid(exc.message.replace(str(tree), str(conf_dir))) from None
+                want = mapped(values)
+                if got != want:
+                    raise ConfigInvalid(
+                        f"another file overrides imapd-ctl's settings: with the change in place Dovecot "
+                        f"would use process_limit={got[0]} vsz_limit={got[1]}B instead of "
+                        f"process_limit={want[0]} vsz_limit={want[1]}B (check `doveconf -n` for "
+                        f"'service imap' settings after {self.s.dropin}, e.g. in local.conf)")
+
+    def unit_ports(self) -> dict[str, int]:
+        return {self.s.unit: self.port}
+
+    def apply(self, systemd, changed: list[str]) -> str:
+        if systemd.active_state(self.s.unit) != "active":
+            return f"{self.s.unit} is not running; the new limits apply when it starts"
+        systemd.reload(self.s.unit)
+        return f"reloaded {self.s.unit}"
+
+    def verify(self, systemd, values: dict[str, int]) -> None:
+        want = mapped(values)
+        got = self.effective()
+        if got != want:
+            raise ActionFailed(f"Dovecot's configuration shows process_limit={got[0]} vsz_limit={got[1]}B, "
+                               f"expected process_limit={want[0]} vsz_limit={want[1]}B")
+        if systemd.active_state(self.s.unit) != "active":
+            return
+        # The reload job ends when `doveadm reload` returns; the master re-reads its config
+        # afterwards, so poll (bounded) until the running server shows the new limit.
+        deadline = time.monotonic() + self.listen_timeout
+        running = None
+        while time.monotonic() < deadline:
+            state = systemd.active_state(self.s.unit)
+            if state not in ("active", "reloading"):
+                # The reload took the server down: no point in waiting for it.
+                raise ActionFailed(f"after the reload {self.s.unit} is {state}, no longer serving")
+            running = self.running_process_limit()
+            if running == want[0] and ports.unit_listens(systemd.main_pid(self.s.unit), self.port):
+                return
+            time.sleep(0.1)
+        raise ActionFailed(f"after the reload the running Dovecot shows process_limit={running} "
+                           f"(expected {want[0]}) or does not listen on port {self.port}")
+
+    def running_process_limit(self) -> int | None:
+        proc = self._run([self.s.doveadm, "service", "status", "imap"], "ask the running Dovecot")
+        m = re.search(r"^process_limit:\s*(\d+)", proc.stdout, re.M)
+        return int(m.group(1)) if m and proc.returncode == 0 else None

@@ -1,0 +1,131 @@
+"""API keys: random, shown once, stored only as SHA-256 hashes with their permissions.
+
+A plain (unsalted, fast) hash is enough because every key is high-entropy: created keys carry
+256 random bits and imported keys must be at least 32 characters. A slow password hash would
+put ~100 ms on every request for no gain against brute force of such keys.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from imapd_ctl.adapters.configfile import atomic_write
+from imapd_ctl.core.errors import BadInput, Forbidden, Unauthorized
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", re.ASCII)
+PERM_RE = re.compile(r"[A-Z][A-Z0-9_]{0,31}", re.ASCII)
+IMPORT_MIN_LEN = 32
+KEY_MAX_LEN = 1024
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    perms: tuple[str, ...]
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class KeyStore:
+    """The key file (JSON, mode 0600). Re-read when its mtime changes, so keys created or
+    revoked with the CLI take effect in every running worker without a restart."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._stamp = None
+        self._by_digest: dict[str, dict] = {}
+        self._entries: list[dict] = []
+
+    # -- reading ---------------------------------------------------------------
+    def _load(self) -> None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._entries, self._by_digest = None, [], {}
+            return
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp == self._stamp:
+            return
+        entries = json.loads(self.path.read_text())["keys"]
+        self._entries = entries
+        self._by_digest = {e["sha256"]: e for e in entries}
+        self._stamp = stamp
+
+    def entries(self) -> list[dict]:
+        self._load()
+        return [{k: e[k] for k in ("name", "perms", "created")} for e in self._entries]
+
+    def authenticate(self, secret, required: str) -> Principal:
+        """Return who is calling, or raise Unauthorized (no/unknown key) or Forbidden."""
+        if not isinstance(secret, str) or not secret:
+            raise Unauthorized("an API key is required (HTTP: 'Authorization: Bearer KEY'; "
+                               "XML-RPC: the key string or {'apikey': KEY} as first argument)")
+        self._load()
+        # Looking up the hash (not the key) leaks nothing useful through timing.
+        entry = self._by_digest.get(_digest(secret)) if len(secret) <= KEY_MAX_LEN else None
+        if entry is None:
+            raise Unauthorized("unknown API key")
+        if required not in entry["perms"]:
+            raise Forbidden(f"key {entry['name']!r} lacks the {required} permission "
+                            f"(it has: {', '.join(entry['perms']) or 'none'})")
+        return Principal(entry["name"], tuple(entry["perms"]))
+
+    # -- changing (CLI) --------------------------------------------------------
+    def _save(self, entries: list[dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data = json.dumps({"keys": entries}, indent=1, sort_keys=True).encode() + b"\n"
+        atomic_write(self.path, data, default_mode=0o600)
+        self._stamp = None
+
+    @staticmethod
+    def _check(name: str, perms: list[str]) -> None:
+        if not NAME_RE.fullmatch(name):
+            raise BadInput(f"key name: must match {NAME_RE.pattern}, got {name!r}")
+        for p in perms:
+            if not PERM_RE.fullmatch(p):
+                raise BadInput(f"permission: must match {PERM_RE.pattern}, got {p!r}")
+
+    def add(self, name: str, secret: str, perms: list[str]) -> None:
+        self._check(name, perms)
+        self._load()
+        if any(e["name"] == name for e in self._entries):
+            raise BadInput(f"key name: a key named {name!r} exists; revoke it first")
+        digest = _digest(secret)
+        if digest in self._by_digest:
+            raise BadInput("key: this key is already stored")
+        entry = {"name": name, "sha256": digest, "perms": sorted(set(perms)),
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self._save(self._entries + [entry])
+
+    def create(self, name: str, perms: list[str]) -> str:
+        secret = "ictl_" + secrets.token_urlsafe(32)
+        self.add(name, secret, perms)
+        return secret
+
+    def import_key(self, name: str, secret: str, perms: list[str]) -> None:
+        secret = secret.strip()
+        if len(secret) < IMPORT_MIN_LEN or len(secret) > KEY_MAX_LEN or not secret.isascii() \
+                or not secret.isprintable() or " " in secret:
+            raise BadInput(f"key: must be {IMPORT_MIN_LEN} to {KEY_MAX_LEN} printable ASCII "
+                           "characters without spaces")
+        self.add(name, secret, perms)
+
+    def revoke(self, name: str) -> bool:
+        self._load()
+        kept = [e for e in self._entries if e["name"] != name]
+        if len(kept) == len(self._entries):
+            return False
+        self._save(kept)
+        return True
+
+
+def store_for(settings) -> KeyStore:
+    return KeyStore(settings.keys_path)
+

@@ -1,0 +1,198 @@
+"""The action table: every action of /nodeworx/mail/imap, declared once.
+
+HTTP routing, input validation, XML-RPC dispatch, /openapi.json and `imapd-ctl call`
+are all derived from ACTIONS; nothing else lists actions or inputs.
+"""
+from __future__ import annotations
+
+import re
+import reprlib
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from imapd_ctl.core.errors import BadInput, NotFound
+
+CONTROLLER = "/nodeworx/mail/imap"
+PERMISSION = "EMAIL"
+
+# Byte sizes: at least 1 MiB (Dovecot refuses a smaller vsz_limit), at most 1 TiB.
+# Above 2**31-1 an XML-RPC client must send the number as a string (i4 limit).
+MEM_MIN, MEM_MAX = 1 << 20, 1 << 40
+CONN_MIN, CONN_MAX = 1, 50_000
+
+_INT_TEXT = re.compile(r"-?[0-9]{1,30}", re.ASCII)
+
+_NESTED = reprlib.Repr()
+_NESTED.maxlevel = 3
+
+
+def brief(raw: Any, limit: int) -> str:
+    """repr() of a value from a request, for an error message, cut to `limit` characters.
+    repr() of a giant int raises ValueError (Python's digit limit), and of an array nested a
+    thousand deep (XML-RPC, or JSON near the parser's limit) RecursionError: never repr those."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw.bit_length() > 128:
+        shown = f"an integer of {raw.bit_length()} bits"
+    else:
+        try:
+            shown = repr(raw)
+        except RecursionError:
+            shown = _NESTED.repr(raw)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    kind: str                      # "int" or "str"
+    description: str = ""
+    minimum: int | None = None
+    maximum: int | None = None
+    pattern: str | None = None     # for kind "str"; anchored
+    default: Any = None            # None: "keep the current value" / "local node"
+    example: str = ""
+    starred: bool = False          # the seed's "No*": required, but has a usable default
+
+    def allowed(self) -> str:
+        if self.kind == "int":
+            return f"an integer from {self.minimum} to {self.maximum}"
+        return f"a string matching {self.pattern}"
+
+    def parse(self, raw: Any) -> Any:
+        """Strictly convert one raw value (from JSON, a form, a query string or XML-RPC)."""
+        if self.kind == "int":
+            return self._parse_int(raw)
+        return self._parse_str(raw)
+
+    def _fail(self, raw: Any, why: str = "") -> BadInput:
+        why = f" ({why})" if why else ""
+        return BadInput(f"{self.name}: must be {self.allowed()}, got {brief(raw, 40)}{why}")
+
+    def _parse_int(self, raw: Any) -> int:
+        # bool is an int subclass in Python: True must not become 1.
+        if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+            raise self._fail(raw, f"wrong type {type(raw).__name__}")
+        if isinstance(raw, str):
+            # ASCII digits only: int('４０') would be 40.
+            if not _INT_TEXT.fullmatch(raw):
+                raise self._fail(raw)
+            raw = int(raw)
+        if not self.minimum <= raw <= self.maximum:
+            raise self._fail(raw, "out of range")
+        return raw
+
+    def _parse_str(self, raw: Any) -> str:
+        if not isinstance(raw, str):
+            raise self._fail(raw, f"wrong type {type(raw).__name__}")
+        if not re.fullmatch(self.pattern, raw, re.ASCII):
+            raise self._fail(raw)
+        return raw
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    description: str
+    added_in: str
+    handler: str | None            # method name on controller.Controller (None: *OnNode)
+    inputs: tuple[Input, ...] = ()
+    mutating: bool = False
+    extension: bool = False        # not in the seed controller (query*, dry_run)
+    local_action: str | None = None  # *OnNode: the action it runs on the chosen node
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return ("POST",) if self.mutating else ("GET", "POST")
+
+    def input(self, name: str) -> Input | None:
+        return next((i for i in self.inputs if i.name == name), None)
+
+    def validate(self, raw: Mapping[str, Any], *, strict: bool = False) -> dict[str, Any]:
+        """Parse the inputs this action knows; others are ignored (InterWorx clients send
+        extra keys such as ``perms``) unless ``strict`` (the CLI, where a typo must not
+        pass silently). Absent inputs get their default (None = keep current)."""
+        if strict:
+            unknown = sorted(set(raw) - {i.name for i in self.inputs})
+            if unknown:
+                known = ", ".join(i.name for i in self.inputs) or "none"
+                raise BadInput(f"{', '.join(unknown)}: not an input of {self.name} (inputs: {known})")
+        values = {}
+        for spec in self.inputs:
+            values[spec.name] = spec.parse(raw[spec.name]) if spec.name in raw else spec.default
+        return values
+
+
+_CASCADE = Input(
+    "cascade_to_nodes", "int", minimum=0, maximum=1, default=0, example="1",
+    description="Selecting this option causes the action to be replayed on all nodes of the "
+                "cluster automatically, as if you had logged in to each node manually",
+)
+_NODE_ID = Input(
+    "node_id", "str", pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", starred=True,
+    description="The node to act on; defaults to this node.",
+)
+
+
+def _mem(name: str) -> Input:
+    return Input(name, "int", minimum=MEM_MIN, maximum=MEM_MAX, starred=True,
+                 example="256000000", description="(In Bytes)")
+
+
+def _conn(name: str) -> Input:
+    return Input(name, "int", minimum=CONN_MIN, maximum=CONN_MAX, starred=True, example="40")
+
+
+UPDATE_FIELDS = ("imap_mem_limit", "imap_max_connections",
+                 "imap_secure_mem_limit", "imap_secure_max_connections")
+
+_V = "4.2.0-260"
+_V_NODE = "4.3.0-290"
+
+ACTIONS: dict[str, Action] = {a.name: a for a in (
+    Action("isRunning", "Checks if the service is running or not.", _V, "is_running"),
+    Action("isRunningOnNode", "Checks if the service is running on a specific node (Clustering only).",
+           _V_NODE, None, (_NODE_ID,), local_action="isRunning"),
+    Action("listGeneralName", 'Lists the "normal" name - ie "web server" instead of "httpd".', _V,
+           "list_general_name"),
+    Action("listPortNumbers", "Lists a string of the port numbers that this service uses, comma-seperated.",
+           _V, "list_port_numbers"),
+    Action("listPortNumbersArray", "Lists array of port numbers and ranges that this service uses.", _V,
+           "list_port_numbers_array"),
+    Action("listRequiredPermissions", "Lists an array of permissions required to control the service.", _V,
+           "list_required_permissions"),
+    Action("listServiceInfo", "Lists the service name, ports, page, and status.", _V, "list_service_info"),
+    Action("listServiceName", 'Lists the service name - ie "httpd" instead of "web server".', _V,
+           "list_service_name"),
+    Action("listServicePage", "Lists the page that controls the service.", _V, "list_service_page"),
+    Action("restart", "Restarts the service.", _V, "restart", (_CASCADE,), mutating=True),
+    Action("restartOnNode", "Restarts the service on a specific node (Clustering only).", _V_NODE,
+           None, (_NODE_ID,), mutating=True, local_action="restart"),
+    Action("start", "Starts the service.", _V, "start", (_CASCADE,), mutating=True),
+    Action("startOnBoot", "Action function that handles imap4 start-on-boot status changing.", _V,
+           "start_on_boot",
+           (Input("mda_imap_startonboot", "int", minimum=0, maximum=1, default=1, example="1, 0",
+                  starred=True, description="1 enables the IMAP server at boot, 0 disables it."),
+            _CASCADE), mutating=True),
+    Action("startOnNode", "Starts the service on a specific node (Clustering only).", _V_NODE,
+           None, (_NODE_ID,), mutating=True, local_action="start"),
+    Action("stop", "Stops the service.", _V, "stop", (_CASCADE,), mutating=True),
+    Action("stopOnNode", "Stops the service on a specific node (Clustering only).", _V_NODE,
+           None, (_NODE_ID,), mutating=True, local_action="stop"),
+    Action("update", "Update IMAP4 server settings.", _V, "update",
+           (_mem("imap_mem_limit"), _conn("imap_max_connections"),
+            _mem("imap_secure_mem_limit"), _conn("imap_secure_max_connections"),
+            _CASCADE,
+            Input("dry_run", "int", minimum=0, maximum=1, default=0, example="1",
+                  description="1 returns the configuration diff and changes nothing (imapd-ctl extension).")),
+           mutating=True),
+    Action("queryUpdate", "Current values of the update action's inputs (imapd-ctl extension).",
+           "imapd-ctl 0.1", "query_update", extension=True),
+    Action("queryStartOnBoot", "Current value of startOnBoot's input (imapd-ctl extension).",
+           "imapd-ctl 0.1", "query_start_on_boot", extension=True),
+)}
+
+
+def lookup(name: Any) -> Action:
+    action = ACTIONS.get(name) if isinstance(name, str) else None
+    if action is None:
+        raise NotFound(f"unknown action {brief(name, 60)} for {CONTROLLER}; actions: {', '.join(ACTIONS)}")
+    return action

@@ -1,0 +1,120 @@
+"""The daemon's settings: defaults, overridden by a TOML file (config/imapd-ctl.toml documents
+every key). The file is chosen by --config or IMAPD_CTL_CONFIG."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PATH = "/etc/imapd-ctl/imapd-ctl.toml"
+FLAVOURS = ("auto", "dovecot", "courier")
+
+
+@dataclass
+class DovecotSettings:
+    unit: str = "dovecot.service"
+    config: str = "/etc/dovecot/dovecot.conf"
+    dropin: str = "/etc/dovecot/conf.d/99-imapd-ctl.conf"
+    doveconf: str = "/usr/bin/doveconf"
+    doveadm: str = "/usr/bin/doveadm"
+
+
+@dataclass
+class CourierSettings:
+    unit: str = "courier-imap.service"          # serves 143, reads `imapd`
+    ssl_unit: str = "courier-imap-ssl.service"  # serves 993, reads `imapd` then `imapd-ssl`
+    # The directory holding imapd and imapd-ssl; "" detects /etc/courier (Debian) or
+    # /etc/courier-imap (RHEL-style).
+    config_dir: str = ""
+
+
+@dataclass
+class Settings:
+    node_id: str = field(default_factory=lambda: socket.gethostname().split(".")[0] or "localhost")
+    state_dir: str = "/var/lib/imapd-ctl"
+    socket: str = "/run/imapd-ctl/imapd-ctl.sock"
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:8143"])
+    tls_cert: str = ""
+    tls_key: str = ""
+    workers: int = 2
+    audit_log: str = "/var/log/imapd-ctl/audit.log"
+    flavour: str = "auto"          # auto | dovecot | courier
+    port: int = 143                # the port isRunning checks and list* report
+    lock_timeout: float = 10.0     # seconds a change waits for another before 409
+    job_timeout: float = 90.0      # seconds to wait for a systemd job
+    listen_timeout: float = 15.0   # seconds to wait for the port after start/restart
+    # Other nodes of the cluster: [[nodes]] tables with id, url (https://...), key, ca.
+    nodes: list = field(default_factory=list)
+    node_timeout: float = 30.0     # seconds for one node's answer (forwarding, cascades)
+    dovecot: DovecotSettings = field(default_factory=DovecotSettings)
+    courier: CourierSettings = field(default_factory=CourierSettings)
+    source: str = "(built-in defaults)"
+
+    @property
+    def keys_path(self) -> Path:
+        return Path(self.state_dir) / "keys.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return Path(self.state_dir) / "config.lock"
+
+
+def _apply(obj, table: dict, where: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in table.items():
+        f = fields.get(key)
+        if f is None or key == "source":
+            raise ValueError(f"{where}: unknown setting {key!r} (known: {', '.join(n for n in fields if n != 'source')})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: [{key}] must be a table")
+            _apply(current, value, f"{where} [{key}]")
+            continue
+        expected = type(current)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or isinstance(value, bool) != isinstance(current, bool):
+            raise ValueError(f"{where}: {key} must be {expected.__name__}, got {value!r}")
+        setattr(obj, key, value)
+
+
+def load(path: str | None = None) -> Settings:
+    """Read settings; a missing file at the default path means defaults, a missing file
+    that was asked for explicitly is an error."""
+    explicit = path or os.environ.get("IMAPD_CTL_CONFIG")
+    path = explicit or DEFAULT_PATH
+    settings = Settings()
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        if explicit:
+            raise ValueError(f"config file {path} does not exist")
+        return settings
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    _apply(settings, data, path)
+    if settings.flavour not in FLAVOURS:
+        raise ValueError(f"{path}: flavour must be one of {', '.join(FLAVOURS)}, got {settings.flavour!r}")
+    settings.nodes = [_node(entry, f"{path} [[nodes]] #{i + 1}") for i, entry in enumerate(settings.nodes)]
+    settings.source = path
+    return settings
+
+
+def _node(entry, where: str):
+    from imapd_ctl.adapters.cluster import Node
+    fields = ("id", "url", "key", "ca")
+    if not isinstance(entry, dict) or set(entry) != set(fields):
+        raise ValueError(f"{where}: needs exactly the keys {', '.join(fields)}")
+    if not all(isinstance(entry[f], str) and entry[f] for f in fields):
+        raise ValueError(f"{where}: {', '.join(fields)} must be non-empty strings")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", entry["id"]):
+        raise ValueError(f"{where}: id {entry['id']!r} is not a valid node id")
+    if not entry["url"].startswith("https://"):
+        raise ValueError(f"{where}: url must be https:// (node-to-node calls are verified TLS)")
+    return Node(**entry)

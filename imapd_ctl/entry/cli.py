@@ -1,0 +1,207 @@
+"""The `imapd-ctl` command: serve, call, key, check, recover."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from imapd_ctl.core import settings as settings_mod
+from imapd_ctl.core.actions import ACTIONS, PERMISSION, lookup
+from imapd_ctl.core.errors import ApiError
+
+
+def _settings(args) -> settings_mod.Settings:
+    try:
+        return settings_mod.load(args.config)
+    except ValueError as exc:
+        print(f"imapd-ctl: {exc}", file=sys.stderr)
+        # 78 (EX_CONFIG): the unit's RestartPreventExitStatus, so systemd does not retry a bad file.
+        raise SystemExit(78)
+
+
+def cmd_serve(args) -> int:
+    from imapd_ctl.entry import serve
+    serve.run(_settings(args), args.config)
+    return 0
+
+
+def _parse_pairs(pairs: list[str]) -> dict:
+    inputs = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"imapd-ctl: inputs are name=value, got {pair!r}")
+        inputs[name] = value
+    return inputs
+
+
+def cmd_call(args) -> int:
+    from imapd_ctl.entry import client
+    s = _settings(args)
+    inputs = _parse_pairs(args.inputs)
+    try:
+        lookup(args.action).validate(inputs, strict=True)   # quick local check of names and values
+    except ApiError as exc:
+        print(f"imapd-ctl: {exc.message}", file=sys.stderr)
+        return 2
+    key = args.key or os.environ.get("IMAPD_CTL_KEY")
+    if not key:
+        print("imapd-ctl: an API key is needed: --key KEY or IMAPD_CTL_KEY", file=sys.stderr)
+        return 2
+    sock = args.socket or s.socket
+    try:
+        status, payload = client.call(sock, key, args.action, inputs)
+    except OSError as exc:
+        print(f"imapd-ctl: cannot reach the daemon at {sock}: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps({"status": status, "payload": payload}))
+    elif status == 0:
+        print(payload if isinstance(payload, str) else json.dumps(payload, indent=2))
+    else:
+        print(f"imapd-ctl: {args.action} failed (status {status}): {payload}", file=sys.stderr)
+    return 0 if status == 0 else 1
+
+
+def cmd_key(args) -> int:
+    from imapd_ctl.adapters.keys import store_for
+    store = store_for(_settings(args))
+    try:
+        if args.key_cmd == "create":
+            secret = store.create(args.name, args.perm or [PERMISSION])
+            print(secret)
+            print(f"key {args.name!r} created; it is shown only this once", file=sys.stderr)
+        elif args.key_cmd == "import":
+            secret = args.value if args.value is not None else sys.stdin.readline()
+            store.import_key(args.name, secret, args.perm or [PERMISSION])
+            print(f"key {args.name!r} imported", file=sys.stderr)
+        elif args.key_cmd == "list":
+            for e in store.entries():
+                print(f"{e['name']}\t{','.join(e['perms'])}\t{e['created']}")
+        elif args.key_cmd == "revoke":
+            if not store.revoke(args.name):
+                print(f"imapd-ctl: no key named {args.name!r}", file=sys.stderr)
+                return 1
+            print(f"key {args.name!r} revoked", file=sys.stderr)
+    except ApiError as exc:
+        print(f"imapd-ctl: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_check(args) -> int:
+    from imapd_ctl.operations.controller import Controller
+    s = _settings(args)
+    ok = True
+
+    def report(what, good, detail):
+        nonlocal ok
+        ok &= good
+        print(f"{'ok  ' if good else 'FAIL'} {what}: {detail}")
+
+    report("settings", True, s.source)
+    controller = Controller(s)
+    try:
+        report("systemd over D-Bus", True, f"systemd {controller.systemd.ping()}")
+        flavour = controller.flavour
+        report("IMAP server", True, f"{flavour.name} ({', '.join(flavour.units)})")
+    except ApiError as exc:
+        report("systemd / IMAP server", False, exc.message)
+        return 1
+    if flavour.name == "dovecot":
+        config_dir, validator = os.path.dirname(s.dovecot.dropin), s.dovecot.doveconf
+    else:  # courier: shell files, validated by sourcing them in /bin/sh
+        config_dir, validator = flavour.config_dir, "/bin/sh"
+    report("config writable", os.access(config_dir, os.W_OK), config_dir)
+    report("validator", os.access(validator, os.X_OK), validator)
+    report("state dir writable", os.access(s.state_dir, os.W_OK) or not os.path.exists(s.state_dir), s.state_dir)
+    pending = controller.journal.pending()
+    report("no interrupted change", pending is None,
+           "none" if pending is None else f"{pending.txn_id} at step {pending.step} (run `imapd-ctl recover`)")
+    return 0 if ok else 1
+
+
+def cmd_node(args) -> int:
+    from imapd_ctl.adapters.cluster import Cluster
+    s = _settings(args)
+    cluster = Cluster(s.node_id, s.nodes, s.node_timeout)
+    if args.node_cmd == "list":
+        print(f"{s.node_id}\t(this node)")
+        for node in cluster.nodes.values():
+            print(f"{node.id}\t{node.url}\tca={node.ca}")
+        return 0
+    failed = 0
+    for node in cluster.nodes.values():   # check: does each node answer, with our key and CA?
+        status, payload = cluster.call(node, "isRunning", {})
+        if status == 0:
+            print(f"ok   {node.id}: answers; IMAP server {'running' if payload else 'NOT running'}")
+        else:
+            failed += 1
+            print(f"FAIL {node.id}: status {status}: {payload}")
+    if not cluster.nodes:
+        print("no other nodes are configured ([[nodes]] in the settings)")
+    return 1 if failed else 0
+
+
+def cmd_recover(args) -> int:
+    from imapd_ctl.operations.controller import Controller
+    try:
+        what = Controller(_settings(args)).recover()
+    except ApiError as exc:
+        print(f"could not finish or undo an interrupted change (it is kept and retried by the next "
+              f"change): {exc.message}", file=sys.stderr)
+        return 1
+    print(what or "no interrupted change")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imapd-ctl", description="Control this host's IMAP server "
+                                "(InterWorx /nodeworx/mail/imap compatible).")
+    p.add_argument("--config", help=f"settings file (default: $IMAPD_CTL_CONFIG or {settings_mod.DEFAULT_PATH})")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("serve", help="run the daemon (gunicorn; unix socket + loopback)").set_defaults(fn=cmd_serve)
+
+    c = sub.add_parser("call", help="call an action on the running daemon",
+                       epilog="actions: " + ", ".join(ACTIONS))
+    c.add_argument("action")
+    c.add_argument("inputs", nargs="*", metavar="name=value")
+    c.add_argument("--json", action="store_true", help="print the raw envelope")
+    c.add_argument("--key", help="API key (default: $IMAPD_CTL_KEY)")
+    c.add_argument("--socket", help="the daemon's unix socket (default: from the settings)")
+    c.set_defaults(fn=cmd_call)
+
+    k = sub.add_parser("key", help="manage API keys")
+    ksub = k.add_subparsers(dest="key_cmd", required=True)
+    for name, helptext in (("create", "create a key and print it once"),
+                           ("import", "store an existing key (e.g. from InterWorx), read from stdin")):
+        kp = ksub.add_parser(name, help=helptext)
+        kp.add_argument("name")
+        kp.add_argument("--perm", action="append", help=f"permission (repeatable; default {PERMISSION})")
+        if name == "import":
+            kp.add_argument("--value", help="the key (default: first line of stdin)")
+    ksub.add_parser("list", help="list key names and permissions")
+    kr = ksub.add_parser("revoke", help="revoke a key by name")
+    kr.add_argument("name")
+    k.set_defaults(fn=cmd_key)
+
+    n = sub.add_parser("node", help="the cluster's nodes")
+    nsub = n.add_subparsers(dest="node_cmd", required=True)
+    nsub.add_parser("list", help="show the node registry")
+    nsub.add_parser("check", help="call every node (HTTPS, verified) and show which answer")
+    n.set_defaults(fn=cmd_node)
+
+    sub.add_parser("check", help="check D-Bus, the IMAP server, config and validator").set_defaults(fn=cmd_check)
+    sub.add_parser("recover", help="finish or undo a change a crash interrupted").set_defaults(fn=cmd_recover)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Run the real imapd-ctl (gunicorn) inside a booted MailHost and talk to it.
+
+The daemon runs as a transient systemd unit inside the host, from this checkout's venv (the
+repo is bind-mounted at the same path). Its unix socket lives in a directory bind-mounted
+from the caller, so tests and the demo reach it from outside the host.
+"""
+from __future__ import annotations
+
+import json
+import time
+import xmlrpc.client
+from dataclasses import dataclass
+from pathlib import Path
+
+from imapd_ctl.entry import client
+
+REPO = Path(__file__).resolve().parents[2]
+
+# The seed's example payloads of the constant list* actions (the compatibility target).
+SEED_PAYLOADS = {
+    "listGeneralName": "##LG_IMAP##",
+    "listPortNumbers": "143",
+    "listPortNumbersArray": [143],
+    "listRequiredPermissions": ["EMAIL"],
+    "listServiceName": "imap4",
+    "listServicePage": "/nodeworx/mail/mda",
+}
+
+
+def service_info(running: int) -> dict:
+    """The seed's listServiceInfo payload."""
+    return {"id": "imap4", "name": "##LG_IMAP##", "ports": "143", "page": "/nodeworx/mail/mda",
+            "ctrl": "/nodeworx/mail/imap", "is_running": running}
+
+
+def assert_seed_payloads(call, node_id: str) -> None:
+    """The read-only actions answer the seed's example payloads on a running server."""
+    for action, payload in SEED_PAYLOADS.items():
+        assert call(action) == (0, payload), action
+    assert call("isRunning") == (0, True)
+    assert call("isRunningOnNode") == (0, True)
+    assert call("isRunningOnNode", {"node_id": node_id}) == (0, True)
+    assert call("listServiceInfo") == (0, service_info(1))
+
+
+def exercise_every_action(call, node_id: str) -> dict:
+    """Run all 19 actions with their usual inputs through `call` (Daemon.call or .route),
+    asserting each succeeds, and leave the server as it was: running, enabled at boot, with
+    the limits it had. Returns those limits (queryUpdate before)."""
+    from imapd_ctl.core.actions import ACTIONS
+    current = call("queryUpdate")[1]
+    plan = [
+        ("stop", {}), ("start", {}), ("restart", {"cascade_to_nodes": 0}),
+        ("stopOnNode", {"node_id": node_id}), ("startOnNode", {}),
+        ("restartOnNode", {"node_id": node_id}),
+        ("startOnBoot", {"mda_imap_startonboot": 0}), ("queryStartOnBoot", {}),
+        ("startOnBoot", {"mda_imap_startonboot": 1}), ("queryStartOnBoot", {}),
+        ("update", {"imap_max_connections": current["imap_max_connections"] + 1}),
+        ("update", current), ("queryUpdate", {}),
+        ("isRunning", {}), ("isRunningOnNode", {}), ("listServiceInfo", {}),
+        *[(name, {}) for name in SEED_PAYLOADS],
+    ]
+    assert {name for name, _ in plan} == set(ACTIONS)
+    for name, inputs in plan:
+        status, payload = call(name, inputs)
+        assert status == 0, (name, payload)
+    assert call("queryStartOnBoot") == (0, {"mda_imap_startonboot": 1})
+    assert call("queryUpdate") == (0, current)
+    assert call("isRunning") == (0, True)
+    return current
+VENV_BIN = REPO / ".venv" / "bin"
+IMAPD_CTL = str(VENV_BIN / "imapd-ctl")
+UNIT = "imapd-ctl-test.service"
+
+
+@dataclass
+class Daemon:
+    host: object                # tests.mailhost.MailHost
+    share: Path
+    config: str
+    key: str                    # has EMAIL
+    key_without_email: str
+    node_id: str
+
+    @property
+    def socket(self) -> str:
+        return str(self.share / "imapd-ctl.sock")
+
+    def call(self, action: str, inputs: dict | None = None, *, key: str | None = "default",
+             method: str = "POST"):
+        """(status, payload) of one HTTP JSON call over the unix socket."""
+        return client.call(self.socket, self.key if key == "default" else key, action, inputs,
+                           method=method)
+
+    def http(self, method: str, url: str, **kw) -> tuple[int, bytes]:
+        return client.request(self.socket, method, url, **kw)
+
+    def xmlrpc(self) -> xmlrpc.client.ServerProxy:
+        return xmlrpc.client.ServerProxy("http://localhost/xmlrpc", allow_none=True,
+                                         transport=client.UnixTransport(self.socket))
+
+    def route(self, action: str, inputs=None, *, key=None):
+        """iworx.route over XML-RPC exactly as InterWorx clients call it."""
+        reply = self.xmlrpc().iworx.route(self.key if key is None else key,
+                                           "/nodeworx/mail/imap", action, inputs)
+        return reply["status"], reply["payload"]
+
+    def ctl(self, *args: str, check: bool = True, input: str | None = None):
+        """Run the imapd-ctl command inside the host with this daemon's config."""
+        return self.host.run([IMAPD_CTL, "--config", self.config, *args], check=check, input=input)
+
+    def audit_lines(self) -> list[dict]:
+        text = self.host.read_file("/var/log/imapd-ctl/audit.log").decode()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def start(self, timeout: float = 30) -> None:
+        """Run the daemon as a transient unit (gone once stopped: start() makes it again)."""
+        self.host.run(["systemd-run", f"--unit={UNIT}", "--collect", "-p", "KillMode=mixed",
+                       "--setenv=PYTHONUNBUFFERED=1", IMAPD_CTL, "--config", self.config, "serve"])
+        self.wait_healthy(timeout)
+
+    def stop(self) -> None:
+        self.host.systemctl("stop", UNIT, check=False)
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        """Return when /healthz answers on the unix socket; raise with the unit's log if not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if client.request(self.socket, "GET", "/healthz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                log = self.host.run(["journalctl", "--no-pager", "-n", "40", "-u", UNIT], check=False).stdout
+                raise RuntimeError(f"imapd-ctl did not answer on {self.socket} within {timeout} s:\n{log}")
+            time.sleep(0.1)
+
+
+def write_config(share: Path, node_id: str, workers: int = 2, extra: str = "",
+                 listen: tuple[str, ...] = ("127.0.0.1:8143",)) -> str:
+    """The daemon's settings file in the shared dir; `extra` is appended (TOML)."""
+    path = share / "imapd-ctl.toml"
+    path.write_text(
+        f'node_id = "{node_id}"\n'
+        f'socket = "{share / "imapd-ctl.sock"}"\n'
+        f"listen = {json.dumps(list(listen))}\n"
+        f"workers = {workers}\n"
+        'state_dir = "/var/lib/imapd-ctl"\n'
+        'audit_log = "/var/log/imapd-ctl/audit.log"\n'
+        + extra
+    )
+    return str(path)
+
+
+def launch(host, share: Path, *, node_id: str = "node1", workers: int = 2, timeout: float = 30,
+           extra_config: str = "", listen: tuple[str, ...] = ("127.0.0.1:8143",)) -> Daemon:
+    """Create keys and start the daemon inside `host`; return when /healthz answers."""
+    share.mkdir(parents=True, exist_ok=True)
+    config = write_config(share, node_id, workers, extra_config, listen)
+    run = lambda *a, **kw: host.run([IMAPD_CTL, "--config", config, *a], **kw)  # noqa: E731
+    key = run("key", "create", "panel").stdout.strip()
+    key_without_email = run("key", "create", "webonly", "--perm", "WEB").stdout.strip()
+    daemon = Daemon(host, share, config, key, key_without_email, node_id)
+    daemon.start(timeout)
+    return daemon

@@ -1,0 +1,437 @@
+"""The Debian package, end to end, on a throw-away mail host (real systemd, real Dovecot).
+
+The .deb is built on this machine (scripts/build-deb), its Debian dependencies are
+downloaded here beforehand (`apt-get install --download-only` into a cache of ours; nothing
+is installed on this machine), and inside a booted MailHost it is installed with
+`apt-get install ./imapd-ctl_*.deb`, exactly as an operator would. Then: the units are
+enabled and running under systemd and its hardening, with Debian 12's Flask, Werkzeug,
+gunicorn and psutil; curl over the unix socket gets isRunning from the host's Dovecot; the
+mutating actions work under the sandbox; restarts and crashes keep the API up; TLS and the
+refusal of a non-loopback listener without TLS; upgrade; remove keeps settings and keys;
+purge leaves nothing of ours. The tests run in file order on one host (a lifecycle).
+
+Also: the package builds reproducibly, and the RPM spec passes rpmspec -P, rpmlint and a
+trial rpmbuild (rpm and rpmlint are installed on this machine by the test if missing:
+build tools, as for the package).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from mailhost import MailHost, machine_ready
+
+pytestmark = pytest.mark.mailhost
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_DEB = REPO / "scripts" / "build-deb"
+SPEC = REPO / "packaging" / "rpm" / "imapd-ctl.spec"
+DEB_CACHE = Path("/var/tmp/imapd-ctl-debcache")   # downloaded Debian dependencies, reused
+SOCK = "/run/imapd-ctl/imapd-ctl.sock"
+UNITS = ("imapd-ctl.socket", "imapd-ctl.service")
+APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+
+
+def _apt_get(args: list[str], *, timeout: float = 300) -> subprocess.CompletedProcess:
+    """apt-get on this machine; one `apt-get update` and a retry if the lists are stale."""
+    argv = ["apt-get", "-q", "-y", *args]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env={**os.environ, **APT_ENV})
+    if r.returncode != 0:
+        subprocess.run(["apt-get", "-q", "update"], capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env={**os.environ, **APT_ENV})
+    if r.returncode != 0:
+        pytest.fail(f"{' '.join(argv)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}", pytrace=False)
+    return r
+
+
+def build_deb(outdir: Path, version: str | None = None) -> tuple[Path, float]:
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
+    if version:
+        env["IMAPD_CTL_DEB_VERSION"] = version
+    t0 = time.monotonic()
+    r = subprocess.run([str(BUILD_DEB), str(outdir)], capture_output=True, text=True, env=env, timeout=120)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    return Path(r.stdout.strip().splitlines()[-1]), took
+
+
+# ------------------------------------------------------------------ no host needed
+
+def test_deb_is_reproducible_and_uses_debian_python(tmp_path):
+    a, took = build_deb(tmp_path / "a")
+    b, _ = build_deb(tmp_path / "b")
+    print(f"\n.deb build: {took:.2f} s, {a.stat().st_size} bytes")
+    assert a.read_bytes() == b.read_bytes(), "two builds of the same tree differ"
+    info = subprocess.run(["dpkg-deb", "-f", str(a)], capture_output=True, text=True, check=True).stdout
+    depends = re.search(r"^Depends: (.*)$", info, re.M).group(1)
+    for pkg in ("python3-flask", "python3-gunicorn", "python3-psutil", "python3-pydbus", "python3-gi"):
+        assert pkg in depends
+    files = subprocess.run(["dpkg-deb", "-c", str(a)], capture_output=True, text=True, check=True).stdout
+    for path in ("./usr/bin/imapd-ctl", "./usr/lib/python3/dist-packages/imapd_ctl/serve.py",
+                 "./etc/imapd-ctl/imapd-ctl.toml", "./lib/systemd/system/imapd-ctl.service",
+                 "./lib/systemd/system/imapd-ctl.socket", "./etc/logrotate.d/imapd-ctl"):
+        assert path in files
+    assert "__pycache__" not in files and ".venv" not in files and "site-packages" not in files
+    with tempfile.TemporaryDirectory() as ctl:
+        subprocess.run(["dpkg-deb", "-e", str(a), ctl], check=True)
+        conffiles = Path(ctl, "conffiles").read_text().split()
+        assert "/etc/imapd-ctl/imapd-ctl.toml" in conffiles
+        # The conffile is config/imapd-ctl.toml as it is.
+        shipped = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(a)], capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=__import__("io").BytesIO(shipped)) as tar:
+            data = tar.extractfile("./etc/imapd-ctl/imapd-ctl.toml").read()
+        assert data == (REPO / "config" / "imapd-ctl.toml").read_bytes()
+        for script in ("postinst", "prerm", "postrm"):
+            subprocess.run(["sh", "-n", str(Path(ctl, script))], check=True)
+
+
+def _need_rpm_tools() -> None:
+    if not (shutil.which("rpmspec") and shutil.which("rpmlint") and shutil.which("rpmbuild")):
+        _apt_get(["install", "--no-install-recommends", "rpm", "rpmlint"])
+
+
+def test_rpm_spec(tmp_path):
+    _need_rpm_tools()
+    r = subprocess.run(["rpmspec", "-P", str(SPEC)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "/usr/lib/systemd/system/imapd-ctl.socket" in r.stdout
+    r = subprocess.run(["rpmlint", str(SPEC)], capture_output=True, text=True)
+    print("\nrpmlint spec:", r.stdout.strip().splitlines()[-1])
+    assert " 0 errors" in r.stdout, r.stdout
+    # A trial build (without the RHEL macro packages: the systemd scriptlet macros are
+    # stubbed), so that %install and %files agree, then rpmlint on the rpm.
+    top = tmp_path / "rpmbuild"
+    src = tmp_path / "src" / "imapd-ctl-0.1.0"
+    src.mkdir(parents=True)
+    for part in ("imapd_ctl", "config", "systemd", "packaging"):
+        shutil.copytree(REPO / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("README.md", "pyproject.toml"):
+        shutil.copy(REPO / part, src / part)
+    (top / "SOURCES").mkdir(parents=True)
+    with tarfile.open(top / "SOURCES" / "imapd-ctl-0.1.0.tar.gz", "w:gz") as tar:
+        tar.add(src, arcname="imapd-ctl-0.1.0")
+    stubs = tmp_path / "macros"
+    stubs.write_text("%systemd_post() echo %*\n%systemd_preun() echo %*\n%systemd_postun_with_restart() echo %*\n")
+    r = subprocess.run(["rpmbuild", "-bb", "--nodeps", "--define", f"_topdir {top}", "--load", str(stubs), str(SPEC)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rpm = next((top / "RPMS" / "noarch").glob("imapd-ctl-*.rpm"))
+    listing = subprocess.run(["rpm", "-qlp", str(rpm)], capture_output=True, text=True, check=True).stdout.split()
+    for path in ("/usr/bin/imapd-ctl", "/etc/imapd-ctl/imapd-ctl.toml", "/usr/lib/systemd/system/imapd-ctl.service",
+                 "/usr/lib/systemd/system/imapd-ctl.socket", "/var/lib/imapd-ctl",
+                 "/usr/lib/python3.11/site-packages/imapd_ctl/serve.py"):
+        assert path in listing
+    r = subprocess.run(["rpmlint", "-r", str(REPO / "packaging" / "rpm" / "rpmlint-filters"), str(rpm)],
+                       capture_output=True, text=True)
+    assert " 0 errors" in r.stdout, r.stdout
+
+
+# ------------------------------------------------------------------ the lifecycle on a host
+
+class Pkg:
+    """The booted host with the package installed, and helpers to talk to it."""
+
+    def __init__(self, host: MailHost, debdir: Path, deb: Path):
+        self.host, self.debdir, self.deb = host, debdir, deb
+        self.key: str | None = None
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 120, env_key: str | None = None):
+        env = {**APT_ENV, **({"IMAPD_CTL_KEY": env_key} if env_key else {})}
+        return self.host.run(list(argv), check=check, timeout=timeout, env=env)
+
+    def curl(self, action: str, *data: str, key: str | None = None) -> str:
+        argv = ["curl", "-sS", "--max-time", "60", "--unix-socket", SOCK,
+                "-H", f"Authorization: Bearer {key or self.key}"]
+        for d in data:
+            argv += ["-d", d]
+        if not data and action in ("start", "stop", "restart"):
+            argv += ["-X", "POST"]
+        return self.run(*argv, f"http://localhost/nodeworx/mail/imap/{action}").stdout
+
+    def call(self, action: str, *data: str) -> tuple[int, object]:
+        reply = json.loads(self.curl(action, *data))
+        return reply["status"], reply["payload"]
+
+    def show(self, unit: str, prop: str) -> str:
+        return self.run("systemctl", "show", "-p", prop, "--value", unit).stdout.strip()
+
+    def active(self, unit: str) -> str:
+        return self.run("systemctl", "is-active", unit, check=False).stdout.strip()
+
+    def journal(self, since_cursor: str | None = None) -> str:
+        args = ["journalctl", "--no-pager", "-o", "cat", "-u", "imapd-ctl.service"]
+        if since_cursor:
+            args += ["--after-cursor", since_cursor]
+        return self.run(*args, check=False).stdout
+
+    def cursor(self) -> str:
+        out = self.run("journalctl", "--no-pager", "-n", "0", "--show-cursor", check=False).stdout
+        m = re.search(r"-- cursor: (\S+)", out)
+        return m.group(1) if m else ""
+
+    def set_config(self, text: str) -> None:
+        self.host.write_file("/etc/imapd-ctl/imapd-ctl.toml", text)
+
+    def config(self) -> str:
+        return self.host.read_file("/etc/imapd-ctl/imapd-ctl.toml").decode()
+
+
+@pytest.fixture(scope="module")
+def pkg():
+    ok, reason = machine_ready()
+    if not ok:
+        pytest.fail(f"cannot boot a mail host here: {reason} (run `sudo scripts/setup`)", pytrace=False)
+    debdir = Path(tempfile.mkdtemp(prefix="imapd-ctl-deb-", dir="/var/tmp"))
+    host = None
+    try:
+        deb, took = build_deb(debdir)
+        print(f"\n.deb build: {took:.2f} s")
+        # Dependencies from the package registry, downloaded on this machine (not installed);
+        # the host's root is an overlay of this machine's, so it sees the cache.
+        (DEB_CACHE / "partial").mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        _apt_get(["install", "--download-only", "-o", f"Dir::Cache::archives={DEB_CACHE}", str(deb)])
+        print(f"dependencies downloaded/checked: {time.monotonic() - t0:.1f} s")
+        host = MailHost(binds=[str(debdir), str(DEB_CACHE)])
+        host.boot()
+        host.start_dovecot()
+        p = Pkg(host, debdir, deb)
+        # apt refuses --no-download together with a local .deb, so the downloaded
+        # dependencies go into the host's own archive cache (its writes vanish with it).
+        p.run("sh", "-c", f"cp {DEB_CACHE}/*.deb /var/cache/apt/archives/ 2>/dev/null || true")
+        t0 = time.monotonic()
+        r = p.run("sh", "-c", f"cd {debdir} && apt-get install -y -q ./{deb.name}", check=False, timeout=300)
+        print(f"apt-get install ./{deb.name} inside the host: {time.monotonic() - t0:.1f} s")
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+        yield p
+    finally:
+        if host is not None:
+            host.shutdown()
+        shutil.rmtree(debdir, ignore_errors=True)
+
+
+def test_installed_enabled_and_running_with_debian_python(pkg):
+    for unit in UNITS:
+        assert pkg.run("systemctl", "is-enabled", unit, check=False).stdout.strip() == "enabled", unit
+        assert pkg.active(unit) == "active", pkg.run("systemctl", "status", unit, check=False).stdout
+    # Type=notify: gunicorn's arbiter said READY (and its status text) to systemd.
+    assert pkg.show("imapd-ctl.service", "Type") == "notify"
+    assert pkg.show("imapd-ctl.service", "StatusText") == "Gunicorn arbiter booted"
+    # The key store exists before any key was made; logs too.
+    assert pkg.run("stat", "-c", "%a %U", "/var/lib/imapd-ctl").stdout.split() == ["700", "root"]
+    assert pkg.run("stat", "-c", "%a", "/var/log/imapd-ctl").stdout.strip() == "750"
+    conffiles = pkg.run("dpkg-query", "-W", "-f", "${Conffiles}", "imapd-ctl").stdout
+    assert "/etc/imapd-ctl/imapd-ctl.toml" in conffiles
+    # Debian 12's modules, from Debian's packages (no venv, nothing from PyPI).
+    probe = ("import flask, gunicorn, psutil, werkzeug, pydbus, gi, importlib.metadata as m, json; "
+             "print(json.dumps({n: [m.version(n), mod.__file__] for n, mod in "
+             "[('flask', flask), ('gunicorn', gunicorn), ('psutil', psutil), ('werkzeug', werkzeug)]}))")
+    versions = json.loads(pkg.run("/usr/bin/python3", "-c", probe).stdout)
+    print("\nDebian modules in the host:", {k: v[0] for k, v in versions.items()})
+    for name, (version, path) in versions.items():
+        assert path.startswith("/usr/lib/python3/dist-packages/"), (name, path)
+    assert versions["flask"][0].startswith("2.2.")
+    assert versions["werkzeug"][0].startswith("2.2.")
+    assert versions["gunicorn"][0].startswith("20.1.")
+    assert versions["psutil"][0].startswith("5.9.")
+    log = pkg.journal()
+    assert "Starting gunicorn 20.1.0" in log
+    assert f"socket activation: serving unix:{SOCK} (from systemd), 127.0.0.1:8143 (from the settings)" in log
+    main = pkg.show("imapd-ctl.service", "MainPID")
+    cmdline = pkg.host.read_file(f"/proc/{main}/cmdline").split(b"\0")
+    assert cmdline[:3] == [b"/usr/bin/python3", b"/usr/bin/imapd-ctl", b"serve"], cmdline
+
+
+def test_curl_over_the_unix_socket_with_a_created_key(pkg):
+    pkg.key = pkg.run("imapd-ctl", "key", "create", "panel").stdout.strip()
+    assert pkg.key.startswith("ictl_")
+    assert pkg.curl("isRunning").strip() == '{"status": 0, "payload": true}'
+    tcp = pkg.run("curl", "-sS", "-H", f"Authorization: Bearer {pkg.key}",
+                  "http://127.0.0.1:8143/nodeworx/mail/imap/isRunning").stdout
+    assert json.loads(tcp) == {"status": 0, "payload": True}
+    # The rest of the surface on Debian's Flask/Werkzeug 2.2: XML-RPC, OpenAPI, errors.
+    probe = ("import xmlrpc.client, sys; api = xmlrpc.client.ServerProxy('http://127.0.0.1:8143/xmlrpc', allow_none=True); "
+             "print(api.iworx.route(sys.argv[1], '/nodeworx/mail/imap', 'listServiceInfo', {'perms': []}))")
+    assert "'is_running': 1" in pkg.run("/usr/bin/python3", "-c", probe, pkg.key).stdout
+    assert '"openapi"' in pkg.run("curl", "-sS", "--unix-socket", SOCK, "http://localhost/openapi.json").stdout
+    assert json.loads(pkg.curl("isRunning", key="ictl_wrong"))["status"] == 401
+    assert json.loads(pkg.curl("noSuchAction"))["status"] == 404
+    assert json.loads(pkg.curl("update", "imap_max_connections=1.5"))["status"] == 400
+    r = pkg.run("curl", "-sS", "--unix-socket", SOCK, "-H", f"Authorization: Bearer {pkg.key}",
+                "-H", "Content-Type: application/json", "-d", '{"dry_run": 1, "imap_max_connections": 70}',
+                "http://localhost/nodeworx/mail/imap/update").stdout
+    assert json.loads(r)["status"] == 0 and "process_limit" in json.loads(r)["payload"], r
+    assert pkg.run("imapd-ctl", "call", "isRunning", env_key=pkg.key).stdout.strip() == "true"
+    # The socket is systemd's, 0660 root:root.
+    assert pkg.run("stat", "-c", "%a %U %G %F", SOCK).stdout.split() == ["660", "root", "root", "socket"]
+
+
+def test_every_kind_of_action_works_under_the_hardening(pkg):
+    """Writes in /etc/dovecot, doveconf/doveadm/journalctl, D-Bus manager calls, /proc fds."""
+    status, payload = pkg.call("update", "imap_max_connections=60", "imap_secure_max_connections=40")
+    assert status == 0, payload
+    assert "reloaded dovecot.service" in payload
+    dropin = pkg.host.read_file("/etc/dovecot/conf.d/99-imapd-ctl.conf").decode()
+    assert "process_limit = 100" in dropin
+    assert pkg.run("doveconf", "-h", "service/imap/process_limit").stdout.strip() == "100"
+    assert pkg.call("queryUpdate")[1]["imap_max_connections"] == 60
+    assert pkg.call("stop") == (0, "stopped dovecot.service")
+    assert pkg.call("isRunning") == (0, False)
+    assert pkg.call("start") == (0, "started dovecot.service")
+    assert pkg.call("isRunning") == (0, True)
+    assert pkg.call("restart")[0] == 0
+    assert pkg.call("startOnBoot", "mda_imap_startonboot=0")[0] == 0
+    assert pkg.run("systemctl", "is-enabled", "dovecot", check=False).stdout.strip() == "disabled"
+    assert pkg.call("startOnBoot", "mda_imap_startonboot=1")[0] == 0
+    assert pkg.run("systemctl", "is-enabled", "dovecot").stdout.strip() == "enabled"
+    # A failed start quotes the unit's journal (journalctl inside the sandbox).
+    pkg.call("stop")
+    pkg.host.write_file("/etc/dovecot/local.conf", "bogus_setting_for_the_test = 1\n")
+    try:
+        status, payload = pkg.call("start")
+        assert status == 500 and "Unknown setting: bogus_setting_for_the_test" in payload, payload
+    finally:
+        pkg.run("rm", "-f", "/etc/dovecot/local.conf")
+    assert pkg.call("start") == (0, "started dovecot.service")
+    audit = pkg.host.read_file("/var/log/imapd-ctl/audit.log").decode().splitlines()
+    assert json.loads(audit[-1])["action"] == "start" and json.loads(audit[-1])["key"] == "panel"
+    check = pkg.run("imapd-ctl", "check")
+    assert "FAIL" not in check.stdout
+
+
+def test_restart_and_crash_keep_the_api_up(pkg):
+    pid = pkg.show("imapd-ctl.service", "MainPID")
+    pkg.run("systemctl", "restart", "imapd-ctl")
+    assert pkg.show("imapd-ctl.service", "MainPID") != pid
+    assert pkg.call("isRunning") == (0, True)
+    # A call made while the daemon restarts waits in systemd's socket instead of failing.
+    pkg.run("systemctl", "restart", "--no-block", "imapd-ctl")
+    assert pkg.call("isRunning") == (0, True)
+    # A crash: Restart=on-failure brings it back.
+    pid = pkg.show("imapd-ctl.service", "MainPID")
+    restarts = int(pkg.show("imapd-ctl.service", "NRestarts"))
+    pkg.run("kill", "-9", pid)
+    deadline = time.monotonic() + 20
+    while not (pkg.active("imapd-ctl.service") == "active" and pkg.show("imapd-ctl.service", "MainPID") not in ("0", pid)):
+        assert time.monotonic() < deadline, pkg.run("systemctl", "status", "imapd-ctl", check=False).stdout
+        time.sleep(0.2)
+    assert pkg.call("isRunning") == (0, True)
+    # Back through Restart=on-failure, or earlier through the socket if a connection came in
+    # first (then systemd does not count it in NRestarts); either way it saw the crash.
+    log = pkg.run("journalctl", "--no-pager", "-o", "cat", "-u", "imapd-ctl.service").stdout
+    assert "status=9/KILL" in log
+    assert int(pkg.show("imapd-ctl.service", "NRestarts")) in (restarts, restarts + 1)
+
+
+def test_units_verify_and_exposure_score(pkg):
+    r = pkg.run("systemd-analyze", "verify", "/lib/systemd/system/imapd-ctl.service",
+                "/lib/systemd/system/imapd-ctl.socket", check=False)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r.stdout + r.stderr
+    out = pkg.run("systemd-analyze", "security", "--no-pager", "imapd-ctl.service").stdout
+    m = re.search(r"Overall exposure level for imapd-ctl.service: ([0-9.]+) (\w+)", out)
+    assert m, out[-2000:]
+    print(f"\nsystemd-analyze security imapd-ctl.service: exposure {m.group(1)} {m.group(2)}")
+    assert float(m.group(1)) <= 3.0, out
+
+
+def test_tls_listener_beside_the_plain_unix_socket(pkg):
+    original = pkg.config()
+    addr = pkg.host.address
+    pkg.run("install", "-d", "-m", "0700", "/etc/imapd-ctl/tls")
+    pkg.run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={addr}",
+            "-addext", f"subjectAltName=IP:{addr}", "-keyout", "/etc/imapd-ctl/tls/key.pem",
+            "-out", "/etc/imapd-ctl/tls/cert.pem")
+    try:
+        pkg.set_config(re.sub(r"(?m)^listen = .*$", f'listen = ["127.0.0.1:8143", "{addr}:8443"]', original)
+                       .replace('tls_cert = ""', 'tls_cert = "/etc/imapd-ctl/tls/cert.pem"')
+                       .replace('tls_key = ""', 'tls_key = "/etc/imapd-ctl/tls/key.pem"'))
+        pkg.run("systemctl", "restart", "imapd-ctl")
+        with tempfile.NamedTemporaryFile(suffix=".pem") as ca:
+            ca.write(pkg.host.read_file("/etc/imapd-ctl/tls/cert.pem"))
+            ca.flush()
+            # From outside the host, over its network, checking the certificate.
+            r = subprocess.run(["curl", "-sS", "--max-time", "20", "--cacert", ca.name,
+                                "-H", f"Authorization: Bearer {pkg.key}",
+                                f"https://{addr}:8443/nodeworx/mail/imap/isRunning"],
+                               capture_output=True, text=True)
+        assert json.loads(r.stdout) == {"status": 0, "payload": True}, r.stderr
+        # Local operators on the unix socket keep plain HTTP.
+        assert pkg.call("isRunning") == (0, True)
+    finally:
+        pkg.set_config(original)
+        pkg.run("rm", "-rf", "/etc/imapd-ctl/tls")
+        pkg.run("systemctl", "restart", "imapd-ctl")
+    assert pkg.call("isRunning") == (0, True)
+
+
+def test_non_loopback_listener_without_tls_is_refused_at_start(pkg):
+    original = pkg.config()
+    bind = f"{pkg.host.address}:8143"
+    cursor = pkg.cursor()
+    pkg.set_config(re.sub(r"(?m)^listen = .*$", f'listen = ["{bind}"]', original))
+    # The earlier tests restarted it often: clear systemd's start rate limit (5 in 10 s).
+    pkg.run("systemctl", "reset-failed", "imapd-ctl.service")
+    try:
+        r = pkg.run("systemctl", "restart", "imapd-ctl", check=False)
+        assert r.returncode != 0
+        assert pkg.active("imapd-ctl.service") == "failed"
+        assert pkg.show("imapd-ctl.service", "ExecMainStatus") == "78"
+        restarts = pkg.show("imapd-ctl.service", "NRestarts")
+        log = pkg.journal(cursor)
+        assert f"refusing to listen on {bind}: it is not a loopback address and TLS is not configured" in log, log
+        time.sleep(2.5)   # RestartSec=2: exit status 78 is not retried
+        assert pkg.active("imapd-ctl.service") == "failed"
+        assert pkg.show("imapd-ctl.service", "NRestarts") == restarts
+    finally:
+        pkg.set_config(original)
+        # As `systemctl status` advises after a failed start.
+        pkg.run("systemctl", "reset-failed", "imapd-ctl.service")
+        pkg.run("systemctl", "restart", "imapd-ctl")
+    assert pkg.call("isRunning") == (0, True)
+
+
+def test_upgrade_restarts_and_keeps_settings_and_keys(pkg):
+    deb2, _ = build_deb(pkg.debdir, version="0.1.0-1+upgrade1")
+    pid = pkg.show("imapd-ctl.service", "MainPID")
+    r = pkg.run("sh", "-c", f"cd {pkg.debdir} && apt-get install -y -q ./{deb2.name}", timeout=300)
+    assert "Unpacking imapd-ctl (0.1.0-1+upgrade1) over (0.1.0-1)" in r.stdout
+    assert pkg.show("imapd-ctl.service", "MainPID") not in ("0", pid)
+    assert [pkg.active(u) for u in UNITS] == ["active", "active"]
+    assert pkg.call("isRunning") == (0, True)
+
+
+def test_remove_stops_the_units_and_keeps_settings_and_keys(pkg):
+    pkg.run("apt-get", "remove", "-y", "-q", "imapd-ctl")
+    for unit in UNITS:
+        assert pkg.active(unit) != "active", unit
+        assert pkg.run("systemctl", "is-enabled", unit, check=False).stdout.strip() in ("masked", "disabled", ""), unit
+    assert not pkg.run("pgrep", "-f", "imapd-ctl serve", check=False).stdout.strip()
+    assert pkg.run("test", "-e", SOCK, check=False).returncode != 0
+    assert pkg.run("test", "-e", "/usr/bin/imapd-ctl", check=False).returncode != 0
+    assert pkg.run("test", "-f", "/etc/imapd-ctl/imapd-ctl.toml", check=False).returncode == 0
+    keys = json.loads(pkg.host.read_file("/var/lib/imapd-ctl/keys.json"))
+    assert "panel" in json.dumps(keys)
+    assert pkg.active("dovecot") == "active"          # the mail server is left alone
+
+
+def test_purge_leaves_no_unit_process_or_file(pkg):
+    pkg.run("apt-get", "purge", "-y", "-q", "imapd-ctl")
+    assert pkg.run("dpkg-query", "-W", "imapd-ctl", check=False).returncode != 0
+    units = pkg.run("systemctl", "list-units", "--all", "--no-legend", "imapd-ctl*", check=False).stdout
+    files = pkg.run("systemctl", "list-unit-files", "--no-legend", "imapd-ctl*", check=False).stdout
+    assert not units.strip() and not files.strip(), units + files
+    assert not pkg.run("pgrep", "-f", "imapd-ctl", check=False).stdout.strip()
+    left = pkg.run("sh", "-c", "find /etc /usr /lib /var /run /opt \\( -name '*imapd-ctl*' -o -name '*imapd_ctl*' \\) "
+                   f"-not -path '{pkg.debdir}*' -not -path '{DEB_CACHE}*' -not -path '/var/tmp/imapd-ctl-*' "
+                   "-not -path /var/log/imapd-ctl-setup.log 2>/dev/null", check=False).stdout.split()
+    assert left == [], left
+    assert pkg.active("dovecot") == "active"

@@ -1,0 +1,499 @@
+"""The HTTP JSON API (imapd_ctl.transports.http) through Flask's test client, with the real Controller,
+dispatch, KeyStore and audit log; only systemd, the IMAP server and psutil are faked."""
+import json
+import os
+
+import pytest
+
+
+from imapd_ctl.adapters import audit
+from imapd_ctl.adapters import ports
+from imapd_ctl.core.actions import ACTIONS, CONTROLLER, UPDATE_FIELDS
+from imapd_ctl.transports.http import MAX_BODY, create_app
+from imapd_ctl.operations.controller import Controller
+from imapd_ctl.adapters.keys import KeyStore
+from imapd_ctl.core.settings import Settings
+
+UNIT = "fake-imap.service"
+MUTATING = sorted(n for n, a in ACTIONS.items() if a.mutating)
+READ_ONLY = sorted(n for n, a in ACTIONS.items() if not a.mutating)
+
+
+# --- fakes for the external systems -------------------------------------------------------
+
+class FakeUnit:
+    def __init__(self, load_state="loaded", unit_file_state="enabled"):
+        self.load_state = load_state
+        self.unit_file_state = unit_file_state
+
+
+class FakeSystemd:
+    """systemd over D-Bus: unit states and a log of the jobs asked for."""
+
+    def __init__(self):
+        self.state = {UNIT: "active"}
+        self.units = {UNIT: FakeUnit()}
+        self.calls = []
+
+    def active_state(self, unit):
+        return self.state.get(unit, "inactive")
+
+    def main_pid(self, unit):
+        return 4242 if self.active_state(unit) == "active" else 0
+
+    def unit(self, unit):
+        return self.units.setdefault(unit, FakeUnit())
+
+    def _job(self, verb, unit, state=None):
+        self.calls.append((verb, unit))
+        if state:
+            self.state[unit] = state
+
+    def start(self, unit):
+        self._job("start", unit, "active")
+
+    def stop(self, unit):
+        self._job("stop", unit, "inactive")
+
+    def restart(self, unit):
+        self._job("restart", unit, "active")
+
+    def reload(self, unit):
+        self._job("reload", unit)
+
+    def enable(self, unit):
+        self._job("enable", unit)
+        self.unit(unit).unit_file_state = "enabled"
+
+    def disable(self, unit):
+        self._job("disable", unit)
+        self.unit(unit).unit_file_state = "disabled"
+
+    def journal_tail(self, unit):
+        return f"-- journal of {unit} --"
+
+
+class FakeFlavour:
+    """An IMAP server whose one config file holds the four values as JSON."""
+    name = "fake"
+    units = (UNIT,)
+    primary_unit = UNIT
+    DEFAULTS = {"imap_mem_limit": 256000000, "imap_max_connections": 40,
+                "imap_secure_mem_limit": 256000000, "imap_secure_max_connections": 40}
+
+    def __init__(self, conf_path):
+        self.conf = str(conf_path)
+        self.calls = []
+
+    def unit_ports(self):
+        return {UNIT: 143}
+
+    def current_values(self):
+        try:
+            with open(self.conf) as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            return dict(self.DEFAULTS)
+
+    def plan(self, values):
+        return {self.conf: (json.dumps(values, indent=1, sort_keys=True) + "\n").encode()}
+
+    def validate(self, files):
+        self.calls.append(("validate", sorted(files)))
+
+    def apply(self, systemd, changed):
+        self.calls.append(("apply",))
+        systemd.reload(UNIT)
+        return f"reloaded {UNIT}"
+
+    def verify(self, systemd, values):
+        self.calls.append(("verify", values))
+
+
+class FakePorts:
+    def __init__(self):
+        self.listening = True
+        self.asked = []
+
+    def __call__(self, main_pid, port):
+        self.asked.append((main_pid, port))
+        return self.listening and main_pid > 0 and port == 143
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_ports(monkeypatch):
+    fake = FakePorts()
+    monkeypatch.setattr(ports, "unit_listens", fake)
+    return fake
+
+
+@pytest.fixture
+def env(tmp_path, fake_ports):
+    """Everything one test needs: app, client, keys, fakes and paths."""
+    settings = Settings(state_dir=str(tmp_path / "state"), audit_log=str(tmp_path / "audit.log"),
+                        node_id="mail1", listen_timeout=1.0)
+    systemd = FakeSystemd()
+    flavour = FakeFlavour(tmp_path / "imap.conf")
+    controller = Controller(settings, systemd=systemd, flavour=flavour)
+    keys = KeyStore(tmp_path / "state" / "keys.json")
+    app = create_app(settings, controller=controller, keys=keys)
+    app.testing = True
+    env = Env(app=app, client=app.test_client(), settings=settings, systemd=systemd, flavour=flavour,
+              keys=keys, ports=fake_ports, audit_log=tmp_path / "audit.log",
+              key=keys.create("panel", ["EMAIL"]), dns_key=keys.create("dns", ["DNS"]))
+    yield env
+    # create_app attaches a file handler to the module's audit logger: detach this test's.
+    for handler in list(audit.log.handlers):
+        if getattr(handler, "baseFilename", None) == os.path.abspath(settings.audit_log):
+            audit.log.removeHandler(handler)
+            handler.close()
+
+
+class Env:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    def auth(self, key=None):
+        return {"Authorization": f"Bearer {key or self.key}"}
+
+    def call(self, action, method="POST", key=None, **kw):
+        headers = kw.pop("headers", {})
+        if key is not False:
+            headers.update(self.auth(key))
+        return self.client.open(f"{CONTROLLER}/{action}", method=method, headers=headers, **kw)
+
+    def audit_lines(self):
+        if not self.audit_log.exists():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines()]
+
+
+def envelope(reply):
+    """The reply's envelope, checking its shape and that HTTP status == envelope status."""
+    assert reply.mimetype == "application/json"
+    body = json.loads(reply.get_data(as_text=True))
+    assert list(body) == ["status", "payload"]
+    assert reply.status_code == (body["status"] or 200)
+    return body
+
+
+# --- envelope and the seed's payloads ------------------------------------------------------
+
+def test_is_running_envelope_is_byte_exact(env):
+    reply = env.call("isRunning")
+    assert reply.status_code == 200
+    assert reply.get_data(as_text=True).strip() == '{"status": 0, "payload": true}'
+    assert env.ports.asked == [(4242, 143)]
+
+
+def test_is_running_false_when_unit_inactive_or_not_listening(env):
+    env.ports.listening = False
+    assert envelope(env.call("isRunning")) == {"status": 0, "payload": False}
+    env.ports.listening = True
+    env.systemd.state[UNIT] = "failed"
+    assert envelope(env.call("isRunning")) == {"status": 0, "payload": False}
+
+
+@pytest.mark.parametrize("action, payload", [
+    ("listGeneralName", "##LG_IMAP##"),
+    ("listPortNumbers", "143"),
+    ("listPortNumbersArray", [143]),
+    ("listRequiredPermissions", ["EMAIL"]),
+    ("listServiceName", "imap4"),
+    ("listServicePage", "/nodeworx/mail/mda"),
+])
+def test_list_actions_return_the_seed_payloads(env, action, payload):
+    assert envelope(env.call(action)) == {"status": 0, "payload": payload}
+    assert envelope(env.call(action, method="GET")) == {"status": 0, "payload": payload}
+
+
+def test_list_service_info_is_the_seed_payload(env):
+    body = envelope(env.call("listServiceInfo"))
+    assert body == {"status": 0, "payload": {
+        "id": "imap4", "name": "##LG_IMAP##", "ports": "143", "page": "/nodeworx/mail/mda",
+        "ctrl": "/nodeworx/mail/imap", "is_running": 1}}
+    assert list(body["payload"]) == ["id", "name", "ports", "page", "ctrl", "is_running"]
+    env.systemd.state[UNIT] = "inactive"
+    assert envelope(env.call("listServiceInfo"))["payload"]["is_running"] == 0
+
+
+def test_query_extensions(env):
+    assert envelope(env.call("queryUpdate", method="GET")) == {"status": 0, "payload": FakeFlavour.DEFAULTS}
+    assert envelope(env.call("queryStartOnBoot")) == {"status": 0, "payload": {"mda_imap_startonboot": 1}}
+
+
+# --- methods ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("action", READ_ONLY)
+def test_get_allowed_for_read_only_actions(env, action):
+    assert envelope(env.call(action, method="GET"))["status"] == 0
+
+
+@pytest.mark.parametrize("action", MUTATING)
+def test_get_on_mutating_action_is_405_and_does_nothing(env, action):
+    body = envelope(env.call(action, method="GET"))
+    assert body["status"] == 405
+    assert "POST" in body["payload"]
+    assert env.systemd.calls == []
+    assert env.flavour.calls == []
+
+
+def test_other_methods_get_an_envelope(env):
+    body = envelope(env.call("isRunning", method="PUT"))
+    assert body["status"] == 405
+
+
+# --- input sources -------------------------------------------------------------------------
+
+def test_inputs_from_query_string(env):
+    body = envelope(env.call("update", query_string={"imap_max_connections": "50", "dry_run": "1"}))
+    assert body["status"] == 0
+    assert '+ "imap_max_connections": 50' in body["payload"]
+
+
+def test_inputs_from_form_body(env):
+    body = envelope(env.call("update", data={"imap_max_connections": "50", "dry_run": "1"}))
+    assert body["status"] == 0
+    assert '+ "imap_max_connections": 50' in body["payload"]
+
+
+def test_inputs_from_json_body(env):
+    body = envelope(env.call("update", json={"imap_max_connections": 50, "dry_run": 1}))
+    assert body["status"] == 0
+    assert '+ "imap_max_connections": 50' in body["payload"]
+
+
+def test_get_takes_inputs_from_the_query_string(env):
+    body = envelope(env.call("isRunningOnNode", method="GET", query_string={"node_id": "mail1"}))
+    assert body == {"status": 0, "payload": True}
+    body = envelope(env.call("isRunningOnNode", method="GET", query_string={"node_id": "mail9"}))
+    assert body["status"] == 404 and "mail9" in body["payload"]
+
+
+def test_update_changes_the_file_and_keeps_left_out_values(env):
+    body = envelope(env.call("update", json={"imap_max_connections": "50"}))
+    assert body["status"] == 0, body
+    assert env.flavour.current_values() == {**FakeFlavour.DEFAULTS, "imap_max_connections": 50}
+    assert ("reload", UNIT) in env.systemd.calls
+    env.systemd.calls.clear()
+    body = envelope(env.call("update", json={"imap_max_connections": 50}))
+    assert body["status"] == 0 and "unchanged" in body["payload"]
+    assert env.systemd.calls == []
+
+
+def test_dry_run_changes_nothing(env):
+    body = envelope(env.call("update", json={"imap_mem_limit": 1 << 30, "dry_run": 1}))
+    assert body["status"] == 0
+    assert body["payload"].startswith("--- /dev/null\n+++ b")
+    assert not os.path.exists(env.flavour.conf)
+    assert env.systemd.calls == [] and env.flavour.calls == []
+
+
+@pytest.mark.parametrize("kw", [
+    {"json": {"imap_max_connections": "0"}},
+    {"json": {"imap_max_connections": 4.0}},
+    {"json": {"imap_max_connections": True}},
+    {"data": {"imap_max_connections": "４０"}},
+    {"query_string": "imap_max_connections=40%0A"},
+])
+def test_bad_input_is_400_naming_the_field(env, kw):
+    body = envelope(env.call("update", **kw))
+    assert body["status"] == 400
+    assert body["payload"].startswith("imap_max_connections: must be an integer from 1 to 50000")
+    assert not os.path.exists(env.flavour.conf)
+
+
+@pytest.mark.parametrize("kw", [
+    {"query_string": "cascade_to_nodes=1", "json": {"cascade_to_nodes": 1}},
+    {"query_string": "cascade_to_nodes=1", "data": {"cascade_to_nodes": "1"}},
+    {"query_string": "cascade_to_nodes=1&cascade_to_nodes=1"},
+    {"data": {"cascade_to_nodes": ["0", "1"]}},
+])
+def test_duplicate_input_name_is_400(env, kw):
+    body = envelope(env.call("restart", **kw))
+    assert body == {"status": 400, "payload": "cascade_to_nodes: given more than once"}
+    assert env.systemd.calls == []
+
+
+def test_duplicate_key_inside_a_json_body_is_400(env):
+    body = envelope(env.call("update", data=b'{"imap_max_connections": 5, "imap_max_connections": 6}',
+                             content_type="application/json"))
+    assert body == {"status": 400, "payload": "imap_max_connections: given more than once"}
+
+
+@pytest.mark.parametrize("data", [b"[1, 2]", b'"text"', b"{not json", b'{"a": 1', b"\xff\xfe{}", b'{"a": "\xe9"}'])
+def test_bad_json_body_is_400_after_auth(env, data):
+    reply = env.call("update", data=data, content_type="application/json")
+    body = envelope(reply)
+    assert body["status"] == 400
+    assert body["payload"].startswith("body: ")
+    assert envelope(env.call("update", data=data, content_type="application/json", key=False))["status"] == 401
+    assert envelope(env.call("update", data=data, content_type="application/json",
+                             key=env.dns_key))["status"] == 403
+
+
+def test_empty_json_body_means_no_inputs(env):
+    body = envelope(env.call("queryUpdate", data=b"  ", content_type="application/json"))
+    assert body["status"] == 0
+
+
+def test_oversized_body_is_413(env):
+    big = {"imap_max_connections": "5", "pad": "x" * (MAX_BODY + 1)}
+    for kw in ({"json": big}, {"data": big}, {"data": b"x" * (MAX_BODY + 1)}):
+        body = envelope(env.call("update", **kw))
+        assert body["status"] == 413, kw.keys()
+    assert env.systemd.calls == [] and not os.path.exists(env.flavour.conf)
+
+
+def test_body_just_under_the_limit_is_read(env):
+    pad = "x" * (MAX_BODY - 100)
+    body = envelope(env.call("update", json={"imap_max_connections": 5, "pad": pad, "dry_run": 1}))
+    assert body["status"] == 0
+
+
+# --- authentication and authorization -----------------------------------------------------
+
+@pytest.mark.parametrize("action", sorted(ACTIONS))
+def test_every_action_needs_a_key_with_email(env, action):
+    method = "POST"
+    assert envelope(env.call(action, method=method, key=False))["status"] == 401
+    assert envelope(env.call(action, method=method, key="ictl_not-a-real-key-0000000000000000000000"))[
+        "status"] == 401
+    body = envelope(env.call(action, method=method, key=env.dns_key))
+    assert body["status"] == 403 and "EMAIL" in body["payload"]
+    if not ACTIONS[action].mutating:
+        assert envelope(env.call(action, method="GET", key=False))["status"] == 401
+        assert envelope(env.call(action, method="GET", key=env.dns_key))["status"] == 403
+    assert env.systemd.calls == [] and env.flavour.calls == []
+    assert env.ports.asked == []
+
+
+@pytest.mark.parametrize("header", ["", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Token {key}", "{key}",
+                                    "Bearer {key}x"])
+def test_malformed_authorization_header_is_401(env, header):
+    reply = env.client.post(f"{CONTROLLER}/isRunning", headers={"Authorization": header.format(key=env.key)})
+    assert envelope(reply)["status"] == 401
+
+
+def test_lowercase_bearer_scheme_is_accepted(env):
+    reply = env.client.post(f"{CONTROLLER}/isRunning", headers={"Authorization": f"bearer {env.key}"})
+    assert envelope(reply) == {"status": 0, "payload": True}
+
+
+def test_unknown_action_is_404_only_with_a_valid_key(env):
+    body = envelope(env.call("isrunning"))
+    assert body["status"] == 404 and "isrunning" in body["payload"]
+    assert envelope(env.call("isrunning", key=False))["status"] == 401
+    assert envelope(env.call("isrunning", key="wrong-key-" * 4))["status"] == 401
+    assert envelope(env.call("isrunning", key=env.dns_key))["status"] == 403
+    assert envelope(env.call("isrunning", method="GET"))["status"] == 404
+
+
+def test_unknown_path_gets_an_envelope(env):
+    reply = env.client.get("/nodeworx/mail/imap")
+    assert envelope(reply)["status"] == 404
+
+
+def test_revoked_key_stops_working(env):
+    assert envelope(env.call("isRunning"))["status"] == 0
+    env.keys.revoke("panel")
+    assert envelope(env.call("isRunning"))["status"] == 401
+
+
+# --- healthz and openapi --------------------------------------------------------------------
+
+def test_healthz_needs_no_auth(env):
+    reply = env.client.get("/healthz")
+    assert envelope(reply) == {"status": 0, "payload": "ok"}
+
+
+def test_openapi_lists_every_action(env):
+    reply = env.client.get("/openapi.json")
+    assert reply.status_code == 200
+    doc = reply.get_json()
+    assert set(doc["paths"]) == {f"{CONTROLLER}/{name}" for name in ACTIONS}
+    for name, action in ACTIONS.items():
+        item = doc["paths"][f"{CONTROLLER}/{name}"]
+        assert set(item) == ({"post"} if action.mutating else {"get", "post"})
+        props = item["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+        assert list(props) == [i.name for i in action.inputs]
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+def test_mutating_call_appends_one_audit_line(env):
+    assert envelope(env.call("restart", json={"cascade_to_nodes": 0}))["status"] == 0
+    lines = env.audit_lines()
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["key"] == "panel"
+    assert line["action"] == "restart"
+    assert line["inputs"] == {"cascade_to_nodes": 0}
+    assert line["status"] == 0
+    assert line["transport"] == "http"
+
+
+def test_failed_and_read_only_calls_are_audited_correctly(env):
+    envelope(env.call("isRunning"))
+    envelope(env.call("listServiceInfo", method="GET"))
+    assert env.audit_lines() == []
+    envelope(env.call("update", json={"imap_max_connections": 0}))
+    envelope(env.call("startOnBoot", data={"mda_imap_startonboot": "0"}))
+    lines = env.audit_lines()
+    assert [(l["action"], l["status"]) for l in lines] == [("update", 400), ("startOnBoot", 0)]
+    assert lines[1]["inputs"] == {"mda_imap_startonboot": 0, "cascade_to_nodes": 0}
+    assert env.systemd.units[UNIT].unit_file_state == "disabled"
+
+
+def test_audit_log_never_contains_a_key(env):
+    env.call("update", json={"imap_max_connections": 77})
+    env.call("stop", data={"cascade_to_nodes": "0"})
+    env.call("stop", key=env.dns_key)
+    env.call("start", key=env.key + "x")
+    env.call("start", json={"cascade_to_nodes": env.key})   # a key pasted into the wrong field
+    text = env.audit_log.read_text()
+    assert len(text.splitlines()) >= 3
+    assert env.key not in text
+    assert env.dns_key not in text
+
+
+# --- service control through the API --------------------------------------------------------
+
+def test_start_stop_restart_drive_systemd(env):
+    assert envelope(env.call("stop"))["status"] == 0
+    assert envelope(env.call("start"))["status"] == 0
+    assert envelope(env.call("restart"))["status"] == 0
+    assert env.systemd.calls == [("stop", UNIT), ("start", UNIT), ("restart", UNIT)]
+
+
+def test_on_node_actions_run_locally_for_the_local_node(env):
+    assert envelope(env.call("stopOnNode", json={"node_id": "mail1"}))["status"] == 0
+    assert envelope(env.call("startOnNode"))["status"] == 0  # default: this node
+    assert env.systemd.calls == [("stop", UNIT), ("start", UNIT)]
+    body = envelope(env.call("restartOnNode", json={"node_id": "other"}))
+    assert body["status"] == 404
+    assert envelope(env.call("restartOnNode", json={"node_id": "bad\nnode"}))["status"] == 400
+    assert env.systemd.calls == [("stop", UNIT), ("start", UNIT)]
+
+
+def test_update_fields_match_the_flavour(env):
+    assert set(UPDATE_FIELDS) == set(FakeFlavour.DEFAULTS)
+
+
+def test_a_body_that_is_neither_json_nor_a_form_is_400(env):
+    reply = env.call("update", data=b'{"imap_max_connections": 5}', content_type="text/plain")
+    assert envelope(reply)["status"] == 400
+    assert "application/json or a form" in envelope(reply)["payload"]
+
+
+def test_head_on_a_read_only_action_is_allowed(env):
+    assert env.call("isRunning", method="HEAD").status_code == 200
+    assert env.call("stop", method="HEAD").status_code == 405
+
+
+def test_options_gets_the_envelope_everywhere(env):
+    for url in ("/healthz", "/openapi.json", "/xmlrpc", f"{CONTROLLER}/isRunning"):
+        reply = env.client.open(url, method="OPTIONS")
+        assert reply.status_code == 405 and envelope(reply)["status"] == 405, url

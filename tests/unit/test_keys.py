@@ -1,0 +1,166 @@
+"""API keys (imapd_ctl.adapters.keys.KeyStore): hashed storage, authentication, CLI operations."""
+import json
+import os
+import stat
+
+import pytest
+
+
+from imapd_ctl.core.errors import BadInput, Forbidden, Unauthorized
+from imapd_ctl.adapters.keys import KeyStore
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "state" / "keys.json"
+
+
+@pytest.fixture
+def store(path):
+    return KeyStore(path)
+
+
+def test_created_key_authenticates_with_email(store):
+    key = store.create("panel", ["EMAIL"])
+    principal = store.authenticate(key, "EMAIL")
+    assert principal.name == "panel"
+    assert principal.perms == ("EMAIL",)
+
+
+def test_created_keys_are_random_and_long(store):
+    a, b = store.create("a", ["EMAIL"]), store.create("b", ["EMAIL"])
+    assert a != b
+    assert len(a) >= 40 and a.isascii() and " " not in a
+
+
+def test_key_file_is_0600_and_holds_only_a_hash(store, path):
+    key = store.create("panel", ["EMAIL"])
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    text = path.read_text()
+    assert key not in text
+    assert key[5:] not in text  # nor the random part without its prefix
+    entry = json.loads(text)["keys"][0]
+    assert entry["name"] == "panel" and entry["perms"] == ["EMAIL"]
+
+
+def test_list_shows_names_and_perms_but_no_secrets(store):
+    key = store.create("panel", ["EMAIL", "DNS"])
+    store.create("dns-only", ["DNS"])
+    entries = store.entries()
+    assert [(e["name"], e["perms"]) for e in entries] == [("panel", ["DNS", "EMAIL"]), ("dns-only", ["DNS"])]
+    for e in entries:
+        assert set(e) == {"name", "perms", "created"}
+    assert key not in json.dumps(entries)
+
+
+def test_empty_store_lists_nothing_and_refuses_keys(store):
+    assert store.entries() == []
+    with pytest.raises(Unauthorized):
+        store.authenticate("ictl_" + "x" * 43, "EMAIL")
+
+
+def test_revoke_makes_the_key_unauthorized(store):
+    key = store.create("panel", ["EMAIL"])
+    keep = store.create("other", ["EMAIL"])
+    assert store.revoke("panel") is True
+    with pytest.raises(Unauthorized) as err:
+        store.authenticate(key, "EMAIL")
+    assert err.value.status == 401
+    assert store.authenticate(keep, "EMAIL").name == "other"
+    assert [e["name"] for e in store.entries()] == ["other"]
+
+
+def test_revoke_unknown_name_returns_false(store):
+    store.create("panel", ["EMAIL"])
+    assert store.revoke("nobody") is False
+    assert [e["name"] for e in store.entries()] == ["panel"]
+
+
+def test_key_without_email_is_forbidden_naming_the_permission(store):
+    key = store.create("dns", ["DNS"])
+    with pytest.raises(Forbidden) as err:
+        store.authenticate(key, "EMAIL")
+    assert err.value.status == 403
+    assert "EMAIL" in err.value.message and "'dns'" in err.value.message
+    assert key not in err.value.message
+
+
+def test_key_with_no_perms_is_forbidden(store):
+    key = store.create("nothing", [])
+    with pytest.raises(Forbidden, match="EMAIL"):
+        store.authenticate(key, "EMAIL")
+
+
+@pytest.mark.parametrize("secret", [None, "", 0, 1, b"key", ["key"], {"apikey": "key"}, "unknown-key-" * 4,
+                                    "x" * 5000, "\udcff" * 40])
+def test_missing_or_unknown_key_is_unauthorized(store, secret):
+    store.create("panel", ["EMAIL"])
+    with pytest.raises(Unauthorized) as err:
+        store.authenticate(secret, "EMAIL")
+    assert err.value.status == 401
+
+
+def test_near_miss_keys_are_unauthorized(store):
+    key = store.create("panel", ["EMAIL"])
+    for wrong in (key[:-1], key + "x", key.upper(), " " + key, key + "\n"):
+        with pytest.raises(Unauthorized):
+            store.authenticate(wrong, "EMAIL")
+
+
+def test_import_accepts_a_40_char_key(store):
+    secret = "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8S9t0"
+    assert len(secret) == 40
+    store.import_key("legacy", secret, ["EMAIL"])
+    assert store.authenticate(secret, "EMAIL").name == "legacy"
+
+
+@pytest.mark.parametrize("secret", [
+    "short", "x" * 31, "abcd efgh ijkl mnop qrst uvwx yz01 2345", "ä" * 40, "key\t" + "x" * 40,
+    "x" * 1025, "",
+])
+def test_import_rejects_bad_keys(store, path, secret):
+    with pytest.raises(BadInput) as err:
+        store.import_key("legacy", secret, ["EMAIL"])
+    assert err.value.status == 400
+    assert not path.exists()
+
+
+def test_duplicate_name_is_refused(store):
+    first = store.create("panel", ["EMAIL"])
+    with pytest.raises(BadInput, match="panel"):
+        store.create("panel", ["EMAIL"])
+    with pytest.raises(BadInput, match="panel"):
+        store.import_key("panel", "k" * 40, ["EMAIL"])
+    assert len(store.entries()) == 1
+    assert store.authenticate(first, "EMAIL").name == "panel"
+
+
+def test_same_secret_twice_is_refused(store):
+    store.import_key("a", "s" * 40, ["EMAIL"])
+    with pytest.raises(BadInput):
+        store.import_key("b", "s" * 40, ["DNS"])
+
+
+@pytest.mark.parametrize("name", ["", "-x", "a b", "a\nb", "x" * 65, "ä"])
+def test_bad_names_are_refused(store, name):
+    with pytest.raises(BadInput):
+        store.create(name, ["EMAIL"])
+
+
+def test_bad_permission_names_are_refused(store):
+    with pytest.raises(BadInput):
+        store.create("panel", ["email"])
+
+
+def test_another_worker_sees_keys_created_and_revoked_by_the_cli(path):
+    worker = KeyStore(path)
+    cli = KeyStore(path)
+    assert worker.entries() == []                      # no file yet
+    first = cli.create("panel", ["EMAIL"])
+    assert worker.authenticate(first, "EMAIL").name == "panel"
+    second = cli.create("panel2", ["EMAIL"])           # file already loaded by the worker
+    assert worker.authenticate(second, "EMAIL").name == "panel2"
+    cli.revoke("panel")
+    with pytest.raises(Unauthorized):
+        worker.authenticate(first, "EMAIL")
+    assert worker.authenticate(second, "EMAIL").name == "panel2"

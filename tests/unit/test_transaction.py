@@ -1,0 +1,693 @@
+"""Configuration transactions (imapd_ctl.operations.transaction.change / recover) and the Controller's
+lock + recovery around them, with a fake flavour owning files in tmp_path (no root, no systemd)."""
+import os
+import time
+
+import pytest
+
+
+from imapd_ctl.operations import transaction
+from imapd_ctl.core.actions import ACTIONS, UPDATE_FIELDS
+from imapd_ctl.adapters.configfile import Journal, TransactionLock, read_bytes_or_none
+from imapd_ctl.operations.controller import Controller
+from imapd_ctl.core.errors import (
+    ActionFailed, ApiError, Busy, ConfigInvalid, Unavailable,
+)
+from imapd_ctl.core.settings import Settings
+
+MiB = 1 << 20
+DEFAULTS = {"imap_mem_limit": 256 * MiB, "imap_max_connections": 40,
+            "imap_secure_mem_limit": 256 * MiB, "imap_secure_max_connections": 40}
+PLAIN = ("imap_mem_limit", "imap_max_connections")
+SECURE = ("imap_secure_mem_limit", "imap_secure_max_connections")
+
+
+class DummySystemd:
+    """Stands in for imapd_ctl.adapters.systemd.Systemd; records service-control calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def call(*args):
+            self.calls.append((name, *args))
+        return call
+
+
+class FakeFlavour:
+    """Owns two files: `main` (always present, the plain values) and `secure` (present only
+    when the secure values differ from the defaults; otherwise planned as None = absent)."""
+
+    name = "fake"
+    units = ("fake-imapd.service",)
+    primary_unit = "fake-imapd.service"
+
+    def __init__(self, main, secure, journal=None):
+        self.main, self.secure = os.fspath(main), os.fspath(secure)
+        self.journal = journal          # to observe the journal step at each call
+        self.events = []                # ("validate"|"apply"|"verify", ...) in call order
+        self.validate_error = None
+        self.apply_errors = {}          # 1-based call number -> exception to raise
+        self.verify_error = None
+        self.apply_count = 0
+        self.snapshots = []             # (event, {path: live bytes}, journal step)
+
+    # -- helpers -----------------------------------------------------------------------
+    @staticmethod
+    def _render(values, keys):
+        return "".join(f"{k} = {values[k]}\n" for k in keys).encode()
+
+    @staticmethod
+    def _parse(data):
+        out = {}
+        for line in data.decode().splitlines():
+            key, _, value = line.partition(" = ")
+            out[key] = int(value)
+        return out
+
+    def live(self):
+        return {self.main: read_bytes_or_none(self.main), self.secure: read_bytes_or_none(self.secure)}
+
+    def _snap(self, event):
+        entry = self.journal.pending() if self.journal is not None else None
+        self.snapshots.append((event, self.live(), entry.step if entry else None))
+
+    def count(self, event):
+        return sum(1 for e in self.events if e[0] == event)
+
+    # -- the Flavour protocol ----------------------------------------------------------
+    def unit_ports(self):
+        return {"fake-imapd.service": 143}
+
+    def current_values(self):
+        values = dict(DEFAULTS)
+        for path in (self.main, self.secure):
+            data = read_bytes_or_none(path)
+            if data is not None:
+                values.update(self._parse(data))
+        return values
+
+    def plan(self, values):
+        secure = None if all(values[k] == DEFAULTS[k] for k in SECURE) else self._render(values, SECURE)
+        return {self.main: self._render(values, PLAIN), self.secure: secure}
+
+    def validate(self, files):
+        self.events.append(("validate", dict(files)))
+        self._snap("validate")
+        if self.validate_error is not None:
+            raise self.validate_error
+
+    def apply(self, systemd, changed):
+        self.apply_count += 1
+        self.events.append(("apply", systemd))
+        self._snap("apply")
+        exc = self.apply_errors.get(self.apply_count)
+        if exc is not None:
+            raise exc
+        return "reloaded fake-imapd.service"
+
+    def verify(self, systemd, values):
+        self.events.append(("verify", systemd, dict(values)))
+        self._snap("verify")
+        if self.verify_error is not None:
+            raise self.verify_error
+
+
+def values(**kw):
+    return {**DEFAULTS, **kw}
+
+
+def none_request(**kw):
+    return {**{k: None for k in UPDATE_FIELDS}, **kw}
+
+
+def leftovers(directory):
+    return sorted(n for n in os.listdir(directory) if ".imapd-ctl." in n)
+
+
+@pytest.fixture
+def env(tmp_path):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    journal = Journal(tmp_path / "state")
+    flavour = FakeFlavour(etc / "10-imap.conf", etc / "20-imaps.conf", journal)
+    initial = flavour.plan(DEFAULTS)
+    assert initial[flavour.secure] is None
+    (etc / "10-imap.conf").write_bytes(initial[flavour.main])
+    env = type("Env", (), {})()
+    env.etc, env.journal, env.flavour, env.systemd = etc, journal, flavour, DummySystemd()
+    env.main, env.secure = flavour.main, flavour.secure
+    env.old_main = initial[flavour.main]
+    return env
+
+
+def change(env, requested, **kw):
+    return transaction.change(env.flavour, requested, systemd=env.systemd, journal=env.journal, **kw)
+
+
+# --- change(): success -----------------------------------------------------------------
+
+def test_successful_change_validates_first_then_writes_applies_verifies_and_clears_journal(env):
+    want = values(imap_max_connections=99)
+    out = change(env, want)
+
+    new_main = FakeFlavour._render(want, PLAIN)
+    assert read_bytes_or_none(env.main) == new_main
+    assert read_bytes_or_none(env.secure) is None
+    assert [e[0] for e in env.flavour.events] == ["validate", "apply", "verify"]
+    # validate saw the whole candidate while the live files were still the old ones,
+    # and before any journal existed
+    ev, live, step = env.flavour.snapshots[0]
+    assert ev == "validate"
+    assert live == {env.main: env.old_main, env.secure: None}
+    assert step is None
+    assert env.flavour.events[0][1] == {env.main: new_main, env.secure: None}
+    # apply ran on the written files (journal "written"), verify after apply (journal "applied")
+    assert env.flavour.snapshots[1] == ("apply", {env.main: new_main, env.secure: None}, "written")
+    assert env.flavour.snapshots[2][2] == "applied"
+    assert env.flavour.events[1][1] is env.systemd
+    assert env.flavour.events[2][1:] == (env.systemd, want)
+    assert env.journal.pending() is None
+    assert not os.path.exists(env.journal.path)
+    assert leftovers(env.etc) == []
+
+    assert out.changed is True
+    assert out.values == want
+    assert out.files == [env.main]
+    assert out.applied == "reloaded fake-imapd.service"
+    assert "-imap_max_connections = 40\n" in out.diff
+    assert "+imap_max_connections = 99\n" in out.diff
+
+
+def test_successful_change_creates_a_new_file_and_removes_it_again(env):
+    want = values(imap_secure_max_connections=7)
+    out = change(env, want)
+    assert read_bytes_or_none(env.secure) == FakeFlavour._render(want, SECURE)
+    assert read_bytes_or_none(env.main) == env.old_main       # unchanged file not rewritten
+    assert out.files == [env.secure]
+    # validate ran while the new file did not exist yet
+    assert env.flavour.snapshots[0][1][env.secure] is None
+    assert env.flavour.events[0][1][env.secure] == FakeFlavour._render(want, SECURE)
+    assert env.flavour.current_values() == want
+
+    # back to the defaults: the flavour plans None, the file is removed
+    out = change(env, values())
+    assert out.changed is True and out.files == [env.secure]
+    assert not os.path.exists(env.secure)
+    assert env.flavour.count("apply") == 2 and env.flavour.count("verify") == 2
+    assert env.journal.pending() is None
+
+
+# --- change(): nothing to do, dry run, None inputs ---------------------------------------
+
+@pytest.mark.parametrize("requested", [values(), none_request()], ids=["same-values", "all-none"])
+def test_unchanged_values_do_not_validate_or_apply(env, requested):
+    st = os.stat(env.main)
+    out = change(env, requested)
+    assert out.changed is False
+    assert out.files == [] and out.diff == "" and out.applied == ""
+    assert out.values == DEFAULTS
+    assert env.flavour.events == []
+    assert env.systemd.calls == []
+    assert os.stat(env.main).st_ino == st.st_ino and os.stat(env.main).st_mtime_ns == st.st_mtime_ns
+    assert not os.path.exists(env.secure)
+    assert not os.path.exists(env.journal.state_dir)   # no journal was even begun
+
+
+def test_dry_run_returns_a_unified_diff_and_writes_nothing(env):
+    st = os.stat(env.main)
+    out = change(env, values(imap_max_connections=99, imap_secure_mem_limit=512 * MiB), dry_run=True)
+    assert out.changed is True
+    assert out.files == sorted([env.main, env.secure])
+    lines = out.diff.splitlines()
+    assert f"--- a{env.main}" in lines and f"+++ b{env.main}" in lines
+    assert "-imap_max_connections = 40" in lines and "+imap_max_connections = 99" in lines
+    assert " imap_mem_limit = 268435456" in lines        # unified-diff context line
+    # the file that does not exist yet is diffed against /dev/null
+    assert "--- /dev/null" in lines and f"+++ b{env.secure}" in lines
+    assert f"+imap_secure_mem_limit = {512 * MiB}" in lines
+    assert sum(1 for line in lines if line.startswith("@@ ")) == 2
+    # nothing written, validated, applied or journaled
+    assert read_bytes_or_none(env.main) == env.old_main
+    assert os.stat(env.main).st_ino == st.st_ino
+    assert not os.path.exists(env.secure)
+    assert env.flavour.events == []
+    assert env.journal.pending() is None
+    assert leftovers(env.etc) == []
+
+
+def test_dry_run_of_a_removal_diffs_against_dev_null(env):
+    change(env, values(imap_secure_max_connections=7))
+    before = env.flavour.live()
+    out = change(env, none_request(imap_secure_max_connections=40), dry_run=True)
+    assert f"--- a{env.secure}" in out.diff.splitlines()
+    assert "+++ /dev/null" in out.diff.splitlines()
+    assert env.flavour.live() == before
+
+
+def test_none_inputs_keep_current_values(env):
+    first = values(imap_mem_limit=64 * MiB, imap_max_connections=11,
+                   imap_secure_mem_limit=128 * MiB, imap_secure_max_connections=22)
+    change(env, first)
+    out = change(env, none_request(imap_max_connections=12))
+    assert out.values == {**first, "imap_max_connections": 12}
+    assert env.flavour.current_values() == out.values
+    assert out.files == [env.main]                         # the secure file kept its bytes
+    assert env.flavour.events[-1] == ("verify", env.systemd, out.values)
+
+
+# --- change(): validate fails -----------------------------------------------------------
+
+def test_validate_failure_leaves_every_file_untouched(env):
+    env.flavour.validate_error = ConfigInvalid("doveconf: Error: bad vsz_limit")
+    st = os.stat(env.main)
+    with pytest.raises(ConfigInvalid) as ei:
+        change(env, values(imap_max_connections=99, imap_secure_max_connections=7))
+    assert "bad vsz_limit" in ei.value.message
+    assert read_bytes_or_none(env.main) == env.old_main    # byte for byte
+    assert os.stat(env.main).st_ino == st.st_ino            # not even rewritten
+    assert not os.path.exists(env.secure)                   # absent file stays absent
+    assert [e[0] for e in env.flavour.events] == ["validate"]
+    assert env.journal.pending() is None
+    assert not os.path.exists(env.journal.path)
+    assert leftovers(env.etc) == []
+
+
+# --- change(): apply / verify / write fail -> roll back ------------------------------------
+
+def assert_rolled_back(env):
+    assert read_bytes_or_none(env.main) == env.old_main
+    assert not os.path.exists(env.secure)                   # created by the change, removed again
+    assert env.flavour.current_values() == DEFAULTS
+    assert env.journal.pending() is None
+    assert not os.path.exists(env.journal.path)
+    assert leftovers(env.etc) == []
+
+
+CHANGE_BOTH = values(imap_max_connections=99, imap_secure_max_connections=7)
+
+
+def test_apply_failure_restores_old_files_and_applies_them_again(env):
+    env.flavour.apply_errors[1] = ActionFailed("reload of fake-imapd.service failed: boom")
+    with pytest.raises(ActionFailed) as ei:
+        change(env, CHANGE_BOTH)
+    assert type(ei.value) is ActionFailed and ei.value.status == 500
+    assert "reload of fake-imapd.service failed: boom" in ei.value.message
+    assert "restored" in ei.value.message
+    assert env.main in ei.value.message and env.secure in ei.value.message
+    assert_rolled_back(env)
+    assert [e[0] for e in env.flavour.events] == ["validate", "apply", "apply"]
+    # the first apply saw the new files, the re-apply saw the restored old ones
+    assert env.flavour.snapshots[1][1][env.secure] is not None
+    assert env.flavour.snapshots[2][1] == {env.main: env.old_main, env.secure: None}
+    assert env.flavour.events[2][1] is env.systemd
+
+
+@pytest.mark.parametrize("error, reason", [
+    (ActionFailed("fake-imapd reports process_limit 80, expected 106"), "expected 106"),
+    (RuntimeError("socket vanished"), "RuntimeError: socket vanished"),
+], ids=["ActionFailed", "unexpected-exception"])
+def test_verify_failure_restores_old_files_and_applies_them_again(env, error, reason):
+    env.flavour.verify_error = error
+    with pytest.raises(ActionFailed) as ei:
+        change(env, CHANGE_BOTH)
+    assert reason in ei.value.message
+    assert "restored" in ei.value.message
+    assert ei.value.status == 500
+    assert_rolled_back(env)
+    assert [e[0] for e in env.flavour.events] == ["validate", "apply", "verify", "apply"]
+    assert env.flavour.snapshots[3][1] == {env.main: env.old_main, env.secure: None}
+
+
+def test_unavailable_from_apply_keeps_status_503_after_rollback(env):
+    env.flavour.apply_errors[1] = Unavailable("cannot reach systemd over D-Bus")
+    with pytest.raises(ApiError) as ei:
+        change(env, CHANGE_BOTH)
+    assert ei.value.status == 503
+    assert isinstance(ei.value, Unavailable)
+    assert "cannot reach systemd over D-Bus" in ei.value.message
+    assert "restored" in ei.value.message
+    assert_rolled_back(env)
+    assert env.flavour.count("apply") == 2
+
+
+def test_reapply_failing_too_is_reported_and_files_are_still_restored(env):
+    env.flavour.apply_errors[1] = ActionFailed("reload failed: first")
+    env.flavour.apply_errors[2] = ActionFailed("reload failed: second")
+    with pytest.raises(ActionFailed) as ei:
+        change(env, CHANGE_BOTH)
+    msg = ei.value.message
+    assert "reload failed: first" in msg and "reload failed: second" in msg
+    assert "restored" in msg and "failed too" in msg
+    assert_rolled_back(env)
+
+
+def test_write_failure_part_way_restores_the_files_already_written(tmp_path):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    journal = Journal(tmp_path / "state")
+    # the second file's directory does not exist: writing it fails after the first was replaced
+    flavour = FakeFlavour(etc / "10-imap.conf", tmp_path / "missing" / "20-imaps.conf", journal)
+    old_main = flavour.plan(DEFAULTS)[flavour.main]
+    (etc / "10-imap.conf").write_bytes(old_main)
+    with pytest.raises(ActionFailed) as ei:
+        transaction.change(flavour, CHANGE_BOTH, systemd=DummySystemd(), journal=journal)
+    assert type(ei.value) is ActionFailed
+    assert "cannot write" in ei.value.message and "restored" in ei.value.message
+    assert read_bytes_or_none(flavour.main) == old_main
+    assert journal.pending() is None
+    # never applied the half-written config; applied the restored one once
+    assert [e[0] for e in flavour.events] == ["validate", "apply"]
+    assert flavour.snapshots[1][1][flavour.main] == old_main
+    assert leftovers(etc) == []
+
+
+# --- recover() ----------------------------------------------------------------------------
+
+def interrupt(env, step, want=CHANGE_BOTH, txn="deadbeef0001"):
+    """What a worker killed mid-change leaves behind: journal at `step`, new files written."""
+    new = {p: b for p, b in env.flavour.plan(want).items() if b != read_bytes_or_none(p)}
+    env.journal.begin(txn, "update", old={p: read_bytes_or_none(p) for p in new}, new=new,
+                      meta={"flavour": "fake", "values": want})
+    for path, data in new.items():
+        with open(path, "wb") as fh:
+            fh.write(data)
+    if step != "begun":
+        for s in ("written", "applied", "verified")[:("written", "applied", "verified").index(step) + 1]:
+            env.journal.mark(s)
+    assert env.journal.pending().step == step
+    return new
+
+
+@pytest.mark.parametrize("step", ["begun", "written", "applied"])
+def test_recover_undoes_an_interrupted_change(env, step):
+    interrupt(env, step)
+    assert env.flavour.current_values() == CHANGE_BOTH
+    msg = transaction.recover(env.flavour, env.systemd, env.journal)
+    assert msg is not None
+    assert f"'{step}'" in msg and "deadbeef0001" in msg and "restored" in msg
+    assert_rolled_back(env)                                  # new file removed, old bytes back
+    assert [e[0] for e in env.flavour.events] == ["apply"]  # re-applied the old config once
+    assert env.flavour.snapshots[0][1] == {env.main: env.old_main, env.secure: None}
+    assert env.flavour.events[0][1] is env.systemd
+
+
+def test_recover_after_verified_only_clears_the_journal(env):
+    new = interrupt(env, "verified")
+    msg = transaction.recover(env.flavour, env.systemd, env.journal)
+    assert msg is not None and "verified" in msg and "deadbeef0001" in msg
+    assert env.journal.pending() is None
+    assert env.flavour.live() == new                         # the new files stay
+    assert env.flavour.events == []
+
+
+def test_recover_without_journal_returns_none(env):
+    assert transaction.recover(env.flavour, env.systemd, env.journal) is None
+    assert env.flavour.events == []
+    assert read_bytes_or_none(env.main) == env.old_main
+
+
+def test_recover_when_reapply_fails_still_restores_and_clears(env):
+    interrupt(env, "written")
+    env.flavour.apply_errors[1] = ActionFailed("reload of fake-imapd.service failed")
+    msg = transaction.recover(env.flavour, env.systemd, env.journal)
+    assert "'written'" in msg and "failed too" in msg and "reload of fake-imapd.service failed" in msg
+    assert_rolled_back(env)
+
+
+def test_recover_when_systemd_is_unreachable_restores_but_keeps_the_journal(env):
+    # Restored files but no reload: a server still running the new configuration must not be
+    # forgotten, so the journal stays until the re-apply can happen.
+    interrupt(env, "applied")
+    env.flavour.apply_errors[1] = Unavailable("cannot reach systemd over D-Bus")
+    with pytest.raises(Unavailable) as ei:
+        transaction.recover(env.flavour, env.systemd, env.journal)
+    assert ei.value.status == 503
+    msg = ei.value.message
+    assert "'applied'" in msg and "could not be re-applied yet" in msg and "cannot reach systemd" in msg
+    assert read_bytes_or_none(env.main) == env.old_main and not os.path.exists(env.secure)
+    assert env.journal.pending().step == "applied"
+    # systemd is back: the next recovery re-applies the (already restored) old files
+    msg = transaction.recover(env.flavour, env.systemd, env.journal)
+    assert "already held the previous contents" in msg and "re-applied" in msg
+    assert_rolled_back(env)
+    assert env.flavour.count("apply") == 2
+
+
+# --- Controller: lock + automatic recovery ------------------------------------------------
+
+@pytest.fixture
+def ctl(env, tmp_path):
+    settings = Settings(state_dir=str(tmp_path / "state"), lock_timeout=0.2)
+    controller = Controller(settings, systemd=env.systemd, flavour=env.flavour)
+    assert controller.journal.path == env.journal.path
+    return controller
+
+
+def update_values(**raw):
+    return ACTIONS["update"].validate(raw)
+
+
+def test_controller_update_runs_a_transaction(env, ctl):
+    result = ctl.run(ACTIONS["update"], update_values(imap_max_connections=99))
+    assert "updated" in result and env.main in result and "reloaded fake-imapd.service" in result
+    assert env.flavour.current_values() == values(imap_max_connections=99)
+    assert env.journal.pending() is None
+    diff = ctl.run(ACTIONS["update"], update_values(imap_max_connections=98, dry_run=1))
+    assert "+imap_max_connections = 98" in diff
+    assert env.flavour.current_values() == values(imap_max_connections=99)
+    assert "unchanged" in ctl.run(ACTIONS["update"], update_values(imap_max_connections=99))
+
+
+def test_controller_recovers_a_pending_journal_before_the_next_update(env, ctl):
+    interrupt(env, "written", want=values(imap_mem_limit=64 * MiB, imap_secure_max_connections=7))
+    # only one input given: the others must be taken from the RESTORED files, not the
+    # interrupted change's
+    result = ctl.run(ACTIONS["update"], update_values(imap_max_connections=55))
+    assert "updated" in result
+    assert env.flavour.current_values() == values(imap_max_connections=55)
+    assert not os.path.exists(env.secure)
+    assert env.journal.pending() is None
+    # recovery re-applied the old config first, then the update applied + verified
+    assert [e[0] for e in env.flavour.events] == ["apply", "validate", "apply", "verify"]
+    assert env.flavour.snapshots[0][1] == {env.main: env.old_main, env.secure: None}
+
+
+def test_controller_recovers_before_a_service_action_too(env, ctl):
+    interrupt(env, "applied")
+    ctl.run(ACTIONS["stop"], ACTIONS["stop"].validate({}))
+    assert_rolled_back(env)
+    assert ("stop", "fake-imapd.service") in env.systemd.calls
+
+
+def test_read_only_action_neither_locks_nor_recovers(env, ctl):
+    new = interrupt(env, "written")
+    other = TransactionLock(ctl.settings.lock_path)
+    with other.hold(timeout=0):
+        assert ctl.run(ACTIONS["queryUpdate"], {}) == CHANGE_BOTH
+    assert env.journal.pending() is not None
+    assert env.flavour.live() == {**{env.main: env.old_main, env.secure: None}, **new}
+
+
+@pytest.mark.parametrize("action, raw", [
+    ("update", {"imap_max_connections": 99}),
+    ("stop", {}),
+], ids=["update", "stop"])
+def test_mutating_action_while_the_lock_is_held_raises_busy(env, ctl, action, raw):
+    new = interrupt(env, "written")
+    other = TransactionLock(ctl.settings.lock_path)
+    other.acquire(timeout=0)
+    try:
+        start = time.monotonic()
+        with pytest.raises(Busy) as ei:
+            ctl.run(ACTIONS[action], ACTIONS[action].validate(raw))
+        waited = time.monotonic() - start
+    finally:
+        other.release()
+    assert ei.value.status == 409
+    assert 0.15 <= waited < 1.5                              # waited lock_timeout, then gave up
+    # nothing happened: no recovery, no change, no service call
+    assert env.flavour.events == []
+    assert env.systemd.calls == []
+    assert env.journal.pending().step == "written"
+    assert env.flavour.live() == {**{env.main: env.old_main, env.secure: None}, **new}
+    # once the lock is free the same call goes through (recovering first)
+    ctl.run(ACTIONS[action], ACTIONS[action].validate(raw))
+    assert env.journal.pending() is None
+
+
+# --- faults: crash points, refusing before the live path, units the change stopped ----------------
+
+class UnitsSystemd(DummySystemd):
+    """A systemd whose units have a state: active_state answers, start() activates; `down`
+    (a set) lists units that stop when apply runs; `unreachable` makes every call a 503."""
+
+    def __init__(self, active=("fake-imapd.service",)):
+        super().__init__()
+        self.active = set(active)
+        self.unreachable = False
+
+    def active_state(self, unit):
+        self.calls.append(("active_state", unit))
+        if self.unreachable:
+            raise Unavailable("systemd is unreachable over D-Bus while trying to read the state of " + unit)
+        return "active" if unit in self.active else "failed"
+
+    def start(self, unit):
+        self.calls.append(("start", unit))
+        self.active.add(unit)
+
+
+class Crashed(BaseException):
+    """What os.kill(self, SIGKILL) would have done; BaseException so nothing catches it."""
+
+
+@pytest.mark.parametrize("step", Journal.STEPS)
+def test_crash_point_kills_the_process_right_after_the_journal_records_the_step(env, monkeypatch, step):
+    killed = []
+
+    def fake_kill(pid, sig):
+        killed.append((pid, sig, env.journal.pending().step, env.flavour.live()))
+        raise Crashed()
+
+    monkeypatch.setattr(transaction.os, "kill", fake_kill)
+    monkeypatch.setenv(transaction.CRASH_ENV, step)
+    with pytest.raises(Crashed):
+        change(env, CHANGE_BOTH)
+    [(pid, sig, journaled, live)] = killed
+    assert (pid, sig, journaled) == (os.getpid(), transaction.signal.SIGKILL, step)
+    new = {p: b for p, b in env.flavour.plan(CHANGE_BOTH).items()}
+    assert live == ({env.main: env.old_main, env.secure: None} if step == "begun" else new)
+    assert env.journal.pending().step == step
+    # what the next start (or the next mutating call) does with it
+    monkeypatch.delenv(transaction.CRASH_ENV)
+    msg = transaction.recover(env.flavour, env.systemd, env.journal)
+    assert env.journal.pending() is None
+    if step == "verified":
+        assert "completed" in msg and env.flavour.live() == new
+    else:
+        assert "rolled back" in msg
+        assert_rolled_back(env)
+        # the change's own apply (from "applied" on) plus recovery's re-apply, which is skipped
+        # when the process died before anything reached the live files
+        assert env.flavour.count("apply") == {"begun": 0, "written": 1, "applied": 2}[step]
+
+
+def test_crash_point_is_read_at_every_call_and_ignores_other_values(env, monkeypatch):
+    monkeypatch.setattr(transaction.os, "kill", lambda *a: pytest.fail("killed"))
+    monkeypatch.setenv(transaction.CRASH_ENV, "nonsense")
+    change(env, values(imap_max_connections=99))
+    monkeypatch.delenv(transaction.CRASH_ENV)
+    change(env, values(imap_max_connections=98))
+    assert env.flavour.current_values() == values(imap_max_connections=98)
+
+
+def test_systemd_unreachable_refuses_before_the_journal_or_the_files(env):
+    systemd = UnitsSystemd()
+    systemd.unreachable = True
+    st = os.stat(env.main)
+    with pytest.raises(Unavailable) as ei:
+        transaction.change(env.flavour, CHANGE_BOTH, systemd=systemd, journal=env.journal)
+    assert ei.value.status == 503 and "rolled back" not in ei.value.message
+    assert os.stat(env.main).st_ino == st.st_ino and read_bytes_or_none(env.main) == env.old_main
+    assert not os.path.exists(env.secure)
+    assert env.journal.pending() is None
+    assert [e[0] for e in env.flavour.events] == ["validate"]
+
+
+def test_journal_that_cannot_be_written_refuses_the_change(env, monkeypatch):
+    from imapd_ctl.core.errors import ConfigWriteError
+
+    def full(_entry):
+        raise ConfigWriteError(f"cannot write {env.journal.path}: No space left on device")
+
+    monkeypatch.setattr(env.journal, "_save", full)
+    st = os.stat(env.main)
+    with pytest.raises(ConfigWriteError) as ei:
+        change(env, CHANGE_BOTH)
+    assert "No space left on device" in ei.value.message
+    assert "refused before touching the live configuration" in ei.value.message
+    assert os.stat(env.main).st_ino == st.st_ino and read_bytes_or_none(env.main) == env.old_main
+    assert not os.path.exists(env.secure)
+    assert [e[0] for e in env.flavour.events] == ["validate"]
+
+
+def test_write_failure_before_any_file_changed_is_not_reapplied(env, monkeypatch):
+    from imapd_ctl.core.errors import ConfigWriteError
+
+    def full(path, data, **kw):
+        raise ConfigWriteError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(transaction, "atomic_write", full)
+    with pytest.raises(ActionFailed) as ei:
+        change(env, values(imap_max_connections=99))
+    assert "No space left on device" in ei.value.message
+    assert "rolled back: the live configuration had not been modified" in ei.value.message
+    assert_rolled_back(env)
+    assert [e[0] for e in env.flavour.events] == ["validate"]      # no reload of an unchanged config
+
+
+def test_a_change_that_stops_a_serving_unit_is_rolled_back_and_the_unit_started(env):
+    systemd = UnitsSystemd()
+    real_apply = env.flavour.apply
+
+    def apply_and_die(sd, changed):
+        out = real_apply(sd, changed)
+        if env.flavour.apply_count == 1:
+            systemd.active.discard("fake-imapd.service")   # the reload took the server down
+        return out
+
+    env.flavour.apply = apply_and_die
+    with pytest.raises(ActionFailed) as ei:
+        transaction.change(env.flavour, CHANGE_BOTH, systemd=systemd, journal=env.journal)
+    msg = ei.value.message
+    assert "fake-imapd.service was running before the change and is failed after applying it" in msg
+    assert "rolled back" in msg and "fake-imapd.service had stopped and was started again" in msg
+    assert_rolled_back(env)
+    assert ("start", "fake-imapd.service") in systemd.calls
+    assert "fake-imapd.service" in systemd.active
+
+
+def test_recovery_starts_a_unit_that_served_before_the_crash(env):
+    interrupt(env, "applied")
+    entry = env.journal.pending()
+    entry.meta["serving"] = ["fake-imapd.service"]
+    env.journal._save(entry)
+    systemd = UnitsSystemd(active=())
+    msg = transaction.recover(env.flavour, systemd, env.journal)
+    assert "'applied'" in msg and "was started again" in msg
+    assert_rolled_back(env)
+    assert systemd.active == {"fake-imapd.service"}
+
+
+def test_restore_that_cannot_write_keeps_the_journal_for_the_next_recovery(env, monkeypatch):
+    from imapd_ctl.core.errors import ConfigWriteError
+    interrupt(env, "written")
+    real = env.journal.restore
+    monkeypatch.setattr(env.journal, "restore",
+                        lambda entry: (_ for _ in ()).throw(ConfigWriteError("cannot write x: No space left on device")))
+    with pytest.raises(ActionFailed) as ei:
+        transaction.recover(env.flavour, env.systemd, env.journal)
+    assert "could NOT be rolled back yet" in ei.value.message and "No space left on device" in ei.value.message
+    assert env.journal.pending() is not None
+    monkeypatch.setattr(env.journal, "restore", real)
+    assert "rolled back" in transaction.recover(env.flavour, env.systemd, env.journal)
+    assert_rolled_back(env)
+
+
+def test_systemd_lost_during_the_change_keeps_the_journal_until_it_can_reapply(env, ctl):
+    # reachable for the pre-check, gone at apply and at the rollback's re-apply
+    env.flavour.apply_errors[1] = Unavailable("cannot reach systemd over D-Bus")
+    env.flavour.apply_errors[2] = Unavailable("cannot reach systemd over D-Bus")
+    with pytest.raises(Unavailable) as ei:
+        change(env, CHANGE_BOTH)
+    assert ei.value.status == 503 and "could not be re-applied yet" in ei.value.message
+    assert read_bytes_or_none(env.main) == env.old_main and not os.path.exists(env.secure)
+    assert env.journal.pending() is not None
+    # the next mutating call re-applies the restored files first, then does its own work
+    ctl.run(ACTIONS["stop"], ACTIONS["stop"].validate({}))
+    assert_rolled_back(env)
+    assert env.flavour.count("apply") == 3 and ("stop", "fake-imapd.service") in env.systemd.calls

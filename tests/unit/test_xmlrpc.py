@@ -1,0 +1,156 @@
+"""XML-RPC iworx.route (imapd_ctl.transports.xmlrpc) through Flask's test client, as InterWorx API clients
+call it. Reuses test_api's fakes and its `env` fixture (real Controller, KeyStore, dispatch)."""
+import xmlrpc.client
+
+import pytest
+
+
+from test_api import UNIT, FakeFlavour, env, fake_ports  # noqa: F401  (fixtures)
+from imapd_ctl.core.actions import ACTIONS, CONTROLLER
+
+CTRL = "/nodeworx/mail/imap"
+
+
+def route(env, *params):
+    """POST an iworx.route call; return the decoded reply struct (a Fault reply raises)."""
+    body = xmlrpc.client.dumps(params, "iworx.route", allow_none=True)
+    reply = env.client.post("/xmlrpc", data=body, content_type="text/xml")
+    assert reply.status_code == 200
+    assert reply.mimetype == "text/xml"
+    (value,), method = xmlrpc.client.loads(reply.get_data(), use_builtin_types=True)
+    assert method is None
+    assert isinstance(value, dict) and sorted(value) == ["payload", "status"], value
+    return value
+
+
+def test_controller_path_constant():
+    assert CONTROLLER == CTRL
+
+
+def test_key_as_string(env):
+    assert route(env, env.key, CTRL, "isRunning", {}) == {"status": 0, "payload": True}
+
+
+def test_key_as_apikey_struct(env):
+    assert route(env, {"apikey": env.key}, CTRL, "isRunning", {}) == {"status": 0, "payload": True}
+
+
+@pytest.mark.parametrize("params", [({},), (None,), ()])
+def test_input_may_be_struct_empty_nil_or_left_out(env, params):
+    assert route(env, env.key, CTRL, "listServiceName", *params) == {"status": 0, "payload": "imap4"}
+
+
+def test_unknown_input_keys_such_as_perms_are_ignored(env):
+    reply = route(env, env.key, CTRL, "listPortNumbersArray", {"perms": ["EMAIL"], "junk": "x"})
+    assert reply == {"status": 0, "payload": [143]}
+
+
+def test_apikey_struct_with_extra_keys_works(env):
+    reply = route(env, {"apikey": env.key, "perms": ["EMAIL"]}, CTRL, "isRunning", {})
+    assert reply == {"status": 0, "payload": True}
+
+
+def test_list_service_info_struct(env):
+    reply = route(env, env.key, CTRL, "listServiceInfo", None)
+    assert reply == {"status": 0, "payload": {
+        "id": "imap4", "name": "##LG_IMAP##", "ports": "143", "page": "/nodeworx/mail/mda",
+        "ctrl": CTRL, "is_running": 1}}
+
+
+@pytest.mark.parametrize("auth", [
+    {"email": "admin@example.com", "password": "secret"},
+    {"sessionid": "abc123"},
+])
+def test_other_auth_forms_get_401_with_a_message(env, auth):
+    reply = route(env, auth, CTRL, "isRunning", {})
+    assert reply["status"] == 401
+    assert "apikey" in reply["payload"]
+    assert "secret" not in reply["payload"]
+
+
+@pytest.mark.parametrize("auth", ["", "wrong-key-" * 4, {}, {"apikey": ""}, {"apikey": 12345}, None, 12345])
+def test_missing_or_bad_key_is_401(env, auth):
+    assert route(env, auth, CTRL, "isRunning", {})["status"] == 401
+
+
+def test_key_without_email_is_403(env):
+    reply = route(env, env.dns_key, CTRL, "isRunning", {})
+    assert reply["status"] == 403 and "EMAIL" in reply["payload"]
+
+
+@pytest.mark.parametrize("ctrl", ["/nodeworx/mail/pop3", "/nodeworx/mail/imap/", "", "/NODEWORX/mail/imap"])
+def test_wrong_controller_is_404_only_with_a_valid_key(env, ctrl):
+    reply = route(env, env.key, ctrl, "isRunning", {})
+    assert reply["status"] == 404 and CTRL in reply["payload"]
+    assert route(env, "wrong-key-" * 4, ctrl, "isRunning", {})["status"] == 401
+    assert route(env, {"email": "a@b.c", "password": "x"}, ctrl, "isRunning", {})["status"] == 401
+    assert route(env, env.dns_key, ctrl, "isRunning", {})["status"] == 403
+
+
+def test_unknown_action_is_404_only_with_a_valid_key(env):
+    assert route(env, env.key, CTRL, "nope", {})["status"] == 404
+    assert route(env, "wrong-key-" * 4, CTRL, "nope", {})["status"] == 401
+
+
+@pytest.mark.parametrize("action, inputs, field", [
+    ("update", {"imap_max_connections": 0}, "imap_max_connections"),
+    ("update", {"imap_max_connections": True}, "imap_max_connections"),
+    ("update", {"imap_mem_limit": 1.5e9}, "imap_mem_limit"),
+    ("update", {"imap_secure_mem_limit": "1e9"}, "imap_secure_mem_limit"),
+    ("startOnBoot", {"mda_imap_startonboot": 2}, "mda_imap_startonboot"),
+    ("stopOnNode", {"node_id": "a\nb"}, "node_id"),
+])
+def test_bad_input_is_a_400_struct(env, action, inputs, field):
+    reply = route(env, env.key, CTRL, action, inputs)
+    assert reply["status"] == 400
+    assert reply["payload"].startswith(f"{field}: must be ")
+    assert env.systemd.calls == [] and env.flavour.calls == []
+
+
+@pytest.mark.parametrize("inputs", [["imap_max_connections", 5], "imap_max_connections=5", 5])
+def test_input_that_is_not_a_struct_is_400(env, inputs):
+    reply = route(env, env.key, CTRL, "update", inputs)
+    assert reply["status"] == 400 and "struct" in reply["payload"]
+
+
+def test_bad_input_is_reported_only_after_auth(env):
+    assert route(env, "wrong-key-" * 4, CTRL, "update", {"imap_max_connections": 0})["status"] == 401
+    assert route(env, "wrong-key-" * 4, CTRL, "update", ["x"])["status"] == 401
+
+
+def test_large_mem_limit_as_a_string(env):
+    reply = route(env, env.key, CTRL, "update", {"imap_mem_limit": str(4 << 30), "dry_run": 1})
+    assert reply["status"] == 0
+    assert '"imap_mem_limit": 4294967296' in reply["payload"]
+
+
+def test_mutating_call_is_audited_with_transport_xmlrpc(env):
+    reply = route(env, {"apikey": env.key}, CTRL, "stop", {"cascade_to_nodes": 0, "perms": "x"})
+    assert reply["status"] == 0
+    assert env.systemd.calls == [("stop", UNIT)]
+    (line,) = env.audit_lines()
+    assert (line["key"], line["transport"], line["action"], line["status"]) == ("panel", "xmlrpc", "stop", 0)
+    assert line["inputs"] == {"cascade_to_nodes": 0}
+    assert env.key not in env.audit_log.read_text()
+
+
+@pytest.mark.parametrize("action", sorted(ACTIONS))
+def test_every_action_answers_with_a_status_payload_struct(env, action):
+    reply = route(env, env.key, CTRL, action, {"dry_run": 1} if action == "update" else None)
+    assert reply["status"] == 0, reply
+
+
+def test_query_update_with_a_large_mem_limit(env):
+    """XML-RPC ints are 32-bit: a 4 GiB limit comes back as a decimal string (not a Fault),
+    and that string is accepted as input again."""
+    env.flavour.current_values = lambda: {**FakeFlavour.DEFAULTS, "imap_mem_limit": 4 << 30}
+    assert route(env, env.key, CTRL, "queryUpdate", {}) == {
+        "status": 0, "payload": {**FakeFlavour.DEFAULTS, "imap_mem_limit": str(4 << 30)}}
+    assert route(env, env.key, CTRL, "update", {"imap_mem_limit": str(4 << 30), "dry_run": 1})["status"] == 0
+
+
+def test_too_few_parameters_is_a_400_struct(env):
+    body = xmlrpc.client.dumps((env.key, CTRL), "iworx.route")
+    reply = env.client.post("/xmlrpc", data=body, content_type="text/xml")
+    (result,), _ = xmlrpc.client.loads(reply.data)
+    assert result["status"] == 400 and "iworx.route takes" in result["payload"]
