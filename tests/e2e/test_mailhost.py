@@ -179,3 +179,29 @@ def test_shutdown_leaves_nothing_behind():
     assert not os.path.exists(workdir)
     assert _mounts_mentioning(os.path.basename(workdir)) == []
     host.shutdown()  # idempotent
+
+
+POLICY = "/usr/sbin/policy-rc.d"
+
+
+@pytest.fixture
+def container_policy():
+    """This machine with a Docker-style policy-rc.d (exit 101), as the machine image ships it.
+    One that is already there is used as it is; one made here is removed again."""
+    made = not os.path.lexists(POLICY)
+    if made:
+        with open(POLICY, "x") as f:
+            f.write("#!/bin/sh\n# imapd-ctl test_mailhost: a container image's policy\nexit 101\n")
+        os.chmod(POLICY, 0o755)
+    yield
+    if made:
+        os.unlink(POLICY)
+
+
+def test_hosts_never_inherit_the_machines_policy_rc_d(container_policy):
+    """A real mail host has no policy-rc.d: with the machine's in place, a package's postinst
+    inside a host must still be allowed to start its units (invoke-rc.d asks the policy)."""
+    assert os.path.exists(POLICY)
+    with MailHost(243) as host:
+        assert host.run(["test", "-e", POLICY], check=False).returncode == 1
+    assert os.path.exists(POLICY)   # this machine's file is untouched

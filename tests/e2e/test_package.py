@@ -76,7 +76,7 @@ def test_deb_is_reproducible_and_uses_debian_python(tmp_path):
     for pkg in ("python3-flask", "python3-gunicorn", "python3-psutil", "python3-pydbus", "python3-gi"):
         assert pkg in depends
     files = subprocess.run(["dpkg-deb", "-c", str(a)], capture_output=True, text=True, check=True).stdout
-    for path in ("./usr/bin/imapd-ctl", "./usr/lib/python3/dist-packages/imapd_ctl/serve.py",
+    for path in ("./usr/bin/imapd-ctl", "./usr/lib/python3/dist-packages/imapd_ctl/entry/serve.py",
                  "./etc/imapd-ctl/imapd-ctl.toml", "./lib/systemd/system/imapd-ctl.service",
                  "./lib/systemd/system/imapd-ctl.socket", "./etc/logrotate.d/imapd-ctl"):
         assert path in files
@@ -128,7 +128,7 @@ def test_rpm_spec(tmp_path):
     listing = subprocess.run(["rpm", "-qlp", str(rpm)], capture_output=True, text=True, check=True).stdout.split()
     for path in ("/usr/bin/imapd-ctl", "/etc/imapd-ctl/imapd-ctl.toml", "/usr/lib/systemd/system/imapd-ctl.service",
                  "/usr/lib/systemd/system/imapd-ctl.socket", "/var/lib/imapd-ctl",
-                 "/usr/lib/python3.11/site-packages/imapd_ctl/serve.py"):
+                 "/usr/lib/python3.11/site-packages/imapd_ctl/entry/serve.py"):
         assert path in listing
     r = subprocess.run(["rpmlint", "-r", str(REPO / "packaging" / "rpm" / "rpmlint-filters"), str(rpm)],
                        capture_output=True, text=True)
