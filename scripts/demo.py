@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 from daemon import launch  # noqa: E402
-from mailhost import MailHost, machine_ready  # noqa: E402
+from mailhost import MailHost, MailHostError, machine_ready  # noqa: E402
 
 
 def _interrupt(*_):
@@ -22,23 +22,28 @@ def _interrupt(*_):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--index", type=int, default=240,
-                        help="test-host number: its address is 198.18.INDEX.2 (default 240)")
+    parser.add_argument("--index", type=int, default=None,
+                        help="test-host number 1-250: its address is 198.18.INDEX.2 "
+                             "(default: the first one no other run holds)")
     args = parser.parse_args()
     ok, reason = machine_ready()
     if not ok:
         print(f"imapd-ctl demo: cannot boot a mail host here: {reason}", file=sys.stderr)
         return 1
-    share = Path(tempfile.mkdtemp(prefix="imapd-ctl-demo-", dir="/run"))
-    share.chmod(0o755)
-    host = MailHost(args.index, binds=[str(REPO), str(share)], name="imapd-ctl-demo")
+    # Both signals stop it, in the foreground and in the background: a shell starts background
+    # jobs with SIGINT ignored, and Python then leaves it ignored unless told otherwise.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    share = Path(tempfile.mkdtemp(prefix="imapd-ctl-demo-", dir="/run"))
+    host = None
     try:
+        share.chmod(0o755)
+        host = MailHost(args.index, binds=[str(REPO), str(share)], name="imapd-ctl-demo")
         host.boot()
         host.start_dovecot()
         daemon = launch(host, share, node_id="demo")
         print(f"""
-imapd-ctl is serving inside a throw-away mail host (systemd pid {host.pid}, Dovecot on {host.address}:143).
+imapd-ctl is serving inside a throw-away mail host (index {host.index}, systemd pid {host.pid}, Dovecot on {host.address}:143).
 API key (EMAIL permission): {daemon.key}
 Socket: {daemon.socket}
 
@@ -46,13 +51,20 @@ Try:
 curl -s --unix-socket {daemon.socket} -H 'Authorization: Bearer {daemon.key}' http://localhost/nodeworx/mail/imap/isRunning
 
 More: POST .../stop, .../start, .../update -d imap_max_connections=20; GET /openapi.json.
-Ctrl-C stops the daemon and throws the host away.""", flush=True)
+Ctrl-C (or SIGTERM) stops the daemon and throws the host away.""", flush=True)
         signal.pause()
     except KeyboardInterrupt:
         pass
+    except MailHostError as exc:
+        print(f"imapd-ctl demo: {exc}", file=sys.stderr)
+        return 1
     finally:
-        print("imapd-ctl demo: shutting the mail host down", file=sys.stderr, flush=True)
-        host.shutdown()
+        # Shutting down must not be cut short by a second Ctrl-C.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if host is not None:
+            print("imapd-ctl demo: shutting the mail host down", file=sys.stderr, flush=True)
+            host.shutdown()
         shutil.rmtree(share, ignore_errors=True)
     return 0
 

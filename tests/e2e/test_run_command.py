@@ -35,18 +35,31 @@ def read_until(proc, pattern: str, timeout: float) -> list[str]:
     raise AssertionError(f"no line matching {pattern!r} within {timeout} s; got:\n{''.join(lines)}")
 
 
-def test_run_command_prints_a_working_curl_line():
-    proc = subprocess.Popen(["bash", str(REPO / "scripts" / "run"), "--index", "239"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _background():
+    """What a shell does to a job started with `&`: SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("stop, background", [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["SIGTERM", "SIGINT-in-the-background"])
+def test_run_command_prints_a_working_curl_line(stop, background):
+    """No --index: the command picks a host index no other run holds by itself. Stopped by
+    SIGTERM, or by SIGINT although started in the background, it exits 0 and leaves nothing
+    behind: no host, no /run/imapd-ctl-demo-* directory of its own."""
+    proc = subprocess.Popen(["bash", str(REPO / "scripts" / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_background if background else None)
     try:
         lines = read_until(proc, r"curl ", timeout=300)
         curl = lines[-1].strip()
         systemd_pid = int(re.search(r"systemd pid (\d+)", "".join(lines)).group(1))
+        share = os.path.dirname(re.search(r"^Socket: (\S+)", "".join(lines), re.M).group(1))
+        assert share.startswith("/run/imapd-ctl-demo-") and os.path.isdir(share)
         assert re.search(r"API key \(EMAIL permission\): ictl_\S+", "".join(lines))
         out = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30)
         assert out.stdout == '{"status": 0, "payload": true}\n', (curl, out)
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -55,3 +68,4 @@ def test_run_command_prints_a_working_curl_line():
     assert proc.returncode == 0
     with pytest.raises(ProcessLookupError):
         os.kill(systemd_pid, 0)
+    assert not os.path.exists(share)
