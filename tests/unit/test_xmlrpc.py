@@ -1,11 +1,10 @@
 """XML-RPC iworx.route (imapd_ctl.transports.xmlrpc) through Flask's test client, as InterWorx API clients
-call it. Reuses test_api's fakes and its `env` fixture (real Controller, KeyStore, dispatch)."""
+call it, with the `env` fixture of tests/unit/conftest.py (real wiring, Controller, KeyStore, dispatch)."""
 import xmlrpc.client
 
 import pytest
 
 
-from test_api import UNIT, FakeFlavour, env, fake_ports  # noqa: F401  (fixtures)
 from imapd_ctl.core.actions import ACTIONS, CONTROLLER
 
 CTRL = "/nodeworx/mail/imap"
@@ -127,7 +126,7 @@ def test_large_mem_limit_as_a_string(env):
 def test_mutating_call_is_audited_with_transport_xmlrpc(env):
     reply = route(env, {"apikey": env.key}, CTRL, "stop", {"cascade_to_nodes": 0, "perms": "x"})
     assert reply["status"] == 0
-    assert env.systemd.calls == [("stop", UNIT)]
+    assert env.systemd.calls == [("stop", env.unit)]
     (line,) = env.audit_lines()
     assert (line["key"], line["transport"], line["action"], line["status"]) == ("panel", "xmlrpc", "stop", 0)
     assert line["inputs"] == {"cascade_to_nodes": 0}
@@ -143,9 +142,9 @@ def test_every_action_answers_with_a_status_payload_struct(env, action):
 def test_query_update_with_a_large_mem_limit(env):
     """XML-RPC ints are 32-bit: a 4 GiB limit comes back as a decimal string (not a Fault),
     and that string is accepted as input again."""
-    env.flavour.current_values = lambda: {**FakeFlavour.DEFAULTS, "imap_mem_limit": 4 << 30}
+    env.flavour.current_values = lambda: {**env.flavour.DEFAULTS, "imap_mem_limit": 4 << 30}
     assert route(env, env.key, CTRL, "queryUpdate", {}) == {
-        "status": 0, "payload": {**FakeFlavour.DEFAULTS, "imap_mem_limit": str(4 << 30)}}
+        "status": 0, "payload": {**env.flavour.DEFAULTS, "imap_mem_limit": str(4 << 30)}}
     assert route(env, env.key, CTRL, "update", {"imap_mem_limit": str(4 << 30), "dry_run": 1})["status"] == 0
 
 
