@@ -84,7 +84,7 @@ class Input:
     def _parse_str(self, raw: Any) -> str:
         if not isinstance(raw, str):
             raise self._fail(raw, f"wrong type {type(raw).__name__}")
-        if not re.fullmatch(self.pattern, raw, re.ASCII):
+        if self.pattern is None or not re.fullmatch(self.pattern, raw, re.ASCII):
             raise self._fail(raw)
         return raw
 

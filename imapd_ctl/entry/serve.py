@@ -197,7 +197,7 @@ def activation_binds(settings: Settings, inherited: list[Inherited]) -> list[str
 
 # ----------------------------------------------------------------- gunicorn
 
-class _Gunicorn(BaseApplication):  # type: ignore[misc]  (gunicorn has no type hints)
+class _Gunicorn(BaseApplication):
     def __init__(self, settings: Settings, binds: list[str]):
         self.settings = settings
         self.binds = binds
@@ -227,7 +227,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  (gunicorn has no type h
             if key in self.cfg.settings:  # older gunicorn (e.g. Debian's) lacks some settings
                 self.cfg.set(key, value)
 
-    def load(self) -> Flask:
+    def load(self) -> Flask:  # type: ignore[override]  # Flask is a WSGI app; its __call__ is typed differently
         # In each worker, after fork: the graph is built here and opens D-Bus on first use.
         from imapd_ctl.entry import wiring
         from imapd_ctl.transports.app import create_app
