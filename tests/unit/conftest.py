@@ -31,6 +31,9 @@ class FakeSystemd:
         self.units = {UNIT: FakeUnit()}
         self.calls = []
 
+    def ping(self):
+        return "252 (fake)"
+
     def active_state(self, unit):
         return self.state.get(unit, "inactive")
 
@@ -142,6 +145,24 @@ def env(tmp_path, fake_ports):
     yield env
     # The audit log attached a file handler to the "imapd_ctl.audit" logger: detach it.
     services.audit.close()
+
+
+@pytest.fixture
+def fake_wiring(tmp_path, monkeypatch, fake_ports):
+    """wiring.build with the fake systemd and flavour (for the CLI's check and recover); the
+    dict holds the fake classes and, once built, the last graph and its fakes."""
+    made = {"Systemd": FakeSystemd, "Flavour": FakeFlavour}
+    real_build, built = wiring.build, []
+
+    def build(settings, **kw):
+        made["systemd"], made["flavour"] = FakeSystemd(), FakeFlavour(tmp_path / "imap.conf")
+        made["services"] = real_build(settings, systemd=made["systemd"], flavour=made["flavour"], **kw)
+        built.append(made["services"])
+        return made["services"]
+    monkeypatch.setattr(wiring, "build", build)
+    yield made
+    for services in built:
+        services.audit.close()
 
 
 class Env:
