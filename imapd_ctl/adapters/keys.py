@@ -17,7 +17,6 @@ from typing import Any
 from imapd_ctl.adapters.configfile import atomic_write
 from imapd_ctl.core.errors import BadInput, Forbidden, Unauthorized
 from imapd_ctl.core.protocols import Principal
-from imapd_ctl.core.settings import Settings
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", re.ASCII)
 PERM_RE = re.compile(r"[A-Z][A-Z0-9_]{0,31}", re.ASCII)
@@ -120,8 +119,3 @@ class KeyStore:
             return False
         self._save(kept)
         return True
-
-
-def store_for(settings: Settings) -> KeyStore:
-    return KeyStore(settings.keys_path)
-
