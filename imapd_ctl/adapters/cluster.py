@@ -12,18 +12,13 @@ import socket
 import ssl
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from typing import Any
 
 from imapd_ctl.core.actions import CONTROLLER
 from imapd_ctl.core.errors import NotFound
+from imapd_ctl.core.settings import Node
 
-
-@dataclass(frozen=True)
-class Node:
-    id: str
-    url: str        # https://host:port of that node's imapd-ctl
-    key: str        # the API key this host uses on that node
-    ca: str         # CA bundle that must have signed that node's certificate
+__all__ = ["Cluster", "Node"]
 
 
 def _context(ca: str) -> ssl.SSLContext:
@@ -47,12 +42,12 @@ class Cluster:
             raise NotFound(f"node_id: unknown node {node_id!r}; known nodes: {self.known()}")
         return node
 
-    def call(self, node: Node, action: str, inputs: dict) -> tuple[int, object]:
+    def call(self, node: Node, action: str, inputs: dict[str, Any]) -> tuple[int, Any]:
         """(status, payload) of one action on a node; failures to reach it are status 502
         with the reason (refused, timed out, certificate not trusted...)."""
         url = urllib.parse.urlsplit(node.url)
         try:
-            conn = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=self.timeout,
+            conn = http.client.HTTPSConnection(url.hostname or "", url.port or 443, timeout=self.timeout,
                                                context=_context(node.ca))
             try:
                 conn.request("POST", f"{url.path.rstrip('/')}{CONTROLLER}/{action}",
@@ -75,7 +70,7 @@ class Cluster:
         except (ValueError, KeyError, TypeError):
             return 502, f"node {node.id}: not an imapd-ctl reply (HTTP {resp.status})"
 
-    def replay(self, action: str, inputs: dict) -> list[dict]:
+    def replay(self, action: str, inputs: dict[str, Any]) -> list[dict[str, Any]]:
         """Run the action on every other node at once; one outcome per node, by id."""
         inputs = {k: v for k, v in inputs.items() if v is not None}   # None: "keep current"
         inputs["cascade_to_nodes"] = 0

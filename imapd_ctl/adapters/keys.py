@@ -11,22 +11,17 @@ import json
 import re
 import secrets
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imapd_ctl.adapters.configfile import atomic_write
 from imapd_ctl.core.errors import BadInput, Forbidden, Unauthorized
+from imapd_ctl.core.protocols import Principal
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", re.ASCII)
 PERM_RE = re.compile(r"[A-Z][A-Z0-9_]{0,31}", re.ASCII)
 IMPORT_MIN_LEN = 32
 KEY_MAX_LEN = 1024
-
-
-@dataclass(frozen=True)
-class Principal:
-    name: str
-    perms: tuple[str, ...]
 
 
 def _digest(secret: str) -> str:
@@ -39,9 +34,9 @@ class KeyStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._stamp = None
-        self._by_digest: dict[str, dict] = {}
-        self._entries: list[dict] = []
+        self._stamp: tuple[int, int, int] | None = None
+        self._by_digest: dict[str, dict[str, Any]] = {}
+        self._entries: list[dict[str, Any]] = []
 
     # -- reading ---------------------------------------------------------------
     def _load(self) -> None:
@@ -58,11 +53,11 @@ class KeyStore:
         self._by_digest = {e["sha256"]: e for e in entries}
         self._stamp = stamp
 
-    def entries(self) -> list[dict]:
+    def entries(self) -> list[dict[str, Any]]:
         self._load()
         return [{k: e[k] for k in ("name", "perms", "created")} for e in self._entries]
 
-    def authenticate(self, secret, required: str) -> Principal:
+    def authenticate(self, secret: Any, required: str) -> Principal:
         """Return who is calling, or raise Unauthorized (no/unknown key) or Forbidden."""
         if not isinstance(secret, str) or not secret:
             raise Unauthorized("an API key is required (HTTP: 'Authorization: Bearer KEY'; "
@@ -78,7 +73,7 @@ class KeyStore:
         return Principal(entry["name"], tuple(entry["perms"]))
 
     # -- changing (CLI) --------------------------------------------------------
-    def _save(self, entries: list[dict]) -> None:
+    def _save(self, entries: list[dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = json.dumps({"keys": entries}, indent=1, sort_keys=True).encode() + b"\n"
         atomic_write(self.path, data, default_mode=0o600)
@@ -124,8 +119,3 @@ class KeyStore:
             return False
         self._save(kept)
         return True
-
-
-def store_for(settings) -> KeyStore:
-    return KeyStore(settings.keys_path)
-

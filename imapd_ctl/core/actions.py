@@ -51,6 +51,7 @@ class Input:
     default: Any = None            # None: "keep the current value" / "local node"
     example: str = ""
     starred: bool = False          # the seed's "No*": required, but has a usable default
+    routing: bool = False          # where the action runs (cascade, node): the controller's, not the handler's
 
     def allowed(self) -> str:
         if self.kind == "int":
@@ -83,7 +84,7 @@ class Input:
     def _parse_str(self, raw: Any) -> str:
         if not isinstance(raw, str):
             raise self._fail(raw, f"wrong type {type(raw).__name__}")
-        if not re.fullmatch(self.pattern, raw, re.ASCII):
+        if self.pattern is None or not re.fullmatch(self.pattern, raw, re.ASCII):
             raise self._fail(raw)
         return raw
 
@@ -93,15 +94,22 @@ class Action:
     name: str
     description: str
     added_in: str
-    handler: str | None            # method name on controller.Controller (None: *OnNode)
     inputs: tuple[Input, ...] = ()
     mutating: bool = False
     extension: bool = False        # not in the seed controller (query*, dry_run)
     local_action: str | None = None  # *OnNode: the action it runs on the chosen node
+    # Which code runs an action is not data of this table: operations.controller.HANDLERS
+    # binds each action (but the *OnNode ones) to its handler, and a test keeps the two in step.
 
     @property
     def methods(self) -> tuple[str, ...]:
         return ("POST",) if self.mutating else ("GET", "POST")
+
+    @property
+    def handler_inputs(self) -> tuple[str, ...]:
+        """The inputs its handler takes as named parameters: all but the routing ones, which
+        the controller acts on itself (cascade_to_nodes, node_id)."""
+        return tuple(i.name for i in self.inputs if not i.routing)
 
     def input(self, name: str) -> Input | None:
         return next((i for i in self.inputs if i.name == name), None)
@@ -115,19 +123,19 @@ class Action:
             if unknown:
                 known = ", ".join(i.name for i in self.inputs) or "none"
                 raise BadInput(f"{', '.join(unknown)}: not an input of {self.name} (inputs: {known})")
-        values = {}
+        values: dict[str, Any] = {}
         for spec in self.inputs:
             values[spec.name] = spec.parse(raw[spec.name]) if spec.name in raw else spec.default
         return values
 
 
 _CASCADE = Input(
-    "cascade_to_nodes", "int", minimum=0, maximum=1, default=0, example="1",
+    "cascade_to_nodes", "int", minimum=0, maximum=1, default=0, example="1", routing=True,
     description="Selecting this option causes the action to be replayed on all nodes of the "
                 "cluster automatically, as if you had logged in to each node manually",
 )
 _NODE_ID = Input(
-    "node_id", "str", pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", starred=True,
+    "node_id", "str", pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", starred=True, routing=True,
     description="The node to act on; defaults to this node.",
 )
 
@@ -148,36 +156,31 @@ _V = "4.2.0-260"
 _V_NODE = "4.3.0-290"
 
 ACTIONS: dict[str, Action] = {a.name: a for a in (
-    Action("isRunning", "Checks if the service is running or not.", _V, "is_running"),
+    Action("isRunning", "Checks if the service is running or not.", _V),
     Action("isRunningOnNode", "Checks if the service is running on a specific node (Clustering only).",
-           _V_NODE, None, (_NODE_ID,), local_action="isRunning"),
-    Action("listGeneralName", 'Lists the "normal" name - ie "web server" instead of "httpd".', _V,
-           "list_general_name"),
+           _V_NODE, (_NODE_ID,), local_action="isRunning"),
+    Action("listGeneralName", 'Lists the "normal" name - ie "web server" instead of "httpd".', _V),
     Action("listPortNumbers", "Lists a string of the port numbers that this service uses, comma-seperated.",
-           _V, "list_port_numbers"),
-    Action("listPortNumbersArray", "Lists array of port numbers and ranges that this service uses.", _V,
-           "list_port_numbers_array"),
-    Action("listRequiredPermissions", "Lists an array of permissions required to control the service.", _V,
-           "list_required_permissions"),
-    Action("listServiceInfo", "Lists the service name, ports, page, and status.", _V, "list_service_info"),
-    Action("listServiceName", 'Lists the service name - ie "httpd" instead of "web server".', _V,
-           "list_service_name"),
-    Action("listServicePage", "Lists the page that controls the service.", _V, "list_service_page"),
-    Action("restart", "Restarts the service.", _V, "restart", (_CASCADE,), mutating=True),
+           _V),
+    Action("listPortNumbersArray", "Lists array of port numbers and ranges that this service uses.", _V),
+    Action("listRequiredPermissions", "Lists an array of permissions required to control the service.", _V),
+    Action("listServiceInfo", "Lists the service name, ports, page, and status.", _V),
+    Action("listServiceName", 'Lists the service name - ie "httpd" instead of "web server".', _V),
+    Action("listServicePage", "Lists the page that controls the service.", _V),
+    Action("restart", "Restarts the service.", _V, (_CASCADE,), mutating=True),
     Action("restartOnNode", "Restarts the service on a specific node (Clustering only).", _V_NODE,
-           None, (_NODE_ID,), mutating=True, local_action="restart"),
-    Action("start", "Starts the service.", _V, "start", (_CASCADE,), mutating=True),
+           (_NODE_ID,), mutating=True, local_action="restart"),
+    Action("start", "Starts the service.", _V, (_CASCADE,), mutating=True),
     Action("startOnBoot", "Action function that handles imap4 start-on-boot status changing.", _V,
-           "start_on_boot",
            (Input("mda_imap_startonboot", "int", minimum=0, maximum=1, default=1, example="1, 0",
                   starred=True, description="1 enables the IMAP server at boot, 0 disables it."),
             _CASCADE), mutating=True),
     Action("startOnNode", "Starts the service on a specific node (Clustering only).", _V_NODE,
-           None, (_NODE_ID,), mutating=True, local_action="start"),
-    Action("stop", "Stops the service.", _V, "stop", (_CASCADE,), mutating=True),
+           (_NODE_ID,), mutating=True, local_action="start"),
+    Action("stop", "Stops the service.", _V, (_CASCADE,), mutating=True),
     Action("stopOnNode", "Stops the service on a specific node (Clustering only).", _V_NODE,
-           None, (_NODE_ID,), mutating=True, local_action="stop"),
-    Action("update", "Update IMAP4 server settings.", _V, "update",
+           (_NODE_ID,), mutating=True, local_action="stop"),
+    Action("update", "Update IMAP4 server settings.", _V,
            (_mem("imap_mem_limit"), _conn("imap_max_connections"),
             _mem("imap_secure_mem_limit"), _conn("imap_secure_max_connections"),
             _CASCADE,
@@ -185,9 +188,9 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
                   description="1 returns the configuration diff and changes nothing (imapd-ctl extension).")),
            mutating=True),
     Action("queryUpdate", "Current values of the update action's inputs (imapd-ctl extension).",
-           "imapd-ctl 0.1", "query_update", extension=True),
+           "imapd-ctl 0.1", extension=True),
     Action("queryStartOnBoot", "Current value of startOnBoot's input (imapd-ctl extension).",
-           "imapd-ctl 0.1", "query_start_on_boot", extension=True),
+           "imapd-ctl 0.1", extension=True),
 )}
 
 

@@ -3,12 +3,15 @@
 Adapters raise these (or subclasses); the API layer turns them into
 ``{"status": <code>, "payload": <message>}`` without knowing where they came from.
 """
+from __future__ import annotations
+
+from typing import Any
 
 
 class ApiError(Exception):
     status = 500
 
-    def __init__(self, message: str, payload=None):
+    def __init__(self, message: str, payload: Any = None):
         super().__init__(message)
         self.message = message
         self.payload = payload    # a structured payload for the reply; None: the message
@@ -17,7 +20,7 @@ class ApiError(Exception):
 class Relayed(ApiError):
     """Another node's non-zero answer, passed on with its own status and payload."""
 
-    def __init__(self, status: int, payload):
+    def __init__(self, status: int, payload: Any):
         super().__init__(payload if isinstance(payload, str) else f"status {status}", payload)
         self.status = status
 

@@ -9,9 +9,19 @@ import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_PATH = "/etc/imapd-ctl/imapd-ctl.toml"
 FLAVOURS = ("auto", "dovecot", "courier")
+
+
+@dataclass(frozen=True)
+class Node:
+    """Another node of the cluster (a [[nodes]] table), called by adapters.cluster."""
+    id: str
+    url: str        # https://host:port of that node's imapd-ctl
+    key: str        # the API key this host uses on that node
+    ca: str         # CA bundle that must have signed that node's certificate
 
 
 @dataclass
@@ -48,7 +58,7 @@ class Settings:
     job_timeout: float = 90.0      # seconds to wait for a systemd job
     listen_timeout: float = 15.0   # seconds to wait for the port after start/restart
     # Other nodes of the cluster: [[nodes]] tables with id, url (https://...), key, ca.
-    nodes: list = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)
     node_timeout: float = 30.0     # seconds for one node's answer (forwarding, cascades)
     dovecot: DovecotSettings = field(default_factory=DovecotSettings)
     courier: CourierSettings = field(default_factory=CourierSettings)
@@ -63,7 +73,7 @@ class Settings:
         return Path(self.state_dir) / "config.lock"
 
 
-def _apply(obj, table: dict, where: str) -> None:
+def _apply(obj: Any, table: dict[str, Any], where: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in table.items():
         f = fields.get(key)
@@ -101,13 +111,13 @@ def load(path: str | None = None) -> Settings:
     _apply(settings, data, path)
     if settings.flavour not in FLAVOURS:
         raise ValueError(f"{path}: flavour must be one of {', '.join(FLAVOURS)}, got {settings.flavour!r}")
-    settings.nodes = [_node(entry, f"{path} [[nodes]] #{i + 1}") for i, entry in enumerate(settings.nodes)]
+    nodes = settings.nodes    # still the raw [[nodes]] tables of the file
+    settings.nodes = [_node(entry, f"{path} [[nodes]] #{i + 1}") for i, entry in enumerate(nodes)]
     settings.source = path
     return settings
 
 
-def _node(entry, where: str):
-    from imapd_ctl.adapters.cluster import Node
+def _node(entry: Any, where: str) -> Node:
     fields = ("id", "url", "key", "ca")
     if not isinstance(entry, dict) or set(entry) != set(fields):
         raise ValueError(f"{where}: needs exactly the keys {', '.join(fields)}")

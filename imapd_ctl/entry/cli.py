@@ -5,13 +5,15 @@ import argparse
 import json
 import os
 import sys
+from typing import Callable
 
 from imapd_ctl.core import settings as settings_mod
 from imapd_ctl.core.actions import ACTIONS, PERMISSION, lookup
 from imapd_ctl.core.errors import ApiError
+from imapd_ctl.core.protocols import Check, Flavour
 
 
-def _settings(args) -> settings_mod.Settings:
+def _settings(args: argparse.Namespace) -> settings_mod.Settings:
     try:
         return settings_mod.load(args.config)
     except ValueError as exc:
@@ -20,13 +22,13 @@ def _settings(args) -> settings_mod.Settings:
         raise SystemExit(78)
 
 
-def cmd_serve(args) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
     from imapd_ctl.entry import serve
-    serve.run(_settings(args), args.config)
+    serve.run(_settings(args))
     return 0
 
 
-def _parse_pairs(pairs: list[str]) -> dict:
+def _parse_pairs(pairs: list[str]) -> dict[str, str]:
     inputs = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -36,7 +38,7 @@ def _parse_pairs(pairs: list[str]) -> dict:
     return inputs
 
 
-def cmd_call(args) -> int:
+def cmd_call(args: argparse.Namespace) -> int:
     from imapd_ctl.entry import client
     s = _settings(args)
     inputs = _parse_pairs(args.inputs)
@@ -64,9 +66,9 @@ def cmd_call(args) -> int:
     return 0 if status == 0 else 1
 
 
-def cmd_key(args) -> int:
-    from imapd_ctl.adapters.keys import store_for
-    store = store_for(_settings(args))
+def cmd_key(args: argparse.Namespace) -> int:
+    from imapd_ctl.entry import wiring
+    store = wiring.build(_settings(args)).keys
     try:
         if args.key_cmd == "create":
             secret = store.create(args.name, args.perm or [PERMISSION])
@@ -90,42 +92,53 @@ def cmd_key(args) -> int:
     return 0
 
 
-def cmd_check(args) -> int:
-    from imapd_ctl.operations.controller import Controller
+def flavour_checks(flavour: Flavour, settings: settings_mod.Settings) -> list[Check]:
+    """The flavour's own lines of `check` (Flavour.checks). Until every flavour has checks(),
+    the lines it would give are worked out here as before (config dir writable, validator)."""
+    checks: Callable[[], list[Check]] | None = getattr(flavour, "checks", None)
+    if checks is not None:
+        return checks()
+    if flavour.name == "dovecot":
+        config_dir, validator = os.path.dirname(settings.dovecot.dropin), settings.dovecot.doveconf
+    else:  # courier: shell files, validated by sourcing them in /bin/sh
+        config_dir, validator = getattr(flavour, "config_dir"), "/bin/sh"
+    return [Check("config writable", os.access(config_dir, os.W_OK), config_dir),
+            Check("validator", os.access(validator, os.X_OK), validator)]
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from imapd_ctl.entry import wiring
     s = _settings(args)
     ok = True
 
-    def report(what, good, detail):
+    def report(check: Check) -> None:
         nonlocal ok
-        ok &= good
-        print(f"{'ok  ' if good else 'FAIL'} {what}: {detail}")
+        ok &= check.ok
+        print(f"{'ok  ' if check.ok else 'FAIL'} {check.what}: {check.detail}")
 
-    report("settings", True, s.source)
-    controller = Controller(s)
+    report(Check("settings", True, s.source))
+    services = wiring.build(s)
     try:
-        report("systemd over D-Bus", True, f"systemd {controller.systemd.ping()}")
-        flavour = controller.flavour
-        report("IMAP server", True, f"{flavour.name} ({', '.join(flavour.units)})")
+        report(Check("systemd over D-Bus", True, f"systemd {services.systemd.ping()}"))
+        flavour = services.flavour
+        report(Check("IMAP server", True, f"{flavour.name} ({', '.join(flavour.units)})"))
+        for check in flavour_checks(flavour, s):
+            report(check)
     except ApiError as exc:
-        report("systemd / IMAP server", False, exc.message)
+        report(Check("systemd / IMAP server", False, exc.message))
         return 1
-    if flavour.name == "dovecot":
-        config_dir, validator = os.path.dirname(s.dovecot.dropin), s.dovecot.doveconf
-    else:  # courier: shell files, validated by sourcing them in /bin/sh
-        config_dir, validator = flavour.config_dir, "/bin/sh"
-    report("config writable", os.access(config_dir, os.W_OK), config_dir)
-    report("validator", os.access(validator, os.X_OK), validator)
-    report("state dir writable", os.access(s.state_dir, os.W_OK) or not os.path.exists(s.state_dir), s.state_dir)
-    pending = controller.journal.pending()
-    report("no interrupted change", pending is None,
-           "none" if pending is None else f"{pending.txn_id} at step {pending.step} (run `imapd-ctl recover`)")
+    report(Check("state dir writable", os.access(s.state_dir, os.W_OK) or not os.path.exists(s.state_dir),
+                 s.state_dir))
+    pending = services.journal.pending()
+    report(Check("no interrupted change", pending is None,
+                 "none" if pending is None else f"{pending.txn_id} at step {pending.step} (run `imapd-ctl recover`)"))
     return 0 if ok else 1
 
 
-def cmd_node(args) -> int:
-    from imapd_ctl.adapters.cluster import Cluster
+def cmd_node(args: argparse.Namespace) -> int:
+    from imapd_ctl.entry import wiring
     s = _settings(args)
-    cluster = Cluster(s.node_id, s.nodes, s.node_timeout)
+    cluster = wiring.build(s).cluster
     if args.node_cmd == "list":
         print(f"{s.node_id}\t(this node)")
         for node in cluster.nodes.values():
@@ -144,16 +157,11 @@ def cmd_node(args) -> int:
     return 1 if failed else 0
 
 
-def cmd_recover(args) -> int:
-    from imapd_ctl.operations.controller import Controller
-    try:
-        what = Controller(_settings(args)).recover()
-    except ApiError as exc:
-        print(f"could not finish or undo an interrupted change (it is kept and retried by the next "
-              f"change): {exc.message}", file=sys.stderr)
-        return 1
-    print(what or "no interrupted change")
-    return 0
+def cmd_recover(args: argparse.Namespace) -> int:
+    from imapd_ctl.entry.recovery import recover
+    outcome = recover(_settings(args))
+    print(outcome.message, file=sys.stdout if outcome.ok else sys.stderr)
+    return 0 if outcome.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    command: Callable[[argparse.Namespace], int] = args.fn
+    return command(args)
 
 
 if __name__ == "__main__":

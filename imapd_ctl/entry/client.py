@@ -6,6 +6,7 @@ import json
 import socket
 import urllib.parse
 import xmlrpc.client
+from typing import Any
 
 from imapd_ctl.core.actions import CONTROLLER
 
@@ -15,7 +16,7 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         super().__init__("localhost", timeout=timeout)
         self.unix_path = path
 
-    def connect(self):
+    def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         sock.connect(self.unix_path)
@@ -30,7 +31,7 @@ class UnixTransport(xmlrpc.client.Transport):
         super().__init__()
         self.unix_path, self.timeout = path, timeout
 
-    def make_connection(self, host):
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
         return UnixHTTPConnection(self.unix_path, self.timeout)
 
 

@@ -23,10 +23,14 @@ import logging
 import os
 import socket
 import stat
-import subprocess
 import sys
+from typing import Any
 
+from flask import Flask
 from gunicorn.app.base import BaseApplication
+
+from imapd_ctl.core.settings import Settings
+from imapd_ctl.entry.recovery import recover_in_child
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ def _refuse_message(bind: str, where: str = "") -> str:
             "TLS is not configured (set tls_cert and tls_key, or listen on 127.0.0.1)")
 
 
-def check_binds(settings) -> None:
+def check_binds(settings: Settings) -> None:
     """Refuse a non-loopback TCP listener without TLS: keys would cross the network in clear."""
     tls = bool(settings.tls_cert and settings.tls_key)
     for bind in settings.listen:
@@ -64,7 +68,7 @@ def check_binds(settings) -> None:
 
 # ----------------------------------------------------------------- socket activation
 
-def _describe(family: int, name) -> str:
+def _describe(family: int, name: Any) -> str:
     if family == socket.AF_UNIX:
         return f"unix:{name if isinstance(name, str) else name.decode(errors='replace')}"
     if family == socket.AF_INET6:
@@ -164,7 +168,7 @@ def _bind_unix(path: str) -> int:
     return sock.detach()
 
 
-def activation_binds(settings, inherited: list[Inherited]) -> list[str]:
+def activation_binds(settings: Settings, inherited: list[Inherited]) -> list[str]:
     """For a socket-activated start: check the inherited sockets, bind what the settings ask
     for beyond them, and return gunicorn's extra binds (fd://N)."""
     tls = bool(settings.tls_cert and settings.tls_key)
@@ -194,12 +198,12 @@ def activation_binds(settings, inherited: list[Inherited]) -> list[str]:
 # ----------------------------------------------------------------- gunicorn
 
 class _Gunicorn(BaseApplication):
-    def __init__(self, settings, binds: list[str]):
+    def __init__(self, settings: Settings, binds: list[str]):
         self.settings = settings
         self.binds = binds
         super().__init__()
 
-    def load_config(self):
+    def load_config(self) -> None:
         s = self.settings
         options = {
             "bind": self.binds,
@@ -223,14 +227,16 @@ class _Gunicorn(BaseApplication):
             if key in self.cfg.settings:  # older gunicorn (e.g. Debian's) lacks some settings
                 self.cfg.set(key, value)
 
-    def load(self):
-        from imapd_ctl.transports.http import create_app
+    def load(self) -> Flask:  # type: ignore[override]  # Flask is a WSGI app; its __call__ is typed differently
+        # In each worker, after fork: the graph is built here and opens D-Bus on first use.
+        from imapd_ctl.entry import wiring
+        from imapd_ctl.transports.app import create_app
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="[%(process)d] %(levelname)s %(name)s: %(message)s")
-        return create_app(self.settings)
+        return create_app(wiring.build(self.settings).context())
 
 
-def run(settings, config_path: str | None) -> None:
+def run(settings: Settings) -> None:
     try:
         check_binds(settings)
     except SystemExit as exc:
@@ -259,9 +265,8 @@ def run(settings, config_path: str | None) -> None:
     else:
         binds = [f"unix:{settings.socket}"] + list(settings.listen)
     # Finish or undo a change that a crash interrupted, in a child process so that the
-    # master never opens D-Bus (children forked from it would hang on that connection).
-    argv = [sys.executable, "-m", "imapd_ctl.entry.cli"] + (["--config", config_path] if config_path else []) + ["recover"]
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    for line in (proc.stdout + proc.stderr).strip().splitlines():
-        print(f"imapd-ctl: recover: {line}", file=sys.stderr)
+    # master never opens D-Bus (children forked from it would hang on that connection). A
+    # failure is reported and the daemon serves anyway: the next change retries it.
+    outcome = recover_in_child(settings)
+    print(f"imapd-ctl: recover: {'' if outcome.ok else 'FAILED: '}{outcome.message}", file=sys.stderr)
     _Gunicorn(settings, binds).run()

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import socket
+from typing import Any
 
 from gunicorn import util
 from gunicorn.workers.sync import SyncWorker
 
 
-def _write_envelope(sock, status_int, reason, mesg):
+def _write_envelope(sock: socket.socket, status_int: int | str, reason: str, mesg: str) -> None:
     body = (json.dumps({"status": int(status_int), "payload": f"{reason}: {mesg}".rstrip(": ")}) + "\n").encode()
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode("latin-1")
@@ -29,15 +30,15 @@ class _PlainConfig:
     """The worker's config as seen for one unix-socket connection: no TLS."""
     is_ssl = False
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: Any):
         self._cfg = cfg
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._cfg, name)
 
 
 class Worker(SyncWorker):
-    def handle_error(self, req, client, addr, exc):
+    def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
         # gunicorn picks the status and logs; only the page it writes is swapped, for this
         # call (the sync worker handles one request at a time).
         original, util.write_error = util.write_error, _write_envelope
@@ -46,10 +47,10 @@ class Worker(SyncWorker):
         finally:
             util.write_error = original
 
-    def handle(self, listener, client, addr):
+    def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         if listener.family != socket.AF_UNIX or not self.cfg.is_ssl:
             return super().handle(listener, client, addr)
-        cfg, self.cfg = self.cfg, _PlainConfig(self.cfg)
+        cfg, self.cfg = self.cfg, _PlainConfig(self.cfg)  # type: ignore[assignment]  # a stand-in
         try:
             return super().handle(listener, client, addr)
         finally:

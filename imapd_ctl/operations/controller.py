@@ -1,20 +1,21 @@
-"""What each action does. One method per `Action.handler` in the action table; the API layers
-never call these directly but go through `dispatch` (auth, validation, audit)."""
+"""What each action does: one handler per action of the table (core.actions), bound to it by
+name in HANDLERS below, and taking the action's inputs as named parameters. The transports
+never call these directly but go through core.dispatch (auth, validation, audit)."""
 from __future__ import annotations
 
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
-from imapd_ctl.adapters import audit
 from imapd_ctl.adapters import ports
-from imapd_ctl.operations import transaction
-from imapd_ctl.core.actions import ACTIONS, CONTROLLER, PERMISSION, UPDATE_FIELDS, Action, lookup
-from imapd_ctl.adapters.configfile import Journal, TransactionLock
 from imapd_ctl.adapters.cluster import Cluster
-from imapd_ctl.core.errors import ActionFailed, ApiError, BadInput, MethodNotAllowed, NodeFailed, Relayed
-from imapd_ctl.adapters.flavours import detect
+from imapd_ctl.adapters.configfile import Journal, TransactionLock
+from imapd_ctl.core.actions import ACTIONS, CONTROLLER, PERMISSION, UPDATE_FIELDS, Action
+from imapd_ctl.core.errors import ActionFailed, ApiError, NodeFailed, Relayed
+from imapd_ctl.core.protocols import Flavour, Systemd
+from imapd_ctl.core.settings import Settings
+from imapd_ctl.operations import transaction
 
 log = logging.getLogger(__name__)
 
@@ -24,22 +25,31 @@ SERVICE_PAGE = "/nodeworx/mail/mda"
 
 
 class Controller:
-    def __init__(self, settings, systemd=None, flavour=None):
+    """The handlers and what they share. Built by entry.wiring, which passes every part and,
+    for the flavour, `detect`: the flavour is found on first use, in a worker (never in
+    gunicorn's master: detection needs D-Bus). Tests pass a `flavour` directly."""
+
+    def __init__(self, settings: Settings, systemd: Systemd, flavour: Flavour | None = None, *,
+                 detect: Callable[[], Flavour] | None = None, lock: TransactionLock | None = None,
+                 journal: Journal | None = None, cluster: Cluster | None = None):
+        if flavour is None and detect is None:
+            raise TypeError("Controller needs a flavour or a way to detect it")
         self.settings = settings
-        if systemd is None:
-            from imapd_ctl.adapters.systemd import Systemd
-            systemd = Systemd(job_timeout=settings.job_timeout)
         self.systemd = systemd
         self._flavour = flavour
-        self.lock = TransactionLock(settings.lock_path)
-        self.journal = Journal(settings.state_dir)
-        self.cluster = Cluster(settings.node_id, settings.nodes, settings.node_timeout)
+        self._detect = detect
+        # The state parts follow from the settings; the wiring passes its own, tests may not.
+        self.lock = lock if lock is not None else TransactionLock(settings.lock_path)
+        self.journal = journal if journal is not None else Journal(settings.state_dir)
+        self.cluster = cluster if cluster is not None else \
+            Cluster(settings.node_id, settings.nodes, settings.node_timeout)
 
     @property
-    def flavour(self):
+    def flavour(self) -> Flavour:
         # Detected on first use in each worker (never in gunicorn's master: it needs D-Bus).
         if self._flavour is None:
-            self._flavour = detect(self.settings, self.systemd)
+            assert self._detect is not None     # __init__ checked: one of the two is given
+            self._flavour = self._detect()
         return self._flavour
 
     def run(self, action: Action, values: dict[str, Any]) -> Any:
@@ -56,7 +66,7 @@ class Controller:
             return self._cascade(action, values)
         return self._run_here(action, values)
 
-    def _cascade(self, action: Action, values: dict[str, Any]) -> list[dict]:
+    def _cascade(self, action: Action, values: dict[str, Any]) -> list[dict[str, Any]]:
         """Run here and, at the same time, replay on every other node in parallel (sent with
         cascade_to_nodes=0, so it never cascades twice): a cascade takes as long as the slowest
         node, not the sum. The payload is every node's outcome, this node first; the status is
@@ -75,19 +85,20 @@ class Controller:
         return outcomes
 
     def _run_here(self, action: Action, values: dict[str, Any]) -> Any:
-        handler = getattr(self, action.handler)
+        handler = HANDLERS[action.name]
+        inputs = {name: values[name] for name in action.handler_inputs}
         if not action.mutating:
-            return handler(values)
+            return handler(self, **inputs)
         # Every change, service control included, holds the one lock across all workers, so
         # a restart cannot land in the middle of an update's reload-and-verify.
         with self.lock.hold(timeout=self.settings.lock_timeout):
             # A worker killed mid-change leaves a journal; whoever takes the lock next
             # finishes or undoes it before doing anything else.
             transaction.recover(self.flavour, self.systemd, self.journal)
-            return handler(values)
+            return handler(self, **inputs)
 
     # -- read-only -------------------------------------------------------------------
-    def is_running(self, _values=None) -> bool:
+    def is_running(self) -> bool:
         """Active AND listening. With no supported IMAP server installed this is an error
         (NoFlavour, 500), not False: False reads as "installed but stopped, press Start", which
         cannot work; listServiceInfo follows it. Only the constant list* actions answer then."""
@@ -96,32 +107,32 @@ class Controller:
             return False
         return ports.unit_listens(self.systemd.main_pid(unit), self.settings.port)
 
-    def list_general_name(self, _values) -> str:
+    def list_general_name(self) -> str:
         return GENERAL_NAME
 
-    def list_port_numbers(self, _values) -> str:
+    def list_port_numbers(self) -> str:
         return str(self.settings.port)
 
-    def list_port_numbers_array(self, _values) -> list[int]:
+    def list_port_numbers_array(self) -> list[int]:
         return [self.settings.port]
 
-    def list_required_permissions(self, _values) -> list[str]:
+    def list_required_permissions(self) -> list[str]:
         return [PERMISSION]
 
-    def list_service_name(self, _values) -> str:
+    def list_service_name(self) -> str:
         return SERVICE_ID
 
-    def list_service_page(self, _values) -> str:
+    def list_service_page(self) -> str:
         return SERVICE_PAGE
 
-    def list_service_info(self, _values) -> dict:
+    def list_service_info(self) -> dict[str, Any]:
         return {"id": SERVICE_ID, "name": GENERAL_NAME, "ports": str(self.settings.port),
                 "page": SERVICE_PAGE, "ctrl": CONTROLLER, "is_running": int(self.is_running())}
 
-    def query_update(self, _values) -> dict[str, int]:
+    def query_update(self) -> dict[str, int]:
         return self.flavour.current_values()
 
-    def query_start_on_boot(self, _values) -> dict[str, int]:
+    def query_start_on_boot(self) -> dict[str, int]:
         state = self.systemd.unit(self.flavour.primary_unit).unit_file_state
         return {"mda_imap_startonboot": int(state in ("enabled", "enabled-runtime"))}
 
@@ -138,31 +149,37 @@ class Controller:
                         f"last journal lines:\n{self.systemd.journal_tail(unit)}")
                 time.sleep(0.05)
 
-    def start(self, _values) -> str:
+    def start(self) -> str:
         for unit in self.flavour.units:
             self.systemd.start(unit)
         self._wait_listening("start")
         return f"started {', '.join(self.flavour.units)}"
 
-    def stop(self, _values) -> str:
+    def stop(self) -> str:
         for unit in reversed(self.flavour.units):
             self.systemd.stop(unit)
         return f"stopped {', '.join(self.flavour.units)}"
 
-    def restart(self, _values) -> str:
+    def restart(self) -> str:
         for unit in self.flavour.units:
             self.systemd.restart(unit)
         self._wait_listening("restart")
         return f"restarted {', '.join(self.flavour.units)}"
 
-    def start_on_boot(self, values) -> str:
-        enable = values["mda_imap_startonboot"] == 1
+    def start_on_boot(self, mda_imap_startonboot: int) -> str:
+        enable = mda_imap_startonboot == 1
         for unit in self.flavour.units:
             (self.systemd.enable if enable else self.systemd.disable)(unit)
         return f"{'enabled' if enable else 'disabled'} {', '.join(self.flavour.units)} at boot"
 
     # -- configuration ---------------------------------------------------------------
-    def update(self, values) -> str:
+    def update(self, imap_mem_limit: int | None, imap_max_connections: int | None,
+               imap_secure_mem_limit: int | None, imap_secure_max_connections: int | None,
+               dry_run: int) -> str:
+        values = {"imap_mem_limit": imap_mem_limit, "imap_max_connections": imap_max_connections,
+                  "imap_secure_mem_limit": imap_secure_mem_limit,
+                  "imap_secure_max_connections": imap_secure_max_connections, "dry_run": dry_run}
+        # (engineer C's body from here on)
         requested = {k: values[k] for k in UPDATE_FIELDS}
         outcome = transaction.change(
             self.flavour, requested, systemd=self.systemd, journal=self.journal,
@@ -173,41 +190,28 @@ class Controller:
             return "IMAP4 server settings unchanged; nothing was reloaded"
         return f"IMAP4 server settings updated ({', '.join(outcome.files)}); {outcome.applied}"
 
+    # -- not an action: finishing a change a crash interrupted (serve, `imapd-ctl recover`) --
     def recover(self) -> str | None:
         with self.lock.hold(timeout=self.settings.lock_timeout):
             return transaction.recover(self.flavour, self.systemd, self.journal)
 
 
-
-def dispatch(controller: Controller, keys, apikey: Any, action_name: Any, raw: Any, *,
-             transport: str, peer: str, method: str | None = None) -> tuple[int, Any]:
-    """Authenticate, authorize, find the action, validate, run, audit -- in that order, so a
-    caller without a valid key learns nothing about actions or inputs. `raw` may be an
-    ApiError from parsing the request, reported after authentication. Returns
-    (status, payload); never raises."""
-    who = "-"
-    action = None
-    values: dict = {}
-    try:
-        who = keys.authenticate(apikey, PERMISSION).name
-        action = lookup(action_name)
-        if method is not None and method not in action.methods:
-            raise MethodNotAllowed(f"{action.name} changes the server: use {' or '.join(action.methods)}")
-        if isinstance(raw, ApiError):
-            raise raw
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise BadInput(f"input: must be a struct/object of named inputs, got {type(raw).__name__}")
-        values = action.validate(raw)
-        status, payload = 0, controller.run(action, values)
-    except ApiError as exc:
-        status, payload = exc.status, exc.payload if exc.payload is not None else exc.message
-    except Exception as exc:  # a bug: say so, keep the worker alive, log the traceback
-        log.exception("action %s failed unexpectedly", action_name)
-        status, payload = 500, f"internal error in imapd-ctl: {type(exc).__name__}: {exc}"
-    if action is not None and action.mutating:
-        audit.record(who=who, peer=peer, transport=transport, action=action.name,
-                     inputs=values, status=status, payload=payload)
-    return status, payload
-
+# Each action of the table (but the *OnNode ones, which run their local_action) and the code
+# that runs it. Its parameters are the action's handler_inputs (tests/unit/test_actions.py).
+HANDLERS: dict[str, Callable[..., Any]] = {
+    "isRunning": Controller.is_running,
+    "listGeneralName": Controller.list_general_name,
+    "listPortNumbers": Controller.list_port_numbers,
+    "listPortNumbersArray": Controller.list_port_numbers_array,
+    "listRequiredPermissions": Controller.list_required_permissions,
+    "listServiceInfo": Controller.list_service_info,
+    "listServiceName": Controller.list_service_name,
+    "listServicePage": Controller.list_service_page,
+    "restart": Controller.restart,
+    "start": Controller.start,
+    "startOnBoot": Controller.start_on_boot,
+    "stop": Controller.stop,
+    "update": Controller.update,
+    "queryUpdate": Controller.query_update,
+    "queryStartOnBoot": Controller.query_start_on_boot,
+}

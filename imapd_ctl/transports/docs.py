@@ -2,10 +2,10 @@
 tests/test_docs.py keeps the two in step). `python -m imapd_ctl.transports.docs` prints it."""
 from __future__ import annotations
 
-from imapd_ctl.core.actions import ACTIONS, CONTROLLER
+from imapd_ctl.core.actions import ACTIONS, CONTROLLER, Input
 
 
-def _input(spec) -> str:
+def _input(spec: Input) -> str:
     allowed = (f"{spec.minimum}–{spec.maximum}" if spec.kind == "int" else f"`{spec.pattern}`")
     default = "" if spec.default is None else f", default {spec.default}"
     return f"`{spec.name}` ({spec.kind} {allowed}{default})"

@@ -1,35 +1,28 @@
-"""The Flask app (factory, as in Flask's tutorial): HTTP JSON routes, /xmlrpc, /healthz and
-/openapi.json, all derived from the action table. Every reply is the InterWorx envelope
-{"status": N, "payload": ...}; a non-zero status is also the HTTP status."""
+"""The HTTP JSON transport: a request to /nodeworx/mail/imap/<action> becomes a core Request,
+and a Result the InterWorx envelope {"status": N, "payload": ...} (a non-zero status is also
+the HTTP status). Mounted by transports.app."""
 from __future__ import annotations
 
 import io
 import json
-import logging
+from typing import Any, Callable
 
-from flask import Flask, Response, request
-from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
+from flask import Response, request
 
-from imapd_ctl.adapters import audit
-from imapd_ctl.transports import openapi
-from imapd_ctl.core import settings as settings_mod
-from imapd_ctl.core.actions import CONTROLLER
-from imapd_ctl.operations.controller import Controller, dispatch
 from imapd_ctl.core.errors import BadInput
-from imapd_ctl.adapters.keys import store_for
-from imapd_ctl.transports.xmlrpc import handle_xmlrpc
+from imapd_ctl.core.request import Request, Result
 
 MAX_BODY = 64 * 1024
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
-def envelope(status: int, payload) -> Response:
+def envelope(status: int, payload: Any) -> Response:
     # json.dumps' default separators give the InterWorx look: {"status": 0, "payload": true}
     body = json.dumps({"status": status, "payload": payload}) + "\n"
     return Response(body, status=status or 200, mimetype="application/json")
 
 
-def _peer() -> str:
+def peer() -> str:
     return request.remote_addr or "unix-socket"
 
 
@@ -39,11 +32,11 @@ def _bearer() -> str | None:
     return key.strip() if scheme.lower() == "bearer" and key.strip() else None
 
 
-def _inputs() -> dict:
+def _inputs() -> dict[str, Any]:
     """Inputs from the query string and a form or JSON-object body; each name at most once."""
-    found: dict = {}
+    found: dict[str, Any] = {}
 
-    def put(name, values):
+    def put(name: str, values: list[Any]) -> None:
         if name in found or len(values) != 1:
             raise BadInput(f"{name}: given more than once")
         found[name] = values[0]
@@ -83,9 +76,9 @@ def _inputs() -> dict:
     return found
 
 
-def _no_duplicates(pairs: list) -> dict:
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """json.loads keeps the last of repeated keys; a repeated input is an error instead."""
-    found = {}
+    found: dict[str, Any] = {}
     for name, value in pairs:
         if name in found:
             raise BadInput(f"{name}: given more than once")
@@ -93,69 +86,11 @@ def _no_duplicates(pairs: list) -> dict:
     return found
 
 
-def create_app(settings=None, controller=None, keys=None) -> Flask:
-    settings = settings or settings_mod.load()
-    app = Flask("imapd_ctl")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    controller = controller or Controller(settings)
-    keys = keys or store_for(settings)
-    audit.setup(settings.audit_log)
-    app.extensions["imapd_ctl"] = {"settings": settings, "controller": controller, "keys": keys}
-
-    @app.before_request
-    def read_body():
-        """Read the whole body here, once (later reads get this copy), and refuse one that is
-        not all there: a chunked body has no Content-Length to refuse up front, and Werkzeug
-        quietly stops reading it at MAX_CONTENT_LENGTH; a body that ends before its
-        Content-Length is taken as it is. Either way the request would run with its tail,
-        and the inputs in it, cut off. Broken chunked framing makes the server's reader raise
-        (gunicorn's InvalidChunkSize...): the client's 400, not a 500."""
-        try:
-            data = request.get_data(cache=True)
-            over = (request.content_length is None and len(data) >= MAX_BODY
-                    and request.environ["wsgi.input"].read(1))
-        except HTTPException:
-            raise
-        except Exception as exc:
-            raise BadRequest(f"the request body could not be read ({type(exc).__name__})") from None
-        if over:
-            raise RequestEntityTooLarge()
-        if request.content_length is not None and len(data) < request.content_length:
-            raise BadRequest(f"the body ended after {len(data)} of its {request.content_length} bytes")
-
-    # No automatic OPTIONS: its empty 200 would be the one reply without the envelope.
-    @app.route(f"{CONTROLLER}/<action>", methods=["GET", "POST"], provide_automatic_options=False)
-    def action_route(action):
-        try:
-            raw = _inputs()
-        except BadInput as exc:
-            # Bad encoding is reported only to a caller with a valid key, like any input error.
-            raw = exc
-        status, payload = dispatch(controller, keys, _bearer(), action, raw,
-                                   transport="http", peer=_peer(),
-                                   method="GET" if request.method == "HEAD" else request.method)
-        return envelope(status, payload)
-
-    @app.post("/xmlrpc", provide_automatic_options=False)
-    def xmlrpc_route():
-        body = handle_xmlrpc(request.get_data(), controller, keys, peer=_peer())
-        return Response(body, mimetype="text/xml")
-
-    @app.get("/healthz", provide_automatic_options=False)
-    def healthz():
-        return envelope(0, "ok")
-
-    @app.get("/openapi.json", provide_automatic_options=False)
-    def openapi_route():
-        return Response(json.dumps(openapi.document(), indent=1), mimetype="application/json")
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
-        return envelope(exc.code or 500, f"{exc.name}: {exc.description}")
-
-    @app.errorhandler(Exception)
-    def internal_error(exc: Exception):
-        logging.getLogger(__name__).exception("unhandled error")
-        return envelope(500, f"internal error in imapd-ctl: {type(exc).__name__}")
-
-    return app
+def handle(action: str, dispatch: Callable[[Request], Result]) -> Response:
+    """The current Flask request to `action` -> Request -> dispatch -> the envelope. The
+    inputs are read when dispatch asks, after authentication: bad encoding is reported only
+    to a caller with a valid key, like any input error."""
+    req = Request(transport="http", peer=peer(), action=action, read_key=_bearer, read_inputs=_inputs,
+                  method="GET" if request.method == "HEAD" else request.method)
+    result = dispatch(req)
+    return envelope(result.status, result.payload)

@@ -1,11 +1,13 @@
 """/openapi.json, generated from the action table."""
 from __future__ import annotations
 
+from typing import Any
+
 from imapd_ctl import __version__
-from imapd_ctl.core.actions import ACTIONS, CONTROLLER, PERMISSION
+from imapd_ctl.core.actions import ACTIONS, CONTROLLER, PERMISSION, Input
 
 
-def _schema(spec) -> dict:
+def _schema(spec: Input) -> dict[str, Any]:
     if spec.kind == "int":
         # Strings of ASCII digits are accepted too (forms, query strings, big XML-RPC values).
         return {"oneOf": [{"type": "integer", "minimum": spec.minimum, "maximum": spec.maximum},
@@ -13,7 +15,7 @@ def _schema(spec) -> dict:
     return {"type": "string", "pattern": f"^{spec.pattern}$"}
 
 
-def document() -> dict:
+def document() -> dict[str, Any]:
     envelope = {"$ref": "#/components/schemas/Envelope"}
     responses = {str(code): {"description": why, "content": {"application/json": {"schema": envelope}}}
                  for code, why in [("200", "status 0 and the payload"), ("400", "bad input"),
@@ -21,13 +23,13 @@ def document() -> dict:
                                    ("404", "unknown action or node"), ("405", "method not allowed"),
                                    ("409", "another change is in progress"), ("500", "the action failed"),
                                    ("503", "systemd unreachable")]}
-    paths = {}
+    paths: dict[str, Any] = {}
     for action in ACTIONS.values():
         props = {i.name: {**_schema(i), "description": i.description} for i in action.inputs}
         op = {"operationId": action.name, "summary": action.description,
               "description": f"Added in {action.added_in}." + (" Changes the server." if action.mutating else ""),
               "responses": responses}
-        item = {"post": {**op, "requestBody": {"required": False, "content": {
+        item: dict[str, Any] = {"post": {**op, "requestBody": {"required": False, "content": {
             "application/json": {"schema": {"type": "object", "properties": props}},
             "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": props}}}}}}
         if not action.mutating:

@@ -1,8 +1,10 @@
-"""The action table (imapd_ctl.core.actions): the seed controller's actions, strict inputs."""
+"""The action table (imapd_ctl.core.actions): the seed controller's actions, strict inputs,
+and the binding of each action to its handler (imapd_ctl.operations.controller.HANDLERS)."""
+import inspect
 
 import pytest
 
-
+from imapd_ctl.operations.controller import HANDLERS
 from imapd_ctl.core.actions import (
     ACTIONS, CONN_MAX, CONN_MIN, CONTROLLER, MEM_MAX, MEM_MIN, PERMISSION, lookup,
 )
@@ -87,11 +89,32 @@ def test_read_only_and_mutating_split():
 def test_every_action_has_a_handler_or_a_local_action():
     for name, action in ACTIONS.items():
         if name.endswith("OnNode"):
-            assert action.handler is None
+            assert name not in HANDLERS
             assert action.local_action == name[:-len("OnNode")]
             assert ACTIONS[action.local_action].mutating == action.mutating
         else:
-            assert action.handler and action.local_action is None
+            assert HANDLERS[name] and action.local_action is None
+
+
+def test_handlers_cover_exactly_the_actions_that_run_here():
+    assert set(HANDLERS) == {name for name, action in ACTIONS.items() if action.local_action is None}
+
+
+@pytest.mark.parametrize("name", sorted(HANDLERS))
+def test_each_handler_takes_its_action_inputs_by_name(name):
+    """The controller calls handler(controller, **inputs): its parameters (after self) are
+    the action's inputs but the routing ones, in the table's order, with no defaults."""
+    params = list(inspect.signature(HANDLERS[name]).parameters.values())
+    assert params[0].name == "self"
+    assert [p.name for p in params[1:]] == list(ACTIONS[name].handler_inputs)
+    assert all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params[1:])
+
+
+def test_routing_inputs_are_the_controllers():
+    for action in ACTIONS.values():
+        routing = {i.name for i in action.inputs if i.routing}
+        assert routing <= {"cascade_to_nodes", "node_id"}, action.name
+        assert set(action.handler_inputs) == {i.name for i in action.inputs} - routing
 
 
 def test_seed_defaults():

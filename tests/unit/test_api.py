@@ -1,173 +1,16 @@
-"""The HTTP JSON API (imapd_ctl.transports.http) through Flask's test client, with the real Controller,
-dispatch, KeyStore and audit log; only systemd, the IMAP server and psutil are faked."""
+"""The HTTP JSON API (imapd_ctl.transports.http, mounted by transports.app) through Flask's
+test client, with the real wiring, Controller, dispatch, KeyStore and audit log; only systemd,
+the IMAP server and psutil are faked (tests/unit/conftest.py)."""
 import json
 import os
 
 import pytest
 
-
-from imapd_ctl.adapters import audit
-from imapd_ctl.adapters import ports
 from imapd_ctl.core.actions import ACTIONS, CONTROLLER, UPDATE_FIELDS
-from imapd_ctl.transports.http import MAX_BODY, create_app
-from imapd_ctl.operations.controller import Controller
-from imapd_ctl.adapters.keys import KeyStore
-from imapd_ctl.core.settings import Settings
+from imapd_ctl.transports.http import MAX_BODY
 
-UNIT = "fake-imap.service"
 MUTATING = sorted(n for n, a in ACTIONS.items() if a.mutating)
 READ_ONLY = sorted(n for n, a in ACTIONS.items() if not a.mutating)
-
-
-# --- fakes for the external systems -------------------------------------------------------
-
-class FakeUnit:
-    def __init__(self, load_state="loaded", unit_file_state="enabled"):
-        self.load_state = load_state
-        self.unit_file_state = unit_file_state
-
-
-class FakeSystemd:
-    """systemd over D-Bus: unit states and a log of the jobs asked for."""
-
-    def __init__(self):
-        self.state = {UNIT: "active"}
-        self.units = {UNIT: FakeUnit()}
-        self.calls = []
-
-    def active_state(self, unit):
-        return self.state.get(unit, "inactive")
-
-    def main_pid(self, unit):
-        return 4242 if self.active_state(unit) == "active" else 0
-
-    def unit(self, unit):
-        return self.units.setdefault(unit, FakeUnit())
-
-    def _job(self, verb, unit, state=None):
-        self.calls.append((verb, unit))
-        if state:
-            self.state[unit] = state
-
-    def start(self, unit):
-        self._job("start", unit, "active")
-
-    def stop(self, unit):
-        self._job("stop", unit, "inactive")
-
-    def restart(self, unit):
-        self._job("restart", unit, "active")
-
-    def reload(self, unit):
-        self._job("reload", unit)
-
-    def enable(self, unit):
-        self._job("enable", unit)
-        self.unit(unit).unit_file_state = "enabled"
-
-    def disable(self, unit):
-        self._job("disable", unit)
-        self.unit(unit).unit_file_state = "disabled"
-
-    def journal_tail(self, unit):
-        return f"-- journal of {unit} --"
-
-
-class FakeFlavour:
-    """An IMAP server whose one config file holds the four values as JSON."""
-    name = "fake"
-    units = (UNIT,)
-    primary_unit = UNIT
-    DEFAULTS = {"imap_mem_limit": 256000000, "imap_max_connections": 40,
-                "imap_secure_mem_limit": 256000000, "imap_secure_max_connections": 40}
-
-    def __init__(self, conf_path):
-        self.conf = str(conf_path)
-        self.calls = []
-
-    def unit_ports(self):
-        return {UNIT: 143}
-
-    def current_values(self):
-        try:
-            with open(self.conf) as fh:
-                return json.load(fh)
-        except FileNotFoundError:
-            return dict(self.DEFAULTS)
-
-    def plan(self, values):
-        return {self.conf: (json.dumps(values, indent=1, sort_keys=True) + "\n").encode()}
-
-    def validate(self, files):
-        self.calls.append(("validate", sorted(files)))
-
-    def apply(self, systemd, changed):
-        self.calls.append(("apply",))
-        systemd.reload(UNIT)
-        return f"reloaded {UNIT}"
-
-    def verify(self, systemd, values):
-        self.calls.append(("verify", values))
-
-
-class FakePorts:
-    def __init__(self):
-        self.listening = True
-        self.asked = []
-
-    def __call__(self, main_pid, port):
-        self.asked.append((main_pid, port))
-        return self.listening and main_pid > 0 and port == 143
-
-
-# --- fixtures -------------------------------------------------------------------------------
-
-@pytest.fixture
-def fake_ports(monkeypatch):
-    fake = FakePorts()
-    monkeypatch.setattr(ports, "unit_listens", fake)
-    return fake
-
-
-@pytest.fixture
-def env(tmp_path, fake_ports):
-    """Everything one test needs: app, client, keys, fakes and paths."""
-    settings = Settings(state_dir=str(tmp_path / "state"), audit_log=str(tmp_path / "audit.log"),
-                        node_id="mail1", listen_timeout=1.0)
-    systemd = FakeSystemd()
-    flavour = FakeFlavour(tmp_path / "imap.conf")
-    controller = Controller(settings, systemd=systemd, flavour=flavour)
-    keys = KeyStore(tmp_path / "state" / "keys.json")
-    app = create_app(settings, controller=controller, keys=keys)
-    app.testing = True
-    env = Env(app=app, client=app.test_client(), settings=settings, systemd=systemd, flavour=flavour,
-              keys=keys, ports=fake_ports, audit_log=tmp_path / "audit.log",
-              key=keys.create("panel", ["EMAIL"]), dns_key=keys.create("dns", ["DNS"]))
-    yield env
-    # create_app attaches a file handler to the module's audit logger: detach this test's.
-    for handler in list(audit.log.handlers):
-        if getattr(handler, "baseFilename", None) == os.path.abspath(settings.audit_log):
-            audit.log.removeHandler(handler)
-            handler.close()
-
-
-class Env:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-    def auth(self, key=None):
-        return {"Authorization": f"Bearer {key or self.key}"}
-
-    def call(self, action, method="POST", key=None, **kw):
-        headers = kw.pop("headers", {})
-        if key is not False:
-            headers.update(self.auth(key))
-        return self.client.open(f"{CONTROLLER}/{action}", method=method, headers=headers, **kw)
-
-    def audit_lines(self):
-        if not self.audit_log.exists():
-            return []
-        return [json.loads(line) for line in self.audit_log.read_text().splitlines()]
 
 
 def envelope(reply):
@@ -192,7 +35,7 @@ def test_is_running_false_when_unit_inactive_or_not_listening(env):
     env.ports.listening = False
     assert envelope(env.call("isRunning")) == {"status": 0, "payload": False}
     env.ports.listening = True
-    env.systemd.state[UNIT] = "failed"
+    env.systemd.state[env.unit] = "failed"
     assert envelope(env.call("isRunning")) == {"status": 0, "payload": False}
 
 
@@ -215,12 +58,12 @@ def test_list_service_info_is_the_seed_payload(env):
         "id": "imap4", "name": "##LG_IMAP##", "ports": "143", "page": "/nodeworx/mail/mda",
         "ctrl": "/nodeworx/mail/imap", "is_running": 1}}
     assert list(body["payload"]) == ["id", "name", "ports", "page", "ctrl", "is_running"]
-    env.systemd.state[UNIT] = "inactive"
+    env.systemd.state[env.unit] = "inactive"
     assert envelope(env.call("listServiceInfo"))["payload"]["is_running"] == 0
 
 
 def test_query_extensions(env):
-    assert envelope(env.call("queryUpdate", method="GET")) == {"status": 0, "payload": FakeFlavour.DEFAULTS}
+    assert envelope(env.call("queryUpdate", method="GET")) == {"status": 0, "payload": env.flavour.DEFAULTS}
     assert envelope(env.call("queryStartOnBoot")) == {"status": 0, "payload": {"mda_imap_startonboot": 1}}
 
 
@@ -275,8 +118,8 @@ def test_get_takes_inputs_from_the_query_string(env):
 def test_update_changes_the_file_and_keeps_left_out_values(env):
     body = envelope(env.call("update", json={"imap_max_connections": "50"}))
     assert body["status"] == 0, body
-    assert env.flavour.current_values() == {**FakeFlavour.DEFAULTS, "imap_max_connections": 50}
-    assert ("reload", UNIT) in env.systemd.calls
+    assert env.flavour.current_values() == {**env.flavour.DEFAULTS, "imap_max_connections": 50}
+    assert ("reload", env.unit) in env.systemd.calls
     env.systemd.calls.clear()
     body = envelope(env.call("update", json={"imap_max_connections": 50}))
     assert body["status"] == 0 and "unchanged" in body["payload"]
@@ -444,7 +287,7 @@ def test_failed_and_read_only_calls_are_audited_correctly(env):
     lines = env.audit_lines()
     assert [(l["action"], l["status"]) for l in lines] == [("update", 400), ("startOnBoot", 0)]
     assert lines[1]["inputs"] == {"mda_imap_startonboot": 0, "cascade_to_nodes": 0}
-    assert env.systemd.units[UNIT].unit_file_state == "disabled"
+    assert env.systemd.units[env.unit].unit_file_state == "disabled"
 
 
 def test_audit_log_never_contains_a_key(env):
@@ -465,21 +308,21 @@ def test_start_stop_restart_drive_systemd(env):
     assert envelope(env.call("stop"))["status"] == 0
     assert envelope(env.call("start"))["status"] == 0
     assert envelope(env.call("restart"))["status"] == 0
-    assert env.systemd.calls == [("stop", UNIT), ("start", UNIT), ("restart", UNIT)]
+    assert env.systemd.calls == [("stop", env.unit), ("start", env.unit), ("restart", env.unit)]
 
 
 def test_on_node_actions_run_locally_for_the_local_node(env):
     assert envelope(env.call("stopOnNode", json={"node_id": "mail1"}))["status"] == 0
     assert envelope(env.call("startOnNode"))["status"] == 0  # default: this node
-    assert env.systemd.calls == [("stop", UNIT), ("start", UNIT)]
+    assert env.systemd.calls == [("stop", env.unit), ("start", env.unit)]
     body = envelope(env.call("restartOnNode", json={"node_id": "other"}))
     assert body["status"] == 404
     assert envelope(env.call("restartOnNode", json={"node_id": "bad\nnode"}))["status"] == 400
-    assert env.systemd.calls == [("stop", UNIT), ("start", UNIT)]
+    assert env.systemd.calls == [("stop", env.unit), ("start", env.unit)]
 
 
 def test_update_fields_match_the_flavour(env):
-    assert set(UPDATE_FIELDS) == set(FakeFlavour.DEFAULTS)
+    assert set(UPDATE_FIELDS) == set(env.flavour.DEFAULTS)
 
 
 def test_a_body_that_is_neither_json_nor_a_form_is_400(env):

@@ -1,11 +1,10 @@
 """XML-RPC iworx.route (imapd_ctl.transports.xmlrpc) through Flask's test client, as InterWorx API clients
-call it. Reuses test_api's fakes and its `env` fixture (real Controller, KeyStore, dispatch)."""
+call it, with the `env` fixture of tests/unit/conftest.py (real wiring, Controller, KeyStore, dispatch)."""
 import xmlrpc.client
 
 import pytest
 
 
-from test_api import UNIT, FakeFlavour, env, fake_ports  # noqa: F401  (fixtures)
 from imapd_ctl.core.actions import ACTIONS, CONTROLLER
 
 CTRL = "/nodeworx/mail/imap"
@@ -127,7 +126,7 @@ def test_large_mem_limit_as_a_string(env):
 def test_mutating_call_is_audited_with_transport_xmlrpc(env):
     reply = route(env, {"apikey": env.key}, CTRL, "stop", {"cascade_to_nodes": 0, "perms": "x"})
     assert reply["status"] == 0
-    assert env.systemd.calls == [("stop", UNIT)]
+    assert env.systemd.calls == [("stop", env.unit)]
     (line,) = env.audit_lines()
     assert (line["key"], line["transport"], line["action"], line["status"]) == ("panel", "xmlrpc", "stop", 0)
     assert line["inputs"] == {"cascade_to_nodes": 0}
@@ -143,9 +142,9 @@ def test_every_action_answers_with_a_status_payload_struct(env, action):
 def test_query_update_with_a_large_mem_limit(env):
     """XML-RPC ints are 32-bit: a 4 GiB limit comes back as a decimal string (not a Fault),
     and that string is accepted as input again."""
-    env.flavour.current_values = lambda: {**FakeFlavour.DEFAULTS, "imap_mem_limit": 4 << 30}
+    env.flavour.current_values = lambda: {**env.flavour.DEFAULTS, "imap_mem_limit": 4 << 30}
     assert route(env, env.key, CTRL, "queryUpdate", {}) == {
-        "status": 0, "payload": {**FakeFlavour.DEFAULTS, "imap_mem_limit": str(4 << 30)}}
+        "status": 0, "payload": {**env.flavour.DEFAULTS, "imap_mem_limit": str(4 << 30)}}
     assert route(env, env.key, CTRL, "update", {"imap_mem_limit": str(4 << 30), "dry_run": 1})["status"] == 0
 
 
@@ -154,3 +153,74 @@ def test_too_few_parameters_is_a_400_struct(env):
     reply = env.client.post("/xmlrpc", data=body, content_type="text/xml")
     (result,), _ = xmlrpc.client.loads(reply.data)
     assert result["status"] == 400 and "iworx.route takes" in result["payload"]
+
+
+# --- one parse: repeated members, and faults exactly as the standard library's dispatcher ---
+
+def raw_call(env, body):
+    reply = env.client.post("/xmlrpc", data=body, content_type="text/xml")
+    assert reply.status_code == 200 and reply.mimetype == "text/xml"
+    return reply.get_data()
+
+
+def member(name, value):
+    return f"<member><name>{name}</name><value>{value}</value></member>"
+
+
+def call_body(key, inputs_xml):
+    return (f"<?xml version='1.0'?><methodCall><methodName>iworx.route</methodName><params>"
+            f"<param><value><string>{key}</string></value></param>"
+            f"<param><value><string>{CTRL}</string></value></param>"
+            f"<param><value><string>stopOnNode</string></value></param>"
+            f"<param><value>{inputs_xml}</value></param></params></methodCall>").encode()
+
+
+def test_a_repeated_member_is_400_after_auth(env):
+    twice = "<struct>" + member("node_id", "<string>a\nb</string>") + member("node_id", "<string>mail1</string>") + "</struct>"
+    (result,), _ = xmlrpc.client.loads(raw_call(env, call_body(env.key, twice)))
+    assert result == {"status": 400, "payload": "node_id: given more than once"}
+    (result,), _ = xmlrpc.client.loads(raw_call(env, call_body("wrong-key-" * 4, twice)))
+    assert result["status"] == 401
+    nested = ("<struct>" + member("node_id", "<string>mail1</string>")
+              + member("x", "<struct>" + member("a", "<int>1</int>") * 2 + "</struct>") + "</struct>")
+    (result,), _ = xmlrpc.client.loads(raw_call(env, call_body(env.key, nested)))
+    assert result == {"status": 400, "payload": "a: given more than once"}
+    assert env.systemd.calls == []
+
+
+def test_the_same_name_in_sibling_structs_is_not_repeated(env):
+    siblings = ("<struct>" + member("node_id", "<string>mail1</string>")
+                + member("x", "<array><data><value><struct>" + member("a", "<int>1</int>") + "</struct></value>"
+                         "<value><struct>" + member("a", "<int>2</int>") + "</struct></value></data></array>")
+                + "</struct>")
+    (result,), _ = xmlrpc.client.loads(raw_call(env, call_body(env.key, siblings)))
+    assert result["status"] == 0, result
+
+
+def _stdlib_reply(body):
+    """What Python's own dispatcher answers (the transport's former implementation)."""
+    from xmlrpc.server import SimpleXMLRPCDispatcher
+    dispatcher = SimpleXMLRPCDispatcher(allow_none=True, encoding="utf-8", use_builtin_types=True)
+    dispatcher.register_function(lambda *args: pytest.fail("not a call to answer"), "iworx.route")
+    return dispatcher._marshaled_dispatch(body)
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"not xml", b"<methodCall/>", b"<methodCall></methodCall>", b"\xff\xfe<x/>",
+    b"<methodResponse><params><param><value>1</value></param></params></methodResponse>",
+    b"<methodResponse><fault><value><struct></struct></value></fault></methodResponse>",
+    b"<methodResponse><fault><value><struct><member><name>faultCode</name><value><int>4</int></value></member>"
+    b"<member><name>faultString</name><value><string>x</string></value></member></struct></value></fault>"
+    b"</methodResponse>",
+    xmlrpc.client.dumps(("k", CTRL, "isRunning"), "system.listMethods").encode(),
+    xmlrpc.client.dumps(("k", CTRL, "isRunning"), "IWORX.ROUTE").encode(),
+    b'<?xml version="1.0" encoding="x-imapd-ctl"?><methodCall><methodName>iworx.route</methodName></methodCall>',
+    b"<methodCall><methodName>iworx.route</methodName><params><param><value><i4>x</i4></value></param>"
+    b"</params></methodCall>",
+    b"<methodCall><methodName>iworx.route</methodName><params><param><value><bogus/></value></param>"
+    b"</params></methodCall>",
+])
+def test_a_body_that_is_no_call_gets_the_standard_fault(env, body):
+    assert raw_call(env, body) == _stdlib_reply(body)
+    with pytest.raises(xmlrpc.client.Fault):
+        xmlrpc.client.loads(raw_call(env, body))

@@ -1,0 +1,60 @@
+"""The request pipeline, the same for every transport: authenticate, find the action,
+check the method, read and validate the inputs, run, audit -- in that order, so a caller
+without a valid key learns nothing about controllers, actions or inputs."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from imapd_ctl.core.actions import CONTROLLER, PERMISSION, Action, brief, lookup
+from imapd_ctl.core.errors import ApiError, BadInput, MethodNotAllowed, NotFound
+from imapd_ctl.core.protocols import Audit, KeyStore
+from imapd_ctl.core.request import Request, Result
+
+log = logging.getLogger(__name__)
+
+
+class Runner(Protocol):
+    """Runs a validated action (operations.controller.Controller)."""
+
+    def run(self, action: Action, values: dict[str, Any]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Context:
+    """What dispatch needs, built once by the wiring (entry.wiring)."""
+    keys: KeyStore
+    audit: Audit
+    runner: Runner
+
+
+def dispatch(request: Request, ctx: Context) -> Result:
+    """The Result of one request; never raises (an unexpected error is a 500 and a traceback
+    in the log, and the worker lives on)."""
+    who = "-"
+    action: Action | None = None
+    values: dict[str, Any] = {}
+    try:
+        who = ctx.keys.authenticate(request.key(), PERMISSION).name
+        if request.controller != CONTROLLER:
+            raise NotFound(f"unknown controller {brief(request.controller, 60)}; this server serves {CONTROLLER}")
+        action = lookup(request.action)
+        if request.method is not None and request.method not in action.methods:
+            raise MethodNotAllowed(f"{action.name} changes the server: use {' or '.join(action.methods)}")
+        raw = request.inputs()
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise BadInput(f"input: must be a struct/object of named inputs, got {type(raw).__name__}")
+        values = action.validate(raw)
+        result = Result(0, ctx.runner.run(action, values))
+    except ApiError as exc:
+        result = Result(exc.status, exc.payload if exc.payload is not None else exc.message)
+    except Exception as exc:  # a bug: say so, keep the worker alive, log the traceback
+        log.exception("action %s failed unexpectedly", request.action)
+        result = Result(500, f"internal error in imapd-ctl: {type(exc).__name__}: {exc}")
+    if action is not None and action.mutating:
+        ctx.audit.record(who=who, peer=request.peer, transport=request.transport, action=action.name,
+                         inputs=values, status=result.status, payload=result.payload)
+    return result

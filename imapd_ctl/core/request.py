@@ -1,0 +1,46 @@
+"""One API call as the core sees it, whatever carried it (HTTP JSON, XML-RPC; SOAP next).
+
+A transport turns its bytes into a `Request` and a `Result` back into bytes; everything in
+between (authentication, lookup, validation, running, audit) is `core.dispatch`, once for all
+transports. The key and the inputs are read lazily: a transport may not be able to read them
+(a body that is not JSON, a repeated member, a login form we do not support), and that must be
+reported only to a caller who has shown a valid key, so the error waits inside the callable
+until dispatch asks for it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from imapd_ctl.core.actions import CONTROLLER
+
+
+def _no_inputs() -> Any:
+    return None
+
+
+@dataclass(frozen=True)
+class Request:
+    transport: str                  # "http" | "xmlrpc": for the audit trail
+    peer: str                       # the client's address, or "unix-socket"
+    action: Any                     # the action's name as sent (XML-RPC may send any value)
+    read_key: Callable[[], str | None]
+    """The API key as sent, None if none; may raise Unauthorized (an auth form we refuse)."""
+    read_inputs: Callable[[], Any] = field(default=_no_inputs)
+    """The raw inputs (a dict, None for none, anything else is refused); may raise BadInput."""
+    controller: Any = CONTROLLER    # XML-RPC names it in every call; HTTP routes only ours
+    method: str | None = None       # the HTTP method, checked against the action's; None: no check
+
+    def key(self) -> str | None:
+        return self.read_key()
+
+    def inputs(self) -> Any:
+        return self.read_inputs()
+
+
+@dataclass(frozen=True)
+class Result:
+    """The InterWorx envelope's two fields: status 0 and the payload, or an error status and
+    a message (or a structured payload, such as a cascade's per-node outcomes)."""
+    status: int
+    payload: Any

@@ -1,0 +1,64 @@
+"""The object graph, built in one place for the app (each gunicorn worker), the CLI and the
+recovery at serve start.
+
+Building it opens nothing: the systemd adapter connects to D-Bus on its first call and the
+flavour is detected on first use. That matters because gunicorn's master must never hold a
+D-Bus connection (workers forked from it would hang on it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imapd_ctl.adapters.audit import AuditLog
+from imapd_ctl.adapters.cluster import Cluster
+from imapd_ctl.adapters.configfile import Journal, TransactionLock
+from imapd_ctl.adapters.flavours import detect
+from imapd_ctl.adapters.keys import KeyStore
+from imapd_ctl.adapters.systemd import Systemd as DBusSystemd
+from imapd_ctl.core.dispatch import Context
+from imapd_ctl.core.protocols import Audit, Flavour, Systemd
+from imapd_ctl.core.settings import Settings
+from imapd_ctl.operations.controller import Controller
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    systemd: Systemd
+    lock: TransactionLock
+    journal: Journal
+    cluster: Cluster
+    keys: KeyStore
+    audit: Audit
+    controller: Controller
+
+    @property
+    def flavour(self) -> Flavour:
+        """The IMAP server's flavour, detected on first use (this needs D-Bus)."""
+        return self.controller.flavour
+
+    def context(self) -> Context:
+        """What core.dispatch needs for every request."""
+        return Context(keys=self.keys, audit=self.audit, runner=self.controller)
+
+
+def build(settings: Settings, *, systemd: Systemd | None = None, flavour: Flavour | None = None,
+          keys: KeyStore | None = None, audit: Audit | None = None) -> Services:
+    """The graph for `settings`; tests pass fakes for the parts that reach the host."""
+    # (The two ignores go once adapters.systemd and adapters.flavours implement the core
+    # protocols, which engineer C's branch does.)
+    bus: Systemd = systemd if systemd is not None else \
+        DBusSystemd(job_timeout=settings.job_timeout)  # type: ignore[assignment]
+    lock = TransactionLock(settings.lock_path)
+    journal = Journal(settings.state_dir)
+    cluster = Cluster(settings.node_id, settings.nodes, settings.node_timeout)
+
+    def detect_flavour() -> Flavour:
+        return detect(settings, bus)  # type: ignore[return-value]
+
+    controller = Controller(settings, bus, flavour, detect=detect_flavour,
+                            lock=lock, journal=journal, cluster=cluster)
+    return Services(settings=settings, systemd=bus, lock=lock, journal=journal, cluster=cluster,
+                    keys=keys if keys is not None else KeyStore(settings.keys_path),
+                    audit=audit if audit is not None else AuditLog(settings.audit_log),
+                    controller=controller)

@@ -1,0 +1,76 @@
+"""The Flask app (factory, as in Flask's tutorial): mounts the transports (HTTP JSON under
+/nodeworx/mail/imap, XML-RPC at /xmlrpc), /healthz and /openapi.json, and gives every reply,
+errors included, the InterWorx envelope."""
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
+
+from imapd_ctl.core.actions import CONTROLLER
+from imapd_ctl.core.dispatch import Context, dispatch
+from imapd_ctl.core.request import Request, Result
+from imapd_ctl.transports import http, openapi, xmlrpc
+from imapd_ctl.transports.http import MAX_BODY, envelope
+
+
+def create_app(ctx: Context) -> Flask:
+    """The app for one object graph's dispatch context (entry.wiring.Services.context())."""
+    app = Flask("imapd_ctl")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.extensions["imapd_ctl"] = ctx
+
+    def run(req: Request) -> Result:
+        return dispatch(req, ctx)
+
+    @app.before_request
+    def read_body() -> None:
+        """Read the whole body here, once (later reads get this copy), and refuse one that is
+        not all there: a chunked body has no Content-Length to refuse up front, and Werkzeug
+        quietly stops reading it at MAX_CONTENT_LENGTH; a body that ends before its
+        Content-Length is taken as it is. Either way the request would run with its tail,
+        and the inputs in it, cut off. Broken chunked framing makes the server's reader raise
+        (gunicorn's InvalidChunkSize...): the client's 400, not a 500."""
+        try:
+            data = request.get_data(cache=True)
+            over = (request.content_length is None and len(data) >= MAX_BODY
+                    and request.environ["wsgi.input"].read(1))
+        except HTTPException:
+            raise
+        except Exception as exc:
+            raise BadRequest(f"the request body could not be read ({type(exc).__name__})") from None
+        if over:
+            raise RequestEntityTooLarge()
+        if request.content_length is not None and len(data) < request.content_length:
+            raise BadRequest(f"the body ended after {len(data)} of its {request.content_length} bytes")
+
+    # No automatic OPTIONS: its empty 200 would be the one reply without the envelope.
+    @app.route(f"{CONTROLLER}/<action>", methods=["GET", "POST"], provide_automatic_options=False)
+    def action_route(action: str) -> Response:
+        return http.handle(action, run)
+
+    @app.post("/xmlrpc", provide_automatic_options=False)
+    def xmlrpc_route() -> Response:
+        body = xmlrpc.handle(request.get_data(), http.peer(), run)
+        return Response(body, mimetype="text/xml")
+
+    @app.get("/healthz", provide_automatic_options=False)
+    def healthz() -> Response:
+        return envelope(0, "ok")
+
+    @app.get("/openapi.json", provide_automatic_options=False)
+    def openapi_route() -> Response:
+        return Response(json.dumps(openapi.document(), indent=1), mimetype="application/json")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        return envelope(exc.code or 500, f"{exc.name}: {exc.description}")
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> Response:
+        logging.getLogger(__name__).exception("unhandled error")
+        return envelope(500, f"internal error in imapd-ctl: {type(exc).__name__}")
+
+    return app

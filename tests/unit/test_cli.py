@@ -1,0 +1,206 @@
+"""The `imapd-ctl` command (imapd_ctl.entry.cli) without root or a mail host: argument
+parsing, key management on a scratch key store, `call` against a tiny server on a unix socket,
+`check` and `recover` on the fakes of conftest.py (through a patched wiring.build)."""
+import json
+import os
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from socketserver import UnixStreamServer
+
+import pytest
+
+from imapd_ctl.core.errors import Busy, Unavailable
+from imapd_ctl.core.protocols import Check
+from imapd_ctl.core.settings import Settings
+from imapd_ctl.entry import cli, recovery
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch):
+    """A settings file whose state and logs live in tmp_path."""
+    path = tmp_path / "imapd-ctl.toml"
+    path.write_text(f'state_dir = "{tmp_path / "state"}"\naudit_log = "{tmp_path / "audit.log"}"\n'
+                    f'socket = "{tmp_path / "ctl.sock"}"\nnode_id = "mail1"\n')
+    monkeypatch.delenv("IMAPD_CTL_KEY", raising=False)
+    monkeypatch.delenv("IMAPD_CTL_CONFIG", raising=False)
+    return str(path)
+
+
+def run(config, *argv):
+    return cli.main(["--config", config, *argv])
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+def test_call_arguments():
+    args = cli.build_parser().parse_args(["call", "update", "imap_max_connections=5", "--json", "--key", "k"])
+    assert (args.fn, args.action, args.inputs, args.json, args.key) == \
+        (cli.cmd_call, "update", ["imap_max_connections=5"], True, "k")
+
+
+@pytest.mark.parametrize("argv", [[], ["nope"], ["key"], ["key", "create"], ["node"]])
+def test_bad_command_lines_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+
+
+def test_a_bad_settings_file_is_ex_config(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("porte = 1\n")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--config", str(bad), "key", "list"])
+    assert exc.value.code == 78
+    assert "unknown setting 'porte'" in capsys.readouterr().err
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+def test_key_create_list_revoke(config, capsys):
+    assert run(config, "key", "create", "panel") == 0
+    out, err = capsys.readouterr()
+    secret = out.strip()
+    assert secret.startswith("ictl_") and "shown only this once" in err
+    assert run(config, "key", "create", "dns", "--perm", "DNS", "--perm", "EMAIL") == 0
+    capsys.readouterr()
+    assert run(config, "key", "list") == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [(name, perms) for name, perms, _ in lines] == [("panel", "EMAIL"), ("dns", "DNS,EMAIL")]
+    assert secret not in open(Settings(state_dir=os.path.dirname(config) + "/state").keys_path).read()
+    assert run(config, "key", "revoke", "panel") == 0
+    assert run(config, "key", "revoke", "panel") == 1
+    assert "no key named 'panel'" in capsys.readouterr().err
+
+
+def test_key_import(config, capsys, monkeypatch):
+    assert run(config, "key", "import", "iworx", "--value", "k" * 40) == 0
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("s" * 40 + "\n"))
+    assert run(config, "key", "import", "fromstdin") == 0
+    assert run(config, "key", "import", "short", "--value", "tooshort") == 2
+    assert "key: must be 32 to 1024" in capsys.readouterr().err
+    assert run(config, "key", "create", "bad name") == 2
+    assert run(config, "key", "create", "iworx") == 2     # the name is taken
+
+
+# --- call -----------------------------------------------------------------------------------
+
+class _Envelope(BaseHTTPRequestHandler):
+    """Answers every action with the envelope in server.reply, noting what it was asked."""
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.seen.append((self.path, self.headers["Authorization"], json.loads(body)))
+        data = json.dumps(self.server.reply).encode()
+        self.send_response(self.server.reply["status"] or 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+class _UnixHTTPServer(UnixStreamServer, HTTPServer):
+    def server_bind(self):
+        UnixStreamServer.server_bind(self)   # HTTPServer's wants a (host, port)
+
+
+@pytest.fixture
+def daemon(config):
+    sock = os.path.join(os.path.dirname(config), "ctl.sock")
+    server = _UnixHTTPServer(sock, _Envelope)
+    server.seen, server.reply = [], {"status": 0, "payload": True}
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_call_prints_the_payload(config, daemon, capsys):
+    assert run(config, "call", "isRunning", "--key", "K") == 0
+    assert capsys.readouterr().out == "true\n"
+    daemon.reply = {"status": 0, "payload": "restarted dovecot.service"}
+    assert run(config, "call", "restart", "cascade_to_nodes=0", "--key", "K") == 0
+    assert capsys.readouterr().out == "restarted dovecot.service\n"
+    assert daemon.seen[-1] == ("/nodeworx/mail/imap/restart", "Bearer K", {"cascade_to_nodes": "0"})
+
+
+def test_call_json_and_failures(config, daemon, capsys, monkeypatch):
+    daemon.reply = {"status": 409, "payload": "another change is in progress"}
+    monkeypatch.setenv("IMAPD_CTL_KEY", "K")
+    assert run(config, "call", "update", "imap_max_connections=5") == 1
+    assert capsys.readouterr().err == "imapd-ctl: update failed (status 409): another change is in progress\n"
+    assert run(config, "call", "update", "--json") == 1
+    assert json.loads(capsys.readouterr().out) == daemon.reply
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["call", "update", "imap_max_conections=5", "--key", "K"], "imap_max_conections: not an input of update"),
+    (["call", "update", "imap_max_connections=0", "--key", "K"], "imap_max_connections: must be"),
+    (["call", "nope", "--key", "K"], "unknown action 'nope'"),
+    (["call", "isRunning"], "an API key is needed"),
+])
+def test_call_checks_locally_first(config, capsys, argv, message):
+    assert run(config, *argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_call_with_a_pair_that_is_not_name_value(config):
+    with pytest.raises(SystemExit, match="inputs are name=value"):
+        run(config, "call", "update", "imap_max_connections", "--key", "K")
+
+
+def test_call_without_a_daemon_is_3(config, capsys, tmp_path):
+    assert run(config, "call", "isRunning", "--key", "K", "--socket", str(tmp_path / "none.sock")) == 3
+    assert "cannot reach the daemon at" in capsys.readouterr().err
+
+
+# --- check and recover, on the fakes (conftest.py's fake_wiring) ----------------------------
+
+def test_check_reports_the_flavours_checks(config, fake_wiring, capsys, monkeypatch):
+    monkeypatch.setattr(fake_wiring["Flavour"], "checks", lambda self: [Check("config writable", True, "/etc/fake")],
+                        raising=False)
+    assert run(config, "check") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == ["ok   systemd over D-Bus: systemd 252 (fake)", "ok   IMAP server: fake (fake-imap.service)",
+                       "ok   config writable: /etc/fake", f"ok   state dir writable: {os.path.dirname(config)}/state",
+                       "ok   no interrupted change: none"]
+    monkeypatch.setattr(fake_wiring["Flavour"], "checks", lambda self: [Check("validator", False, "/usr/bin/fakeconf")])
+    assert run(config, "check") == 1
+    assert "FAIL validator: /usr/bin/fakeconf" in capsys.readouterr().out
+
+
+def test_check_without_systemd_fails(config, fake_wiring, capsys, monkeypatch):
+    def down(self):
+        raise Unavailable("systemd is unreachable over D-Bus")
+    monkeypatch.setattr(fake_wiring["Systemd"], "ping", down)
+    assert run(config, "check") == 1
+    assert "FAIL systemd / IMAP server: systemd is unreachable over D-Bus" in capsys.readouterr().out
+
+
+def test_recover_with_nothing_to_do(config, fake_wiring, capsys):
+    assert run(config, "recover") == 0
+    assert capsys.readouterr().out == "no interrupted change\n"
+
+
+def test_recover_failure_is_exit_1(config, fake_wiring, capsys, monkeypatch):
+    def busy(self):
+        raise Busy("another change holds the lock")
+    monkeypatch.setattr("imapd_ctl.operations.controller.Controller.recover", busy)
+    assert run(config, "recover") == 1
+    assert capsys.readouterr().err == (recovery.FAILED + "another change holds the lock\n")
+
+
+def test_recover_in_a_child_hands_back_its_result(config, fake_wiring, monkeypatch):
+    settings = cli.settings_mod.load(config)
+    assert recovery.recover_in_child(settings) == recovery.Recovery(True, "no interrupted change")
+    assert "services" not in fake_wiring     # the graph (and D-Bus) existed only in the child
+
+    def boom(self):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr("imapd_ctl.operations.controller.Controller.recover", boom)
+    outcome = recovery.recover_in_child(settings)
+    assert not outcome.ok and outcome.message == recovery.FAILED + "internal error: RuntimeError: a bug"

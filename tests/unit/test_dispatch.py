@@ -1,0 +1,112 @@
+"""The request pipeline (imapd_ctl.core.dispatch) on its own, with recording stand-ins for the
+key store, the audit trail and the controller: one authentication per request, inputs read
+only for a caller with a valid key, every mutating call audited, never an exception."""
+import pytest
+
+from imapd_ctl.core.actions import CONTROLLER
+from imapd_ctl.core.dispatch import Context, dispatch
+from imapd_ctl.core.errors import ActionFailed, BadInput, Unauthorized
+from imapd_ctl.core.protocols import Principal
+from imapd_ctl.core.request import Request, Result
+
+KEY = "good-key"
+
+
+class Keys:
+    def __init__(self):
+        self.asked = 0
+
+    def authenticate(self, secret, required):
+        self.asked += 1
+        if secret != KEY:
+            raise Unauthorized("unknown API key")
+        return Principal("panel", (required,))
+
+
+class Audit:
+    def __init__(self):
+        self.lines = []
+
+    def record(self, **line):
+        self.lines.append(line)
+
+
+class Runner:
+    def __init__(self, outcome="done"):
+        self.outcome, self.ran = outcome, []
+
+    def run(self, action, values):
+        self.ran.append((action.name, values))
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+@pytest.fixture
+def ctx():
+    return Context(keys=Keys(), audit=Audit(), runner=Runner())
+
+
+def request(action="restart", key=KEY, inputs=None, **kw):
+    reads = []
+
+    def read_inputs():
+        reads.append(1)
+        if isinstance(inputs, Exception):
+            raise inputs
+        return inputs
+    req = Request(transport="test", peer="here", action=action, read_key=lambda: key,
+                  read_inputs=read_inputs, **kw)
+    return req, reads
+
+
+def test_a_call_runs_once_authenticated_and_audited(ctx):
+    req, reads = request(inputs={"cascade_to_nodes": "0", "perms": "x"})
+    assert dispatch(req, ctx) == Result(0, "done")
+    assert ctx.keys.asked == 1 and reads == [1]
+    assert ctx.runner.ran == [("restart", {"cascade_to_nodes": 0})]
+    assert ctx.audit.lines == [{"who": "panel", "peer": "here", "transport": "test", "action": "restart",
+                                "inputs": {"cascade_to_nodes": 0}, "status": 0, "payload": "done"}]
+
+
+@pytest.mark.parametrize("kw, status", [
+    ({"controller": "/nodeworx/mail/pop3"}, 404),
+    ({"action": "nope"}, 404),
+    ({"method": "GET"}, 405),
+    ({"inputs": BadInput("body: not valid JSON")}, 400),
+    ({"inputs": ["x"]}, 400),
+])
+def test_each_refusal_comes_after_one_authentication(ctx, kw, status):
+    req, _ = request(**kw)
+    assert dispatch(req, ctx).status == status
+    assert ctx.keys.asked == 1 and ctx.runner.ran == []
+    bad, reads = request(key="wrong", **kw)
+    assert dispatch(bad, ctx) == Result(401, "unknown API key")
+    assert ctx.keys.asked == 2 and reads == []     # the inputs were never looked at
+
+
+def test_a_key_that_cannot_be_read_is_401(ctx):
+    def refuse():
+        raise Unauthorized("only API key authentication is supported")
+    req = Request(transport="test", peer="here", action="isRunning", read_key=refuse, controller="/elsewhere")
+    assert dispatch(req, ctx) == Result(401, "only API key authentication is supported")
+
+
+def test_audit_of_failures_and_not_of_reads(ctx):
+    dispatch(request(action="isRunning")[0], ctx)
+    dispatch(request(action="update", inputs={"imap_max_connections": 0})[0], ctx)
+    assert [(l["action"], l["status"], l["who"]) for l in ctx.audit.lines] == [("update", 400, "panel")]
+    dispatch(request(action="stop", key="wrong")[0], ctx)    # no action known yet: nothing to audit
+    assert len(ctx.audit.lines) == 1
+
+
+def test_errors_of_the_action_become_results(ctx):
+    ctx.runner.outcome = ActionFailed("the job failed", payload={"why": "x"})
+    assert dispatch(request()[0], ctx) == Result(500, {"why": "x"})
+    ctx.runner.outcome = ZeroDivisionError("oops")
+    assert dispatch(request()[0], ctx) == Result(500, "internal error in imapd-ctl: ZeroDivisionError: oops")
+    assert [l["status"] for l in ctx.audit.lines] == [500, 500]
+
+
+def test_http_and_xmlrpc_name_our_controller():
+    assert Request(transport="t", peer="p", action="a", read_key=lambda: None).controller == CONTROLLER
