@@ -178,6 +178,10 @@ def bus_down(host):
 
 # -- the flavours ---------------------------------------------------------------------------------
 
+def restored(paths, applied: str) -> str:
+    return f"the previous configuration was restored ({', '.join(paths)}) and re-applied ({applied})"
+
+
 class ApplyFault(NamedTuple):
     """A systemd drop-in for `unit` (`service`: its [Service] lines, {script} = FAULT_SCRIPT)
     running `script`; `expect`: texts of the reply; `once`: the script removes ONCE when it
@@ -220,9 +224,9 @@ class Probe:
     apply_faults: dict[str, ApplyFault]
 
     @property
-    def rolled_back(self) -> str:
-        return (f"the change was rolled back: the previous configuration was restored "
-                f"({', '.join(self.paths)}) and re-applied ({self.applied})")
+    def restored(self) -> str:
+        """How a rollback that had to undo written files says so."""
+        return restored(self.paths, self.applied)
 
     def files(self, host) -> dict[str, bytes | None]:
         return {path: cat(host, path) for path in self.paths}
@@ -378,8 +382,7 @@ class CourierProbe(Probe):
     settle = 0.0                # the restart jobs are done when the apply step is
     NEW = {"imap_mem_limit": 400_000_000, "imap_max_connections": 31,
            "imap_secure_mem_limit": 250_000_000, "imap_secure_max_connections": 12}
-    ROLLED_BACK = (f"the change was rolled back: the previous configuration was restored ({IMAPD}, {IMAPD_SSL}) "
-                   f"and re-applied (restarted {BOTH})")
+    ROLLED_BACK = "the change was rolled back: " + restored((IMAPD, IMAPD_SSL), f"restarted {BOTH}")
     apply_faults = {
         # ExecStart of the SSL daemon fails this once: the restart job fails; the rollback's works
         "ssl-start-fails": ApplyFault(SSL_UNIT, "ExecStart=\nExecStart={script}\n",

@@ -142,7 +142,7 @@ def test_worker_killed_mid_change_is_recovered(probe, ctl, base, step, recovery)
         interrupted = f"recovery: change {txn} (update) was interrupted at step '{step}'; the change was rolled back"
         assert interrupted in text, text
         if step != "begun":
-            assert f"{interrupted}: {probe.rolled_back.split(': ', 1)[1]}" in text, text
+            assert f"{interrupted}: {probe.restored}" in text, text
         probe.assert_config(ctl, base, OLD)
     if recovery == "next-call":
         serve(ctl)                                    # without the hook again
