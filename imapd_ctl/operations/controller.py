@@ -10,6 +10,8 @@ from typing import Any
 from imapd_ctl.adapters import audit
 from imapd_ctl.adapters import ports
 from imapd_ctl.operations import transaction
+from imapd_ctl.operations.outcomes import ChangeOutcome, Recovery
+from imapd_ctl.core.waiting import wait_until
 from imapd_ctl.core.actions import ACTIONS, CONTROLLER, PERMISSION, UPDATE_FIELDS, Action, lookup
 from imapd_ctl.adapters.configfile import Journal, TransactionLock
 from imapd_ctl.adapters.cluster import Cluster
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 SERVICE_ID = "imap4"
 GENERAL_NAME = "##LG_IMAP##"
 SERVICE_PAGE = "/nodeworx/mail/mda"
+LISTEN_INTERVAL = 0.05
 
 
 class Controller:
@@ -130,13 +133,12 @@ class Controller:
         """Bounded wait until every unit listens on its port (Courier: 143 and 993)."""
         deadline = time.monotonic() + self.settings.listen_timeout
         for unit, port in self.flavour.unit_ports().items():
-            while not ports.unit_listens(self.systemd.main_pid(unit), port):
-                if time.monotonic() > deadline:
-                    raise ActionFailed(
-                        f"{verb} {unit}: the unit is {self.systemd.active_state(unit)} but nothing of it "
-                        f"listens on port {port} after {self.settings.listen_timeout:.0f} s; "
-                        f"last journal lines:\n{self.systemd.journal_tail(unit)}")
-                time.sleep(0.05)
+            if not wait_until(lambda: ports.unit_listens(self.systemd.main_pid(unit), port),
+                              deadline - time.monotonic(), LISTEN_INTERVAL):
+                raise ActionFailed(
+                    f"{verb} {unit}: the unit is {self.systemd.active_state(unit)} but nothing of it "
+                    f"listens on port {port} after {self.settings.listen_timeout:.0f} s; "
+                    f"last journal lines:\n{self.systemd.journal_tail(unit)}")
 
     def start(self, _values) -> str:
         for unit in self.flavour.units:
@@ -162,18 +164,19 @@ class Controller:
         return f"{'enabled' if enable else 'disabled'} {', '.join(self.flavour.units)} at boot"
 
     # -- configuration ---------------------------------------------------------------
-    def update(self, values) -> str:
+    def update(self, values) -> ChangeOutcome | str:
+        """The transaction's outcome (prose.render makes the reply's sentence of it), or for a
+        dry run the unified diff."""
         requested = {k: values[k] for k in UPDATE_FIELDS}
         outcome = transaction.change(
             self.flavour, requested, systemd=self.systemd, journal=self.journal,
             dry_run=bool(values["dry_run"]))
         if values["dry_run"]:
             return outcome.diff
-        if not outcome.changed:
-            return "IMAP4 server settings unchanged; nothing was reloaded"
-        return f"IMAP4 server settings updated ({', '.join(outcome.files)}); {outcome.applied}"
+        return outcome
 
-    def recover(self) -> str | None:
+    def recover(self) -> Recovery | None:
+        """What recovery did (str() of it is the sentence), or None if nothing was pending."""
         with self.lock.hold(timeout=self.settings.lock_timeout):
             return transaction.recover(self.flavour, self.systemd, self.journal)
 
@@ -206,6 +209,8 @@ def dispatch(controller: Controller, keys, apikey: Any, action_name: Any, raw: A
     except Exception as exc:  # a bug: say so, keep the worker alive, log the traceback
         log.exception("action %s failed unexpectedly", action_name)
         status, payload = 500, f"internal error in imapd-ctl: {type(exc).__name__}: {exc}"
+    from imapd_ctl.transports import prose   # the edge: outcomes become sentences here (wt-c)
+    payload = prose.render(payload)
     if action is not None and action.mutating:
         audit.record(who=who, peer=peer, transport=transport, action=action.name,
                      inputs=values, status=status, payload=payload)

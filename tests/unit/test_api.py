@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+from imapd_ctl.core.protocols import Applied
+
 
 from imapd_ctl.adapters import audit
 from imapd_ctl.adapters import ports
@@ -101,12 +103,12 @@ class FakeFlavour:
     def validate(self, files):
         self.calls.append(("validate", sorted(files)))
 
-    def apply(self, systemd, changed):
+    def apply(self, systemd, changed, serving):
         self.calls.append(("apply",))
         systemd.reload(UNIT)
-        return f"reloaded {UNIT}"
+        return Applied(reloaded=(UNIT,))
 
-    def verify(self, systemd, values):
+    def verify(self, systemd, values, applied):
         self.calls.append(("verify", values))
 
 
