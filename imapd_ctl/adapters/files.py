@@ -127,7 +127,7 @@ def remove_stale_temps(path: str | os.PathLike) -> list[str]:
     The caller must hold whatever lock serializes writers of ``path``. Returns what went."""
     dirname, basename = os.path.split(os.path.realpath(path))
     prefix = f".{basename}{_TEMP_TAG}"
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(dirname)
     except OSError:

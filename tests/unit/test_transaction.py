@@ -635,3 +635,109 @@ def test_systemd_lost_during_the_change_keeps_the_journal_until_it_can_reapply(e
     ctl.run(ACTIONS["stop"], ACTIONS["stop"].validate({}))
     assert_rolled_back(env)
     assert env.flavour.count("apply") == 3 and ("stop", "fake-imapd.service") in env.systemd.calls
+
+
+# --- prose: the sentences made from the structures (transports/prose.py) --------------------------
+
+A, B = "/etc/courier/imapd", "/etc/courier/imapd-ssl"
+BOTH_UNITS = ("courier-imap.service", "courier-imap-ssl.service")
+LATER = ("it stays journaled and is finished by the next change or service action, or when "
+         "imapd-ctl starts")
+
+
+def test_prose_of_an_update_reply():
+    done = ChangeOutcome(changed=True, values=DEFAULTS, files=("/etc/dovecot/conf.d/99-imapd-ctl.conf",),
+                         applied=Applied(reloaded=("dovecot.service",)), flavour="dovecot")
+    assert prose.render(done) == ("IMAP4 server settings updated (/etc/dovecot/conf.d/99-imapd-ctl.conf); "
+                                  "reloaded dovecot.service")
+    idle = ChangeOutcome(changed=True, values=DEFAULTS, files=(A, B), applied=Applied(idle=("dovecot.service",)))
+    assert prose.render(idle) == (f"IMAP4 server settings updated ({A}, {B}); dovecot.service is not running; "
+                                  f"the new limits apply when it starts")
+    assert prose.render(ChangeOutcome(changed=False, values=DEFAULTS)) == \
+        "IMAP4 server settings unchanged; nothing was reloaded"
+    # plain JSON values pass unchanged; outcomes inside a cascade's list of dicts are rendered
+    assert prose.render("--- a\n+++ b\n") == "--- a\n+++ b\n"
+    assert prose.render({"a": 1, "b": [True, None]}) == {"a": 1, "b": [True, None]}
+    assert prose.render([{"id": "n1", "status": 0, "payload": done}]) == [
+        {"id": "n1", "status": 0, "payload": prose.render(done)}]
+    assert prose.payload_of(done) == prose.render(done)
+
+
+def test_prose_of_rollbacks():
+    rolled = Rollback(files=(A, B), restored=(A, B), reapplied=Applied(restarted=BOTH_UNITS), flavour="courier")
+    assert prose.rollback(rolled) == (f"the change was rolled back: the previous configuration was restored ({A}, {B}) "
+                                      f"and re-applied (restarted courier-imap.service, courier-imap-ssl.service)")
+    held = Rollback(files=(A, B), already_held=(A, B), reapplied=Applied(restarted=BOTH_UNITS))
+    assert prose.rollback(held).startswith(
+        f"the change was rolled back: the live configuration already held the previous contents ({A}, {B}) "
+        f"and re-applied (")
+    assert prose.rollback(Rollback(files=(A,), modified=False)) == \
+        "the change was rolled back: the live configuration had not been modified"
+    refused = ActionFailed("reload failed: second")
+    assert prose.rollback(Rollback(files=(A,), restored=(A,), reapply_error=refused)) == \
+        f"the change was rolled back: the previous configuration was restored ({A}) but applying it failed too: " \
+        f"reload failed: second"
+    gone = Unavailable("systemd is unreachable")
+    kept = Rollback(files=(A,), restored=(A,), unreachable=gone)
+    assert kept.journal_kept is True and kept.kept_by is gone
+    assert prose.rollback(kept) == (f"the change was rolled back: the previous configuration was restored ({A}) "
+                                    f"but could not be re-applied yet: systemd is unreachable; {LATER}")
+    full = Rollback(files=(A,), restore_error=ConfigWriteError(f"cannot write {A}: No space left on device"))
+    assert full.journal_kept is True
+    assert prose.rollback(full) == (f"the change could NOT be rolled back yet: cannot write {A}: No space left on "
+                                    f"device; {LATER}")
+    started = Rollback(files=(A,), restored=(A,), reapplied=Applied(reloaded=("dovecot.service",)),
+                       started=("dovecot.service",))
+    assert prose.rollback(started).endswith(
+        "and re-applied (reloaded dovecot.service); dovecot.service had stopped and was started again")
+    two = Rollback(files=(A,), restored=(A,), reapplied=Applied(), started=BOTH_UNITS, flavour="courier")
+    assert prose.rollback(two).endswith(
+        "re-applied (no Courier unit reads the changed files); courier-imap.service, courier-imap-ssl.service "
+        "had stopped and were started again")
+    no_start = Rollback(files=(A,), restored=(A,), reapplied=Applied(), start_failed=("dovecot.service",),
+                        start_error=ActionFailed("start dovecot.service failed"))
+    assert prose.rollback(no_start).endswith("; starting dovecot.service again failed: start dovecot.service failed")
+
+
+def test_prose_of_errors_and_recoveries():
+    boom = ActionFailed("reload of dovecot.service failed: boom")
+    rolled = Rollback(files=(A,), restored=(A,), reapplied=Applied(reloaded=("dovecot.service",)))
+    failed = ChangeFailed.of(boom, rolled)
+    assert type(failed) is ChangeFailed and failed.status == 500
+    assert prose.message(failed) == failed.message == str(failed) == (
+        f"reload of dovecot.service failed: boom; the change was rolled back: the previous configuration was "
+        f"restored ({A}) and re-applied (reloaded dovecot.service)")
+    assert prose.payload_of(failed) == failed.message
+    bug = ChangeFailed.of(RuntimeError("socket vanished"), rolled)
+    assert bug.message.startswith("RuntimeError: socket vanished; the change was rolled back")
+    gone = ChangeFailed.of(Unavailable("systemd is unreachable"), rolled)
+    assert type(gone) is ChangeUnreachable and gone.status == 503 and isinstance(gone, Unavailable)
+    refused = ChangeRefused(ConfigWriteError("cannot write /var/lib/imapd-ctl/journal.json: No space left on device"))
+    assert refused.status == 500 and refused.message == (
+        "cannot write /var/lib/imapd-ctl/journal.json: No space left on device; the change was refused before "
+        "touching the live configuration (the journal that makes it undoable could not be written)")
+    verified = Recovery("0123456789ab", "update", "verified", None)
+    assert str(verified) == ("change 0123456789ab (update) had been verified before the crash; completed it "
+                             "(the new configuration stays)")
+    undone = Recovery("0123456789ab", "update", "written", rolled)
+    assert prose.render(undone) == (f"change 0123456789ab (update) was interrupted at step 'written'; the change "
+                                    f"was rolled back: the previous configuration was restored ({A}) and re-applied "
+                                    f"(reloaded dovecot.service)")
+    kept = Recovery("0123456789ab", "update", "applied",
+                    Rollback(files=(A,), already_held=(A,), unreachable=Unavailable("bus gone")))
+    stuck = RecoveryFailed.of(kept)
+    assert type(stuck) is RecoveryUnreachable and stuck.status == 503
+    assert stuck.message == (f"recovery: change 0123456789ab (update) was interrupted at step 'applied'; the change "
+                             f"was rolled back: the live configuration already held the previous contents ({A}) but "
+                             f"could not be re-applied yet: bus gone; {LATER}")
+    disk = RecoveryFailed.of(Recovery("x", "update", "written",
+                                      Rollback(files=(A,), restore_error=ConfigWriteError("disk full"))))
+    assert type(disk) is RecoveryFailed and disk.status == 500
+
+
+def test_journal_begin_while_a_change_is_pending_is_a_typed_error(env):
+    interrupt(env, "written")
+    with pytest.raises(JournalPending) as ei:
+        change(env, none_request(imap_max_connections=12))
+    assert ei.value.status == 500 and env.journal.path in ei.value.message
+    assert env.journal.pending().txn_id == "deadbeef0001"

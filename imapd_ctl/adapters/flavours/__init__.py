@@ -9,6 +9,7 @@ from imapd_ctl.adapters.flavours.base import Flavour
 from imapd_ctl.adapters.flavours.courier import flavour as _courier
 from imapd_ctl.adapters.flavours.courier import Courier, find_config_dir
 from imapd_ctl.core.protocols import Systemd
+from imapd_ctl.core.settings import Settings
 from imapd_ctl.adapters.flavours.dovecot import Dovecot
 
 
@@ -26,7 +27,7 @@ def _dovecot_serves_imap(doveconf: str) -> bool:
     return "imap" in out.split()
 
 
-def courier_units(settings, systemd: Systemd) -> tuple[str, ...]:
+def courier_units(settings: Settings, systemd: Systemd) -> tuple[str, ...]:
     """Courier's units: the 143 unit, and the SSL unit if systemd knows it (a host may serve
     143 only)."""
     units = [settings.courier.unit]
@@ -35,7 +36,7 @@ def courier_units(settings, systemd: Systemd) -> tuple[str, ...]:
     return tuple(units)
 
 
-def detect(settings, systemd: Systemd) -> Flavour:
+def detect(settings: Settings, systemd: Systemd) -> Flavour:
     """The configured flavour (settings.flavour "dovecot" or "courier"), or in "auto" the first
     that is installed: Dovecot (its unit loaded and doveconf present), else Courier (its 143
     unit loaded and its config directory found). Raises NoFlavour naming what was looked for.

@@ -21,6 +21,7 @@ from imapd_ctl.core.actions import MEM_MAX, UPDATE_FIELDS
 from imapd_ctl.core.errors import ActionFailed, ConfigInvalid, ConfigWriteError
 from imapd_ctl.adapters import ports
 from imapd_ctl.core.protocols import Applied, Check, Files, Systemd, Values
+from imapd_ctl.core.settings import Settings
 from imapd_ctl.core.waiting import wait_until
 
 VALUES_RE = re.compile(r"^# imapd-ctl-values: (.*)$", re.M)
@@ -69,12 +70,12 @@ def mapped(values: dict[str, int]) -> tuple[int, int]:
 class Dovecot:
     name = "dovecot"
 
-    def __init__(self, settings):
+    def __init__(self, settings: Settings) -> None:
         self.s = settings.dovecot
         self.port = settings.port
         self.listen_timeout = settings.listen_timeout
         self.state_dir = Path(settings.state_dir)
-        self.units = (self.s.unit,)
+        self.units: tuple[str, ...] = (self.s.unit,)
         self.primary_unit = self.s.unit
 
     # -- helpers -----------------------------------------------------------------

@@ -29,6 +29,7 @@ from imapd_ctl.adapters.flavours.courier.shellfile import (
 from imapd_ctl.core.actions import CONN_MAX, CONN_MIN, MEM_MAX, MEM_MIN
 from imapd_ctl.core.errors import ActionFailed, ConfigInvalid, ConfigWriteError
 from imapd_ctl.core.protocols import Applied, Check, Files, Systemd, Values
+from imapd_ctl.core.settings import Settings
 from imapd_ctl.core.waiting import wait_until
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def find_config_dir(configured: str = "") -> str | None:
 class Courier:
     name = "courier"
 
-    def __init__(self, settings, units: Sequence[str] | None = None):
+    def __init__(self, settings: Settings, units: Sequence[str] | None = None) -> None:
         """`units`: the units that serve IMAP, as detection found them (the SSL unit is left
         out when systemd does not know it); None: the configured ones."""
         self.s = settings.courier
