@@ -741,3 +741,39 @@ def test_journal_begin_while_a_change_is_pending_is_a_typed_error(env):
         change(env, none_request(imap_max_connections=12))
     assert ei.value.status == 500 and env.journal.path in ei.value.message
     assert env.journal.pending().txn_id == "deadbeef0001"
+
+
+# --- core.waiting.wait_until (every bounded poll: settle, listen, verify, jobs, the lock) ---------
+
+def test_wait_until_returns_the_first_truthy_answer_or_the_last_falsy_one():
+    from imapd_ctl.core.waiting import wait_until
+    answers = iter([0, None, "ready"])
+    assert wait_until(lambda: next(answers), 5, 0.001) == "ready"
+    calls = []
+    start = time.monotonic()
+    assert wait_until(lambda: calls.append(1) or [], 0.1, 0.02) == []
+    assert 0.1 <= time.monotonic() - start < 0.5 and 3 <= len(calls) <= 7
+    calls.clear()
+    assert wait_until(lambda: calls.append(1), 0, 1) is None and calls == [1]   # timeout 0: asked once
+
+    def gives_up():
+        raise ActionFailed("dead")
+
+    with pytest.raises(ActionFailed):
+        wait_until(gives_up, 5, 0.01)
+
+
+def test_still_serving_waits_for_activating_units_and_fails_fast_on_failed_ones(monkeypatch):
+    monkeypatch.setattr(transaction, "SETTLE_SECONDS", 0.2)
+    sd = FakeSystemd({"a.service": "activating", "b.service": "active"})
+    sd.faults[("active_state", "a.service")] = lambda unit: (
+        sd.states.update({unit: "active"}) if len(sd.calls) > 3 else None)
+    transaction._still_serving(sd, ["a.service", "b.service"])
+    sd = FakeSystemd({"a.service": "activating"})
+    with pytest.raises(ActionFailed, match="a.service was running before the change and is activating after"):
+        transaction._still_serving(sd, ["a.service"])
+    sd = FakeSystemd({"a.service": "active", "b.service": "inactive"})
+    start = time.monotonic()
+    with pytest.raises(ActionFailed, match="b.service was running before the change and is inactive after"):
+        transaction._still_serving(sd, ["a.service", "b.service"])
+    assert time.monotonic() - start < 0.1
