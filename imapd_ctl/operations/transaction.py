@@ -27,7 +27,7 @@ from typing import Sequence
 from imapd_ctl.adapters.files import atomic_remove, atomic_write, read_bytes_or_none, remove_stale_temps
 from imapd_ctl.adapters.journal import Journal, JournalEntry
 from imapd_ctl.core.errors import ActionFailed, ApiError, ConfigWriteError
-from imapd_ctl.core.protocols import Applied, Files, Flavour, Systemd
+from imapd_ctl.core.protocols import Files, Flavour, Systemd
 from imapd_ctl.core.waiting import wait_until
 from imapd_ctl.operations.outcomes import (
     ChangeFailed, ChangeOutcome, ChangeRefused, Recovery, RecoveryFailed, Rollback, Said)

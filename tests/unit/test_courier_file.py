@@ -2,7 +2,6 @@
 of MAXDAEMONS / IMAP_ULIMITD that keep every other byte, exact read-back, validation by the
 shell, detection, and which units apply() restarts."""
 import os
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
