@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imapd_ctl.adapters.configfile import atomic_write
+from imapd_ctl.adapters.files import atomic_write
 from imapd_ctl.core.errors import BadInput, Forbidden, Unauthorized
 from imapd_ctl.core.protocols import Principal
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from imapd_ctl.core.actions import CONTROLLER, PERMISSION, Action, brief, lookup
 from imapd_ctl.core.errors import ApiError, BadInput, MethodNotAllowed, NotFound
@@ -21,12 +21,24 @@ class Runner(Protocol):
     def run(self, action: Action, values: dict[str, Any]) -> Any: ...
 
 
+def _as_is(payload: Any) -> Any:
+    return payload
+
+
+def _message(exc: ApiError) -> Any:
+    return exc.payload if exc.payload is not None else exc.message
+
+
 @dataclass(frozen=True)
 class Context:
-    """What dispatch needs, built once by the wiring (entry.wiring)."""
+    """What dispatch needs, built once by the wiring (entry.wiring). `render` and `describe`
+    are the edge's words (transports.prose): a handler's structured result and an error become
+    the reply's payload there, before the audit line records it."""
     keys: KeyStore
     audit: Audit
     runner: Runner
+    render: Callable[[Any], Any] = _as_is
+    describe: Callable[[ApiError], Any] = _message
 
 
 def dispatch(request: Request, ctx: Context) -> Result:
@@ -48,9 +60,9 @@ def dispatch(request: Request, ctx: Context) -> Result:
         if not isinstance(raw, dict):
             raise BadInput(f"input: must be a struct/object of named inputs, got {type(raw).__name__}")
         values = action.validate(raw)
-        result = Result(0, ctx.runner.run(action, values))
+        result = Result(0, ctx.render(ctx.runner.run(action, values)))
     except ApiError as exc:
-        result = Result(exc.status, exc.payload if exc.payload is not None else exc.message)
+        result = Result(exc.status, ctx.describe(exc))
     except Exception as exc:  # a bug: say so, keep the worker alive, log the traceback
         log.exception("action %s failed unexpectedly", request.action)
         result = Result(500, f"internal error in imapd-ctl: {type(exc).__name__}: {exc}")

@@ -10,7 +10,7 @@ from typing import Callable
 from imapd_ctl.core import settings as settings_mod
 from imapd_ctl.core.actions import ACTIONS, PERMISSION, lookup
 from imapd_ctl.core.errors import ApiError
-from imapd_ctl.core.protocols import Check, Flavour
+from imapd_ctl.core.protocols import Check
 
 
 def _settings(args: argparse.Namespace) -> settings_mod.Settings:
@@ -92,20 +92,6 @@ def cmd_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def flavour_checks(flavour: Flavour, settings: settings_mod.Settings) -> list[Check]:
-    """The flavour's own lines of `check` (Flavour.checks). Until every flavour has checks(),
-    the lines it would give are worked out here as before (config dir writable, validator)."""
-    checks: Callable[[], list[Check]] | None = getattr(flavour, "checks", None)
-    if checks is not None:
-        return checks()
-    if flavour.name == "dovecot":
-        config_dir, validator = os.path.dirname(settings.dovecot.dropin), settings.dovecot.doveconf
-    else:  # courier: shell files, validated by sourcing them in /bin/sh
-        config_dir, validator = getattr(flavour, "config_dir"), "/bin/sh"
-    return [Check("config writable", os.access(config_dir, os.W_OK), config_dir),
-            Check("validator", os.access(validator, os.X_OK), validator)]
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     from imapd_ctl.entry import wiring
     s = _settings(args)
@@ -122,7 +108,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         report(Check("systemd over D-Bus", True, f"systemd {services.systemd.ping()}"))
         flavour = services.flavour
         report(Check("IMAP server", True, f"{flavour.name} ({', '.join(flavour.units)})"))
-        for check in flavour_checks(flavour, s):
+        for check in flavour.checks():
             report(check)
     except ApiError as exc:
         report(Check("systemd / IMAP server", False, exc.message))

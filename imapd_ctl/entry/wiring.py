@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from imapd_ctl.adapters.audit import AuditLog
 from imapd_ctl.adapters.cluster import Cluster
-from imapd_ctl.adapters.configfile import Journal, TransactionLock
+from imapd_ctl.adapters.journal import Journal
+from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.adapters.flavours import detect
 from imapd_ctl.adapters.keys import KeyStore
 from imapd_ctl.adapters.systemd import Systemd as DBusSystemd
@@ -19,6 +20,7 @@ from imapd_ctl.core.dispatch import Context
 from imapd_ctl.core.protocols import Audit, Flavour, Systemd
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.operations.controller import Controller
+from imapd_ctl.transports import prose
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ class Services:
 
     def context(self) -> Context:
         """What core.dispatch needs for every request."""
-        return Context(keys=self.keys, audit=self.audit, runner=self.controller)
+        return Context(keys=self.keys, audit=self.audit, runner=self.controller,
+                       render=prose.render, describe=prose.payload_of)
 
 
 def build(settings: Settings, *, systemd: Systemd | None = None, flavour: Flavour | None = None,
@@ -48,13 +51,13 @@ def build(settings: Settings, *, systemd: Systemd | None = None, flavour: Flavou
     # (The two ignores go once adapters.systemd and adapters.flavours implement the core
     # protocols, which engineer C's branch does.)
     bus: Systemd = systemd if systemd is not None else \
-        DBusSystemd(job_timeout=settings.job_timeout)  # type: ignore[assignment]
+        DBusSystemd(job_timeout=settings.job_timeout)
     lock = TransactionLock(settings.lock_path)
     journal = Journal(settings.state_dir)
     cluster = Cluster(settings.node_id, settings.nodes, settings.node_timeout)
 
     def detect_flavour() -> Flavour:
-        return detect(settings, bus)  # type: ignore[return-value]
+        return detect(settings, bus)
 
     controller = Controller(settings, bus, flavour, detect=detect_flavour,
                             lock=lock, journal=journal, cluster=cluster)

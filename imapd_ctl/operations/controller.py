@@ -9,8 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from imapd_ctl.adapters import ports
+from imapd_ctl.operations.outcomes import ChangeOutcome, Recovery
+from imapd_ctl.core.waiting import wait_until
 from imapd_ctl.adapters.cluster import Cluster
-from imapd_ctl.adapters.configfile import Journal, TransactionLock
+from imapd_ctl.adapters.journal import Journal
+from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.core.actions import ACTIONS, CONTROLLER, PERMISSION, UPDATE_FIELDS, Action
 from imapd_ctl.core.errors import ActionFailed, ApiError, NodeFailed, Relayed
 from imapd_ctl.core.protocols import Flavour, Systemd
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 SERVICE_ID = "imap4"
 GENERAL_NAME = "##LG_IMAP##"
 SERVICE_PAGE = "/nodeworx/mail/mda"
+LISTEN_INTERVAL = 0.05
 
 
 class Controller:
@@ -76,8 +80,8 @@ class Controller:
             try:
                 here = {"id": self.settings.node_id, "status": 0, "payload": self._run_here(action, values)}
             except ApiError as exc:
-                here = {"id": self.settings.node_id, "status": exc.status,
-                        "payload": exc.payload if exc.payload is not None else exc.message}
+                # The error itself: the edge (prose) turns it into the reply's words.
+                here = {"id": self.settings.node_id, "status": exc.status, "payload": exc}
             outcomes = [here] + others.result()
         failed = [o["id"] for o in outcomes if o["status"]]
         if failed:
@@ -141,13 +145,12 @@ class Controller:
         """Bounded wait until every unit listens on its port (Courier: 143 and 993)."""
         deadline = time.monotonic() + self.settings.listen_timeout
         for unit, port in self.flavour.unit_ports().items():
-            while not ports.unit_listens(self.systemd.main_pid(unit), port):
-                if time.monotonic() > deadline:
-                    raise ActionFailed(
-                        f"{verb} {unit}: the unit is {self.systemd.active_state(unit)} but nothing of it "
-                        f"listens on port {port} after {self.settings.listen_timeout:.0f} s; "
-                        f"last journal lines:\n{self.systemd.journal_tail(unit)}")
-                time.sleep(0.05)
+            if not wait_until(lambda: ports.unit_listens(self.systemd.main_pid(unit), port),
+                              deadline - time.monotonic(), LISTEN_INTERVAL):
+                raise ActionFailed(
+                    f"{verb} {unit}: the unit is {self.systemd.active_state(unit)} but nothing of it "
+                    f"listens on port {port} after {self.settings.listen_timeout:.0f} s; "
+                    f"last journal lines:\n{self.systemd.journal_tail(unit)}")
 
     def start(self) -> str:
         for unit in self.flavour.units:
@@ -175,7 +178,9 @@ class Controller:
     # -- configuration ---------------------------------------------------------------
     def update(self, imap_mem_limit: int | None, imap_max_connections: int | None,
                imap_secure_mem_limit: int | None, imap_secure_max_connections: int | None,
-               dry_run: int) -> str:
+               dry_run: int) -> ChangeOutcome | str:
+        """The transaction's outcome (prose.render makes the reply's sentence of it), or for a
+        dry run the unified diff."""
         values = {"imap_mem_limit": imap_mem_limit, "imap_max_connections": imap_max_connections,
                   "imap_secure_mem_limit": imap_secure_mem_limit,
                   "imap_secure_max_connections": imap_secure_max_connections, "dry_run": dry_run}
@@ -186,12 +191,11 @@ class Controller:
             dry_run=bool(values["dry_run"]))
         if values["dry_run"]:
             return outcome.diff
-        if not outcome.changed:
-            return "IMAP4 server settings unchanged; nothing was reloaded"
-        return f"IMAP4 server settings updated ({', '.join(outcome.files)}); {outcome.applied}"
+        return outcome
 
     # -- not an action: finishing a change a crash interrupted (serve, `imapd-ctl recover`) --
-    def recover(self) -> str | None:
+    def recover(self) -> Recovery | None:
+        """What recovery did (prose renders it), or None if nothing was pending."""
         with self.lock.hold(timeout=self.settings.lock_timeout):
             return transaction.recover(self.flavour, self.systemd, self.journal)
 

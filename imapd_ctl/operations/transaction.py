@@ -20,17 +20,23 @@ import difflib
 import logging
 import os
 import signal
-import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import replace
+from typing import Sequence
 
-from imapd_ctl.adapters.configfile import Journal, atomic_remove, atomic_write, read_bytes_or_none, remove_stale_temps
+from imapd_ctl.adapters.files import atomic_remove, atomic_write, read_bytes_or_none, remove_stale_temps
+from imapd_ctl.adapters.journal import Journal, JournalEntry
 from imapd_ctl.core.errors import ActionFailed, ApiError, ConfigWriteError
+from imapd_ctl.core.protocols import Files, Flavour, Systemd
+from imapd_ctl.core.waiting import wait_until
+from imapd_ctl.operations.outcomes import (
+    ChangeFailed, ChangeOutcome, ChangeRefused, Recovery, RecoveryFailed, Rollback, Said)
 
 log = logging.getLogger(__name__)
 
 CRASH_ENV = "IMAPD_CTL_CRASH_AT"
 SETTLE_SECONDS = 5.0   # how long a unit that served before may take to be "active" again
+SETTLE_INTERVAL = 0.05
 
 
 def _crash_point(step: str) -> None:
@@ -40,17 +46,8 @@ def _crash_point(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-@dataclass
-class Outcome:
-    changed: bool
-    values: dict[str, int]
-    diff: str = ""
-    applied: str = ""
-    files: list[str] = field(default_factory=list)
-
-
-def _diff(old: dict[str, bytes | None], new: dict[str, bytes | None]) -> str:
-    out = []
+def _diff(old: Files, new: Files) -> str:
+    out: list[str] = []
     for path, data in new.items():
         before = (old[path] or b"").decode(errors="replace").splitlines(keepends=True)
         after = (data or b"").decode(errors="replace").splitlines(keepends=True)
@@ -59,7 +56,7 @@ def _diff(old: dict[str, bytes | None], new: dict[str, bytes | None]) -> str:
     return "".join(out)
 
 
-def _write(files: dict[str, bytes | None]) -> None:
+def _write(files: Files) -> None:
     for path, data in files.items():
         if data is None:
             atomic_remove(path)
@@ -67,37 +64,47 @@ def _write(files: dict[str, bytes | None]) -> None:
             atomic_write(path, data)
 
 
-def _serving(flavour, systemd) -> list[str]:
+def _serving(flavour: Flavour, systemd: Systemd) -> list[str]:
     """The flavour's units that are active now. Raises Unavailable (503) when systemd cannot be
     reached, which is why change() asks before anything reaches the live path."""
     return [unit for unit in flavour.units if systemd.active_state(unit) == "active"]
 
 
-def _still_serving(systemd, units: list[str]) -> None:
+def _still_serving(systemd: Systemd, units: Sequence[str]) -> None:
     """Every unit that served before the change must serve after it (whatever the flavour's
     own verify checked): a reload that kills the server is a failed change."""
-    deadline = time.monotonic() + SETTLE_SECONDS
-    for unit in units:
-        while True:
-            state = systemd.active_state(unit)
-            if state == "active":
-                break
-            if state in ("inactive", "failed") or time.monotonic() > deadline:
+    pending = list(units)
+    seen: dict[str, str] = {}
+
+    def all_active() -> bool:
+        while pending:
+            unit = pending[0]
+            state = seen[unit] = systemd.active_state(unit)
+            if state in ("inactive", "failed"):
                 raise ActionFailed(f"{unit} was running before the change and is {state} after applying it")
-            time.sleep(0.05)
+            if state != "active":
+                return False
+            pending.pop(0)
+        return True
+
+    if not wait_until(all_active, SETTLE_SECONDS, SETTLE_INTERVAL):
+        unit = pending[0]
+        raise ActionFailed(f"{unit} was running before the change and is {seen[unit]} after applying it")
 
 
-def change(flavour, requested: dict[str, int | None], *, systemd, journal: Journal,
-           dry_run: bool = False) -> Outcome:
+def change(flavour: Flavour, requested: dict[str, int | None], *, systemd: Systemd, journal: Journal,
+           dry_run: bool = False) -> ChangeOutcome:
     """Set the update values; inputs given as None keep their current value.
-    The caller holds the TransactionLock (Controller.run takes it for every mutating action)."""
+    The caller holds the TransactionLock (Controller.run takes it for every mutating action).
+    Raises ChangeRefused (journal not writable), ChangeFailed (rolled back; .rollback says how),
+    or what validation / the systemd pre-check raised (nothing touched)."""
     current = flavour.current_values()
     values = {k: current[k] if v is None else v for k, v in requested.items()}
     new = flavour.plan(values)
     old = {path: read_bytes_or_none(path) for path in new}
     changed = {path: data for path, data in new.items() if old[path] != data}
-    outcome = Outcome(changed=bool(changed), values=values, diff=_diff(old, changed),
-                      files=sorted(changed))
+    outcome = ChangeOutcome(changed=bool(changed), values=values, diff=_diff(old, changed),
+                            files=tuple(sorted(changed)), flavour=flavour.name)
     if dry_run or not changed:
         return outcome
     flavour.validate(new)           # before anything reaches the live path
@@ -109,91 +116,87 @@ def change(flavour, requested: dict[str, int | None], *, systemd, journal: Journ
         journal.begin(txn, "update", old={p: old[p] for p in changed}, new=changed,
                       meta={"flavour": flavour.name, "values": values, "serving": serving})
     except ConfigWriteError as exc:
-        exc.message = (f"{exc.message}; the change was refused before touching the live configuration "
-                       f"(the journal that makes it undoable could not be written)")
-        raise
+        raise ChangeRefused(exc) from None
     _crash_point("begun")
     try:
         _write(changed)
         journal.mark("written")
         _crash_point("written")
-        outcome.applied = flavour.apply(systemd, sorted(changed))
+        applied = flavour.apply(systemd, sorted(changed), serving)
         journal.mark("applied")
         _crash_point("applied")
-        flavour.verify(systemd, values)
+        flavour.verify(systemd, values, applied)
         _still_serving(systemd, serving)
         journal.mark("verified")
         _crash_point("verified")
     except Exception as exc:
-        reason = exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
-        log.error("update %s failed (%s); restoring the previous configuration", txn, reason)
-        undo, _ = _undo(flavour, systemd, journal)
-        if isinstance(exc, ApiError) and exc.status == 503:
-            exc.message = f"{reason}; {undo}"
-            raise
-        raise ActionFailed(f"{reason}; {undo}") from None
+        log.error("update %s failed (%s); restoring the previous configuration", txn, Said(exc))
+        raise ChangeFailed.of(exc, _undo(flavour, systemd, journal)) from None
     journal.clear()
-    log.info("update %s: %s -> %s (%s)", txn, current, values, outcome.applied)
-    return outcome
+    log.info("update %s: %s -> %s (%s)", txn, current, values, Said(applied))
+    return ChangeOutcome(changed=True, values=values, diff=outcome.diff, files=outcome.files,
+                         applied=applied, flavour=flavour.name)
 
 
-_LATER = ("it stays journaled and is finished by the next change or service action, or when "
-          "imapd-ctl starts")
-
-
-def _undo(flavour, systemd, journal: Journal) -> tuple[str, type[ApiError] | None]:
+def _undo(flavour: Flavour, systemd: Systemd, journal: Journal) -> Rollback:
     """Restore the journaled files, make the server take them up again and start the units that
-    served before the change but no longer do. Returns what was done (for the reply and the log)
-    and, if the journal had to stay, the error class that says why (Unavailable: 503).
+    served before the change but no longer do. Returns what was done.
 
     The journal is cleared when that is done (or failed for a reason a retry will not fix, e.g. a
-    failing ExecReload). It stays when the files cannot be restored, or systemd cannot be reached
-    to re-apply them: otherwise a server still running the new configuration would be left with
-    the old files and nothing to remind anyone. The next mutating call (or start) then retries."""
+    failing ExecReload). It stays (Rollback.journal_kept) when the files cannot be restored, or
+    systemd cannot be reached to re-apply them: otherwise a server still running the new
+    configuration would be left with the old files and nothing to remind anyone. The next
+    mutating call (or start) then retries."""
     entry = journal.pending()
+    assert entry is not None, "_undo without a journaled change"
     paths = sorted(entry.old)
-    touched = [p for p in paths if read_bytes_or_none(p) != entry.old[p]]
+    touched = tuple(p for p in paths if read_bytes_or_none(p) != entry.old[p])
+    files = tuple(paths)
     try:
         journal.restore(entry)
     except ApiError as exc:
-        return f"the change could NOT be rolled back yet: {exc.message}; {_LATER}", type(exc)
+        return Rollback(files=files, restore_error=exc, flavour=flavour.name)
     if not touched and entry.step == "begun":
         # Killed or failed before anything reached the live files: nothing to re-apply.
         journal.clear()
-        return "the change was rolled back: the live configuration had not been modified", None
-    what = (f"the previous configuration was restored ({', '.join(touched)})" if touched
-            else f"the live configuration already held the previous contents ({', '.join(paths)})")
+        return Rollback(files=files, modified=False, flavour=flavour.name)
+    done = Rollback(files=files, restored=touched, already_held=tuple(p for p in paths if p not in touched),
+                    flavour=flavour.name)
+    done = _reapply(flavour, systemd, entry, paths, done)
+    if not done.journal_kept:
+        journal.clear()
+    return done
+
+
+def _reapply(flavour: Flavour, systemd: Systemd, entry: JournalEntry, paths: list[str],
+             done: Rollback) -> Rollback:
+    """Apply the restored files and start what served before; a 503 keeps the journal."""
+    serving: list[str] = list(entry.meta.get("serving", []))
     try:
         try:
-            done = f"the change was rolled back: {what} and re-applied ({flavour.apply(systemd, paths)})"
+            done = replace(done, reapplied=flavour.apply(systemd, paths, serving))
         except ApiError as exc:
             if exc.status == 503:
                 raise
-            done = f"the change was rolled back: {what} but applying it failed too: {exc.message}"
-        stopped = [u for u in entry.meta.get("serving", []) if systemd.active_state(u) != "active"]
+            done = replace(done, reapply_error=exc)
+        stopped = tuple(u for u in serving if systemd.active_state(u) != "active")
         try:
             for unit in stopped:
                 systemd.start(unit)
         except ApiError as exc:
             if exc.status == 503:
                 raise
-            done += f"; starting {', '.join(stopped)} again failed: {exc.message}"
-        else:
-            if stopped:
-                done += (f"; {', '.join(stopped)} had stopped and "
-                         f"{'was' if len(stopped) == 1 else 'were'} started again")
+            return replace(done, start_failed=stopped, start_error=exc)
+        return replace(done, started=stopped)
     except ApiError as exc:   # 503: systemd unreachable
-        return (f"the change was rolled back: {what} but could not be re-applied yet: {exc.message}; {_LATER}",
-                type(exc))
-    journal.clear()
-    return done, None
+        return replace(done, unreachable=exc)
 
 
-def recover(flavour, systemd, journal: Journal) -> str | None:
+def recover(flavour: Flavour, systemd: Systemd, journal: Journal) -> Recovery | None:
     """Finish or undo a change that a crash interrupted (the caller holds the lock).
     Returns what was done, or None when nothing was pending. If the change cannot be undone yet
     (files not restorable, or systemd unreachable to re-apply them) the journal stays and this
-    raises: Unavailable (503) for systemd, ActionFailed otherwise."""
+    raises RecoveryFailed: 503 (RecoveryUnreachable) for systemd, 500 otherwise."""
     entry = journal.pending()
     if entry is None:
         return None
@@ -201,14 +204,11 @@ def recover(flavour, systemd, journal: Journal) -> str | None:
         for path in entry.new:
             remove_stale_temps(path)
         journal.clear()
-        what = (f"change {entry.txn_id} ({entry.action}) had been verified before the crash; "
-                f"completed it (the new configuration stays)")
-        error = None
+        done = Recovery(entry.txn_id, entry.action, entry.step, rollback=None)
     else:
-        undo, error = _undo(flavour, systemd, journal)
-        what = f"change {entry.txn_id} ({entry.action}) was interrupted at step '{entry.step}'; {undo}"
-    log.warning("recovery: %s", what)
-    if error is not None:
+        done = Recovery(entry.txn_id, entry.action, entry.step, rollback=_undo(flavour, systemd, journal))
+    log.warning("recovery: %s", done)
+    if done.rollback is not None and done.rollback.journal_kept:
         # Nothing may change the configuration on top of a change that is not undone yet.
-        raise (error if error.status == 503 else ActionFailed)(f"recovery: {what}")
-    return what
+        raise RecoveryFailed.of(done)
+    return done

@@ -21,7 +21,7 @@ import pytest
 
 from courierhost import CONFIG_DIR, UNITS, main_pid, unit_processes
 from daemon import IMAPD_CTL, UNIT, Daemon, write_config
-from imapd_ctl.adapters.configfile import Journal
+from imapd_ctl.adapters.journal import Journal
 from imapd_ctl.adapters.flavours.courier import PLAIN, SSL, edit, kib, textual
 from imapd_ctl.adapters.flavours.dovecot import Dovecot, mapped, parse_size
 from imapd_ctl.core.settings import Settings

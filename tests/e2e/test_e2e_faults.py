@@ -36,7 +36,7 @@ import time
 
 import pytest
 
-from imapd_ctl.adapters.configfile import Journal
+from imapd_ctl.adapters.journal import Journal
 from probes import (JOURNAL, ONCE, OLD, PROBES, STATE, base, bus_down, cat, courier_ctl,  # noqa: F401
                     ctl, daemon_pids, decoded, dovecot_ctl, flavours, injected, log, on_each_worker,
                     probe, serve, tmpfs_over, wait_log)

@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from imapd_ctl.core.protocols import Applied
+
 from imapd_ctl.adapters import ports
 from imapd_ctl.adapters.keys import KeyStore
 from imapd_ctl.core.actions import CONTROLLER
@@ -100,12 +102,12 @@ class FakeFlavour:
     def validate(self, files):
         self.calls.append(("validate", sorted(files)))
 
-    def apply(self, systemd, changed):
+    def apply(self, systemd, changed, serving):
         self.calls.append(("apply",))
         systemd.reload(UNIT)
-        return f"reloaded {UNIT}"
+        return Applied(reloaded=(UNIT,))
 
-    def verify(self, systemd, values):
+    def verify(self, systemd, values, applied):
         self.calls.append(("verify", values))
 
 

@@ -3,7 +3,6 @@ parsing, key management on a scratch key store, `call` against a tiny server on 
 `check` and `recover` on the fakes of conftest.py (through a patched wiring.build)."""
 import json
 import os
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from socketserver import UnixStreamServer
@@ -196,7 +195,7 @@ def test_recover_failure_is_exit_1(config, fake_wiring, capsys, monkeypatch):
 
 def test_recover_in_a_child_hands_back_its_result(config, fake_wiring, monkeypatch):
     settings = cli.settings_mod.load(config)
-    assert recovery.recover_in_child(settings) == recovery.Recovery(True, "no interrupted change")
+    assert recovery.recover_in_child(settings) == recovery.RecoveryReport(True, "no interrupted change")
     assert "services" not in fake_wiring     # the graph (and D-Bus) existed only in the child
 
     def boom(self):

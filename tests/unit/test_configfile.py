@@ -11,14 +11,10 @@ import time
 
 import pytest
 
-from imapd_ctl.adapters import configfile
-from imapd_ctl.adapters.configfile import (
-    Journal,
-    TransactionLock,
-    atomic_remove,
-    atomic_write,
-    read_bytes_or_none,
-)
+from imapd_ctl.adapters import files
+from imapd_ctl.adapters.files import atomic_remove, atomic_write, read_bytes_or_none
+from imapd_ctl.adapters.journal import Journal, JournalCorrupt, JournalError, JournalPending, NoJournal
+from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.core.errors import Busy, ConfigWriteError
 
 # The holder subprocess imports imapd_ctl from the checkout.
@@ -120,7 +116,7 @@ def test_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     def broken_fsync(fd):
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(configfile.os, "fsync", broken_fsync)
+    monkeypatch.setattr(files.os, "fsync", broken_fsync)
     with pytest.raises(ConfigWriteError) as info:
         atomic_write(path, b"new contents")
     monkeypatch.undo()
@@ -200,7 +196,7 @@ def test_atomic_remove_through_symlink_keeps_link(tmp_path):
 
 HOLDER = """
 import sys, time
-from imapd_ctl.adapters.configfile import TransactionLock
+from imapd_ctl.adapters.lock import TransactionLock
 TransactionLock(sys.argv[1]).acquire(timeout=5)
 print("held", flush=True)
 time.sleep(60)
@@ -295,8 +291,10 @@ def test_journal_round_trip(tmp_path):
                   meta={"user": "admin", "n": 1})
     assert mode_of(state / "journal.json") == 0o600
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(JournalPending) as ei:
         journal.begin("txn-2", "other", old={}, new={}, meta={})
+    assert isinstance(ei.value, JournalError) and ei.value.status == 500
+    assert str(state / "journal.json") in ei.value.message
 
     # apply the change as a caller would
     atomic_write(existing, new_existing)
@@ -329,7 +327,7 @@ def test_journal_round_trip(tmp_path):
 
 def test_journal_mark_errors(tmp_path):
     journal = Journal(tmp_path)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(NoJournal):
         journal.mark("written")
     journal.begin("t", "a", old={"/x": None}, new={"/x": b"1"}, meta={})
     with pytest.raises(ValueError):
@@ -346,8 +344,10 @@ def test_journal_begin_requires_old_for_every_new_file(tmp_path):
 
 def test_journal_unreadable(tmp_path):
     (tmp_path / "journal.json").write_bytes(b"{not json")
-    with pytest.raises(RuntimeError, match="unreadable"):
+    with pytest.raises(JournalCorrupt, match="unreadable") as ei:
         Journal(tmp_path).pending()
+    assert ei.value.status == 500 and ei.value.path == str(tmp_path / "journal.json")
+    assert "remove it" in ei.value.message
 
 
 def test_journal_restore_leaves_files_that_hold_their_old_bytes_alone(tmp_path):
@@ -375,5 +375,5 @@ def test_remove_stale_temps_only_removes_our_temporaries_of_that_file(tmp_path):
     odd = tmp_path / ".99-imapd-ctl.conf.imapd-ctl.keep"
     for p in (stale, other, odd):
         p.write_bytes(b"partial")
-    assert configfile.remove_stale_temps(target) == [str(stale)]
+    assert files.remove_stale_temps(target) == [str(stale)]
     assert sorted(os.listdir(tmp_path)) == sorted([target.name, other.name, odd.name])

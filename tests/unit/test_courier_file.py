@@ -2,7 +2,6 @@
 of MAXDAEMONS / IMAP_ULIMITD that keep every other byte, exact read-back, validation by the
 shell, detection, and which units apply() restarts."""
 import os
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
@@ -11,10 +10,13 @@ from hypothesis import given, settings as hsettings, strategies as st
 from imapd_ctl.core.actions import MEM_MAX, MEM_MIN
 from imapd_ctl.core.errors import ActionFailed, ConfigInvalid, ConfigWriteError
 from imapd_ctl.adapters.flavours import NoFlavour, detect
-from imapd_ctl.adapters.flavours import courier as courier_mod
+from imapd_ctl.adapters.flavours.courier import flavour as courier_mod
 from imapd_ctl.adapters.flavours.courier import Courier, edit, kib, managed_line, requested_bytes
 from imapd_ctl.adapters.flavours.dovecot import Dovecot
+from imapd_ctl.core.protocols import Applied
 from imapd_ctl.core.settings import Settings
+from imapd_ctl.transports import prose
+import fakes
 
 # Excerpts of Debian 12's /etc/courier/imapd and imapd-ssl (courier-imap 5.0.13), as shipped.
 STOCK_IMAPD = b"""##VERSION: $Id: 3f8f4e0d5a4a0d3bd3e5fe9e1bd2a2ec49a1d4e5 $
@@ -392,28 +394,16 @@ def test_validate_of_one_file_uses_the_other_live_file(tmp_path):
 
 # --- units: apply / verify / detection ---------------------------------------------------
 
-class FakeSystemd:
-    def __init__(self, states=None, loaded=("courier-imap.service", "courier-imap-ssl.service")):
-        self.states = states or {}
-        self.loaded = set(loaded)
-        self.calls = []
-        self.pids = {}
+BOTH = ("courier-imap.service", "courier-imap-ssl.service")
 
-    def active_state(self, unit):
-        return self.states.get(unit, "inactive")
 
-    def main_pid(self, unit):
-        return self.pids.get(unit, 0)
+def FakeSystemd(states=None, loaded=BOTH):
+    """The shared fake (tests/unit/fakes.py) with both Courier units installed by default."""
+    return fakes.FakeSystemd(states, loaded=loaded)
 
-    def unit(self, unit):
-        return SimpleNamespace(load_state="loaded" if unit in self.loaded else "not-found")
 
-    def restart(self, unit):
-        self.calls.append(("restart", unit))
-        self.pids[unit] = self.pids.get(unit, 100) + 1
-
-    def journal_tail(self, unit):
-        return "(journal)"
+def restarts(sd):
+    return [c for c in sd.calls if c[0] == "restart"]
 
 
 RUNNING = {"courier-imap.service": "active", "courier-imap-ssl.service": "active"}
@@ -423,68 +413,89 @@ def test_apply_restarts_what_reads_the_changed_files(tmp_path):
     flavour, conf = make(tmp_path)
     imapd, ssl = str(conf / "imapd"), str(conf / "imapd-ssl")
     sd = FakeSystemd(RUNNING)
-    assert flavour.apply(sd, [imapd, ssl]) == "restarted courier-imap.service, courier-imap-ssl.service"
-    assert flavour.apply(sd, [imapd]) == "restarted courier-imap.service, courier-imap-ssl.service"
-    assert flavour.apply(sd, [ssl]) == "restarted courier-imap-ssl.service"
-    assert sd.calls == [("restart", u) for u in ("courier-imap.service", "courier-imap-ssl.service") * 2] + [
+    assert flavour.apply(sd, [imapd, ssl], BOTH) == Applied(restarted=BOTH)
+    assert flavour.apply(sd, [imapd], BOTH) == Applied(restarted=BOTH)
+    assert flavour.apply(sd, [ssl], BOTH) == Applied(restarted=("courier-imap-ssl.service",))
+    assert prose.applied(Applied(restarted=BOTH)) == "restarted courier-imap.service, courier-imap-ssl.service"
+    assert restarts(sd) == [("restart", u) for u in ("courier-imap.service", "courier-imap-ssl.service") * 2] + [
         ("restart", "courier-imap-ssl.service")]
     sd = FakeSystemd({"courier-imap.service": "active"})
-    assert flavour.apply(sd, [imapd]) == ("restarted courier-imap.service; courier-imap-ssl.service is not "
-                                          "running; the new limits apply when it starts")
-    assert sd.calls == [("restart", "courier-imap.service")]
+    done = flavour.apply(sd, [imapd], ["courier-imap.service"])
+    assert done == Applied(restarted=("courier-imap.service",), idle=("courier-imap-ssl.service",))
+    assert prose.applied(done) == ("restarted courier-imap.service; courier-imap-ssl.service is not "
+                                   "running; the new limits apply when it starts")
+    assert restarts(sd) == [("restart", "courier-imap.service")]
+    assert prose.applied(Applied(idle=BOTH)) == ("courier-imap.service, courier-imap-ssl.service are not running; "
+                                                 "the new limits apply when they start")
+    assert prose.applied(Applied(), "courier") == "no Courier unit reads the changed files"
+    assert flavour.apply(sd, [str(conf / "other")], BOTH) == Applied()
 
 
 def test_undo_brings_back_a_unit_the_change_took_down(tmp_path):
     flavour, conf = make(tmp_path)
     imapd = str(conf / "imapd")
 
-    class Failing(FakeSystemd):
-        def restart(self, unit):
-            super().restart(unit)
-            if self.fail:
-                self.states[unit] = "failed"
-                raise ActionFailed(f"restart {unit} failed")
+    sd = FakeSystemd(dict(RUNNING))
 
-    sd = Failing(dict(RUNNING))
-    sd.fail = True
+    def fails(unit):
+        sd.states[unit] = "failed"
+        raise ActionFailed(f"restart {unit} failed")
+
+    sd.faults["restart"] = fails
+    serving = [u for u in BOTH if sd.active_state(u) == "active"]     # what the transaction notes
     with pytest.raises(ActionFailed):
-        flavour.apply(sd, [imapd])                    # the change: the 143 daemon does not come back
-    sd.fail = False
-    assert flavour.apply(sd, [imapd]) == "restarted courier-imap.service, courier-imap-ssl.service"  # the undo
+        flavour.apply(sd, [imapd], serving)           # the change: the 143 daemon does not come back
+    del sd.faults["restart"]
+    assert sd.states["courier-imap.service"] == "failed"
+    # the undo passes what served before the change: both come back
+    assert flavour.apply(sd, [imapd], serving) == Applied(restarted=BOTH)
     # Only the undo does that: once the operator stops a unit, later changes leave it stopped.
     sd.states["courier-imap.service"] = "inactive"
-    assert flavour.apply(sd, [imapd]) == ("restarted courier-imap-ssl.service; courier-imap.service is not "
-                                          "running; the new limits apply when it starts")
+    serving = [u for u in BOTH if sd.active_state(u) == "active"]
+    done = flavour.apply(sd, [imapd], serving)
+    assert done == Applied(restarted=("courier-imap-ssl.service",), idle=("courier-imap.service",))
+    assert prose.applied(done) == ("restarted courier-imap-ssl.service; courier-imap.service is not "
+                                   "running; the new limits apply when it starts")
 
 
 def test_verify_checks_files_and_listening_ports(tmp_path, monkeypatch):
     flavour, conf = make(tmp_path)
     write(flavour, VALUES)
     sd = FakeSystemd(RUNNING)
-    flavour.apply(sd, [str(conf / "imapd")])
+    applied = flavour.apply(sd, [str(conf / "imapd")], BOTH)
     listening = set()
     monkeypatch.setattr(courier_mod.ports, "unit_listens",
                         lambda pid, port: (pid, port) in listening)
     listening |= {(sd.pids["courier-imap.service"], 143), (sd.pids["courier-imap-ssl.service"], 993)}
-    flavour.verify(sd, VALUES)
+    flavour.verify(sd, VALUES, applied)
     with pytest.raises(ActionFailed, match="reads back as"):
-        flavour.verify(sd, {**VALUES, "imap_max_connections": 26})
+        flavour.verify(sd, {**VALUES, "imap_max_connections": 26}, applied)
     listening.discard((sd.pids["courier-imap-ssl.service"], 993))
-    flavour.apply(sd, [str(conf / "imapd-ssl")])       # new MainPID, not listening
+    applied = flavour.apply(sd, [str(conf / "imapd-ssl")], BOTH)      # new MainPID, not listening
     with pytest.raises(ActionFailed, match="courier-imap-ssl.service is active and does not listen on port 993"):
-        flavour.verify(sd, VALUES)
-    flavour.apply(sd, [str(conf / "imapd-ssl")])
+        flavour.verify(sd, VALUES, applied)
+    applied = flavour.apply(sd, [str(conf / "imapd-ssl")], BOTH)
     sd.states["courier-imap-ssl.service"] = "failed"      # died after its restart: no waiting for the port
     with pytest.raises(ActionFailed, match="courier-imap-ssl.service is failed, no longer serving"):
-        flavour.verify(sd, VALUES)
+        flavour.verify(sd, VALUES, applied)
+    # a unit it restarted is waited for even when it is not (yet) active; others only if active
+    sd.states["courier-imap-ssl.service"] = "inactive"
+    flavour.verify(sd, VALUES, Applied())                 # not restarted, not running: not checked
+    with pytest.raises(ActionFailed, match="courier-imap-ssl.service is inactive, no longer serving"):
+        flavour.verify(sd, VALUES, Applied(restarted=("courier-imap-ssl.service",)))
 
 
 def test_ssl_unit_is_left_out_when_systemd_does_not_know_it(tmp_path):
     flavour, conf = make(tmp_path)
     settings = Settings(state_dir=str(tmp_path / "state"))
     settings.courier.config_dir = str(conf)
-    assert Courier(settings, FakeSystemd(loaded=("courier-imap.service",))).units == ("courier-imap.service",)
-    assert Courier(settings, FakeSystemd()).units == ("courier-imap.service", "courier-imap-ssl.service")
+    settings.flavour = "courier"
+    sd = FakeSystemd(loaded=("courier-imap.service",))
+    assert detect(settings, sd).units == ("courier-imap.service",)
+    assert detect(settings, FakeSystemd()).units == ("courier-imap.service", "courier-imap-ssl.service")
+    # discovery happens in detection: the constructor takes the units and never calls systemd
+    assert Courier(settings, ("courier-imap.service",)).units == ("courier-imap.service",)
+    assert Courier(settings).units == BOTH
 
 
 def _detect_settings(tmp_path, flavour="auto", doveconf=True, courier_dir=True, protocols="imap pop3"):

@@ -232,3 +232,61 @@ def test_current_values_without_a_dropin_split_the_effective_limits(flavour):
     values = flavour.current_values()
     assert values["imap_max_connections"] + values["imap_secure_max_connections"] == process_limit
     assert values["imap_mem_limit"] == values["imap_secure_mem_limit"] == min(vsz, MEM_MAX)
+
+
+# --- apply / verify / checks with the shared fake systemd -----------------------------------------
+
+def test_apply_reloads_a_running_dovecot_and_leaves_a_stopped_one(tmp_path):
+    from fakes import FakeSystemd
+    from imapd_ctl.core.protocols import Applied
+    flavour = dovecot(tmp_path)
+    sd = FakeSystemd({"dovecot.service": "active"})
+    assert flavour.apply(sd, [flavour.s.dropin], ["dovecot.service"]) == Applied(reloaded=("dovecot.service",))
+    assert sd.jobs == [("reload", "dovecot.service")]
+    sd = FakeSystemd({"dovecot.service": "inactive"})
+    assert flavour.apply(sd, [flavour.s.dropin], []) == Applied(idle=("dovecot.service",))
+    assert sd.jobs == []
+
+
+def test_verify_waits_for_the_running_limit_and_gives_up_when_dovecot_dies(tmp_path, monkeypatch):
+    from fakes import FakeSystemd
+    from imapd_ctl.adapters.flavours import dovecot as dovecot_mod
+    from imapd_ctl.core.errors import ActionFailed
+    from imapd_ctl.core.protocols import Applied
+    flavour = dovecot(tmp_path)
+    flavour.listen_timeout = 0.3
+    want = mapped(SEED_VALUES)
+    monkeypatch.setattr(flavour, "effective", lambda config=None: want)
+    answers = iter([None, 60, want[0], want[0]])
+    monkeypatch.setattr(flavour, "running_process_limit", lambda: next(answers))
+    monkeypatch.setattr(dovecot_mod.ports, "unit_listens", lambda pid, port: pid > 0 and port == 143)
+    sd = FakeSystemd({"dovecot.service": "active"}, pids={"dovecot.service": 42})
+    applied = Applied(reloaded=("dovecot.service",))
+    flavour.verify(sd, SEED_VALUES, applied)                  # after two polls the new limit shows
+    monkeypatch.setattr(flavour, "running_process_limit", lambda: 60)
+    with pytest.raises(ActionFailed, match=f"shows process_limit=60 \\(expected {want[0]}\\)"):
+        flavour.verify(sd, SEED_VALUES, applied)
+    # active when verify starts, dead at its first poll (the reload took it down)
+    reads = []
+
+    def dies_after_the_first_read(unit):
+        reads.append(unit)
+        if len(reads) > 1:
+            sd.states[unit] = "failed"
+
+    sd.faults[("active_state", "dovecot.service")] = dies_after_the_first_read
+    with pytest.raises(ActionFailed, match="after the reload dovecot.service is failed, no longer serving"):
+        flavour.verify(sd, SEED_VALUES, applied)
+    monkeypatch.setattr(flavour, "effective", lambda config=None: (1, 2))
+    with pytest.raises(ActionFailed, match="Dovecot's configuration shows process_limit=1 vsz_limit=2B"):
+        flavour.verify(sd, SEED_VALUES, applied)
+
+
+def test_checks_name_the_config_dir_and_doveconf(tmp_path):
+    flavour = dovecot(tmp_path, config=tmp_path / "dovecot.conf", dropin=tmp_path / "conf.d" / "99-imapd-ctl.conf")
+    flavour.s.doveconf = str(tmp_path / "no-doveconf")
+    [writable, validator] = flavour.checks()
+    assert (writable.what, writable.ok, writable.detail) == ("config writable", False, str(tmp_path / "conf.d"))
+    assert (validator.what, validator.ok, validator.detail) == ("validator", False, str(tmp_path / "no-doveconf"))
+    (tmp_path / "conf.d").mkdir()
+    assert flavour.checks()[0].ok is True

@@ -6,114 +6,22 @@ import time
 import pytest
 
 
-from imapd_ctl.operations import transaction
+from fakes import DEFAULTS, MiB, PLAIN, SECURE, FakeFlavour, FakeSystemd
+from imapd_ctl.adapters.files import read_bytes_or_none
+from imapd_ctl.adapters.journal import Journal, JournalPending
+from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.core.actions import ACTIONS, UPDATE_FIELDS
-from imapd_ctl.adapters.configfile import Journal, TransactionLock, read_bytes_or_none
-from imapd_ctl.operations.controller import Controller
-from imapd_ctl.core.errors import (
-    ActionFailed, ApiError, Busy, ConfigInvalid, Unavailable,
-)
+from imapd_ctl.core.errors import ActionFailed, ApiError, Busy, ConfigInvalid, ConfigWriteError, Unavailable
+from imapd_ctl.core.protocols import Applied
 from imapd_ctl.core.settings import Settings
+from imapd_ctl.operations import transaction
+from imapd_ctl.operations.controller import Controller
+from imapd_ctl.operations.outcomes import (
+    ChangeFailed, ChangeOutcome, ChangeRefused, ChangeUnreachable, Recovery, RecoveryFailed, RecoveryUnreachable,
+    Rollback)
+from imapd_ctl.transports import prose
 
-MiB = 1 << 20
-DEFAULTS = {"imap_mem_limit": 256 * MiB, "imap_max_connections": 40,
-            "imap_secure_mem_limit": 256 * MiB, "imap_secure_max_connections": 40}
-PLAIN = ("imap_mem_limit", "imap_max_connections")
-SECURE = ("imap_secure_mem_limit", "imap_secure_max_connections")
-
-
-class DummySystemd:
-    """Stands in for imapd_ctl.adapters.systemd.Systemd; records service-control calls."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __getattr__(self, name):
-        if name.startswith("_"):
-            raise AttributeError(name)
-
-        def call(*args):
-            self.calls.append((name, *args))
-        return call
-
-
-class FakeFlavour:
-    """Owns two files: `main` (always present, the plain values) and `secure` (present only
-    when the secure values differ from the defaults; otherwise planned as None = absent)."""
-
-    name = "fake"
-    units = ("fake-imapd.service",)
-    primary_unit = "fake-imapd.service"
-
-    def __init__(self, main, secure, journal=None):
-        self.main, self.secure = os.fspath(main), os.fspath(secure)
-        self.journal = journal          # to observe the journal step at each call
-        self.events = []                # ("validate"|"apply"|"verify", ...) in call order
-        self.validate_error = None
-        self.apply_errors = {}          # 1-based call number -> exception to raise
-        self.verify_error = None
-        self.apply_count = 0
-        self.snapshots = []             # (event, {path: live bytes}, journal step)
-
-    # -- helpers -----------------------------------------------------------------------
-    @staticmethod
-    def _render(values, keys):
-        return "".join(f"{k} = {values[k]}\n" for k in keys).encode()
-
-    @staticmethod
-    def _parse(data):
-        out = {}
-        for line in data.decode().splitlines():
-            key, _, value = line.partition(" = ")
-            out[key] = int(value)
-        return out
-
-    def live(self):
-        return {self.main: read_bytes_or_none(self.main), self.secure: read_bytes_or_none(self.secure)}
-
-    def _snap(self, event):
-        entry = self.journal.pending() if self.journal is not None else None
-        self.snapshots.append((event, self.live(), entry.step if entry else None))
-
-    def count(self, event):
-        return sum(1 for e in self.events if e[0] == event)
-
-    # -- the Flavour protocol ----------------------------------------------------------
-    def unit_ports(self):
-        return {"fake-imapd.service": 143}
-
-    def current_values(self):
-        values = dict(DEFAULTS)
-        for path in (self.main, self.secure):
-            data = read_bytes_or_none(path)
-            if data is not None:
-                values.update(self._parse(data))
-        return values
-
-    def plan(self, values):
-        secure = None if all(values[k] == DEFAULTS[k] for k in SECURE) else self._render(values, SECURE)
-        return {self.main: self._render(values, PLAIN), self.secure: secure}
-
-    def validate(self, files):
-        self.events.append(("validate", dict(files)))
-        self._snap("validate")
-        if self.validate_error is not None:
-            raise self.validate_error
-
-    def apply(self, systemd, changed):
-        self.apply_count += 1
-        self.events.append(("apply", systemd))
-        self._snap("apply")
-        exc = self.apply_errors.get(self.apply_count)
-        if exc is not None:
-            raise exc
-        return "reloaded fake-imapd.service"
-
-    def verify(self, systemd, values):
-        self.events.append(("verify", systemd, dict(values)))
-        self._snap("verify")
-        if self.verify_error is not None:
-            raise self.verify_error
+RELOADED = Applied(reloaded=("fake-imapd.service",))
 
 
 def values(**kw):
@@ -138,7 +46,7 @@ def env(tmp_path):
     assert initial[flavour.secure] is None
     (etc / "10-imap.conf").write_bytes(initial[flavour.main])
     env = type("Env", (), {})()
-    env.etc, env.journal, env.flavour, env.systemd = etc, journal, flavour, DummySystemd()
+    env.etc, env.journal, env.flavour, env.systemd = etc, journal, flavour, FakeSystemd()
     env.main, env.secure = flavour.main, flavour.secure
     env.old_main = initial[flavour.main]
     return env
@@ -154,7 +62,7 @@ def test_successful_change_validates_first_then_writes_applies_verifies_and_clea
     want = values(imap_max_connections=99)
     out = change(env, want)
 
-    new_main = FakeFlavour._render(want, PLAIN)
+    new_main = FakeFlavour.render(want, PLAIN)
     assert read_bytes_or_none(env.main) == new_main
     assert read_bytes_or_none(env.secure) is None
     assert [e[0] for e in env.flavour.events] == ["validate", "apply", "verify"]
@@ -170,14 +78,18 @@ def test_successful_change_validates_first_then_writes_applies_verifies_and_clea
     assert env.flavour.snapshots[2][2] == "applied"
     assert env.flavour.events[1][1] is env.systemd
     assert env.flavour.events[2][1:] == (env.systemd, want)
+    assert env.flavour.verified == [RELOADED]               # verify is told what apply did
+    assert env.flavour.applies == [([env.main], [])]         # changed files; no unit served
     assert env.journal.pending() is None
     assert not os.path.exists(env.journal.path)
     assert leftovers(env.etc) == []
 
+    assert isinstance(out, ChangeOutcome)
     assert out.changed is True
     assert out.values == want
-    assert out.files == [env.main]
-    assert out.applied == "reloaded fake-imapd.service"
+    assert out.files == (env.main,)
+    assert out.applied == RELOADED
+    assert out.flavour == "fake"
     assert "-imap_max_connections = 40\n" in out.diff
     assert "+imap_max_connections = 99\n" in out.diff
 
@@ -185,17 +97,17 @@ def test_successful_change_validates_first_then_writes_applies_verifies_and_clea
 def test_successful_change_creates_a_new_file_and_removes_it_again(env):
     want = values(imap_secure_max_connections=7)
     out = change(env, want)
-    assert read_bytes_or_none(env.secure) == FakeFlavour._render(want, SECURE)
+    assert read_bytes_or_none(env.secure) == FakeFlavour.render(want, SECURE)
     assert read_bytes_or_none(env.main) == env.old_main       # unchanged file not rewritten
-    assert out.files == [env.secure]
+    assert out.files == (env.secure,)
     # validate ran while the new file did not exist yet
     assert env.flavour.snapshots[0][1][env.secure] is None
-    assert env.flavour.events[0][1][env.secure] == FakeFlavour._render(want, SECURE)
+    assert env.flavour.events[0][1][env.secure] == FakeFlavour.render(want, SECURE)
     assert env.flavour.current_values() == want
 
     # back to the defaults: the flavour plans None, the file is removed
     out = change(env, values())
-    assert out.changed is True and out.files == [env.secure]
+    assert out.changed is True and out.files == (env.secure,)
     assert not os.path.exists(env.secure)
     assert env.flavour.count("apply") == 2 and env.flavour.count("verify") == 2
     assert env.journal.pending() is None
@@ -208,7 +120,7 @@ def test_unchanged_values_do_not_validate_or_apply(env, requested):
     st = os.stat(env.main)
     out = change(env, requested)
     assert out.changed is False
-    assert out.files == [] and out.diff == "" and out.applied == ""
+    assert out.files == () and out.diff == "" and out.applied is None
     assert out.values == DEFAULTS
     assert env.flavour.events == []
     assert env.systemd.calls == []
@@ -221,7 +133,8 @@ def test_dry_run_returns_a_unified_diff_and_writes_nothing(env):
     st = os.stat(env.main)
     out = change(env, values(imap_max_connections=99, imap_secure_mem_limit=512 * MiB), dry_run=True)
     assert out.changed is True
-    assert out.files == sorted([env.main, env.secure])
+    assert out.files == tuple(sorted([env.main, env.secure]))
+    assert out.applied is None
     lines = out.diff.splitlines()
     assert f"--- a{env.main}" in lines and f"+++ b{env.main}" in lines
     assert "-imap_max_connections = 40" in lines and "+imap_max_connections = 99" in lines
@@ -255,7 +168,7 @@ def test_none_inputs_keep_current_values(env):
     out = change(env, none_request(imap_max_connections=12))
     assert out.values == {**first, "imap_max_connections": 12}
     assert env.flavour.current_values() == out.values
-    assert out.files == [env.main]                         # the secure file kept its bytes
+    assert out.files == (env.main,)                        # the secure file kept its bytes
     assert env.flavour.events[-1] == ("verify", env.systemd, out.values)
 
 
@@ -291,10 +204,14 @@ CHANGE_BOTH = values(imap_max_connections=99, imap_secure_max_connections=7)
 
 
 def test_apply_failure_restores_old_files_and_applies_them_again(env):
-    env.flavour.apply_errors[1] = ActionFailed("reload of fake-imapd.service failed: boom")
+    boom = env.flavour.apply_errors[1] = ActionFailed("reload of fake-imapd.service failed: boom")
     with pytest.raises(ActionFailed) as ei:
         change(env, CHANGE_BOTH)
-    assert type(ei.value) is ActionFailed and ei.value.status == 500
+    assert type(ei.value) is ChangeFailed and ei.value.status == 500
+    assert ei.value.cause is boom
+    assert ei.value.rollback == Rollback(files=(env.main, env.secure), restored=(env.main, env.secure),
+                                         reapplied=RELOADED, flavour="fake")
+    assert ei.value.rollback.journal_kept is False
     assert "reload of fake-imapd.service failed: boom" in ei.value.message
     assert "restored" in ei.value.message
     assert env.main in ei.value.message and env.secure in ei.value.message
@@ -314,6 +231,11 @@ def test_verify_failure_restores_old_files_and_applies_them_again(env, error, re
     env.flavour.verify_error = error
     with pytest.raises(ActionFailed) as ei:
         change(env, CHANGE_BOTH)
+    assert type(ei.value) is ChangeFailed and ei.value.cause is error
+    rollback = ei.value.rollback
+    assert rollback.restored == (env.main, env.secure) and rollback.already_held == ()
+    assert rollback.reapplied == RELOADED and rollback.reapply_error is None
+    assert rollback.journal_kept is False
     assert reason in ei.value.message
     assert "restored" in ei.value.message
     assert ei.value.status == 500
@@ -323,11 +245,14 @@ def test_verify_failure_restores_old_files_and_applies_them_again(env, error, re
 
 
 def test_unavailable_from_apply_keeps_status_503_after_rollback(env):
-    env.flavour.apply_errors[1] = Unavailable("cannot reach systemd over D-Bus")
+    gone = env.flavour.apply_errors[1] = Unavailable("cannot reach systemd over D-Bus")
     with pytest.raises(ApiError) as ei:
         change(env, CHANGE_BOTH)
     assert ei.value.status == 503
     assert isinstance(ei.value, Unavailable)
+    assert type(ei.value) is ChangeUnreachable and isinstance(ei.value, ChangeFailed)
+    assert ei.value.cause is gone
+    assert ei.value.rollback.reapplied == RELOADED and ei.value.rollback.journal_kept is False
     assert "cannot reach systemd over D-Bus" in ei.value.message
     assert "restored" in ei.value.message
     assert_rolled_back(env)
@@ -335,10 +260,14 @@ def test_unavailable_from_apply_keeps_status_503_after_rollback(env):
 
 
 def test_reapply_failing_too_is_reported_and_files_are_still_restored(env):
-    env.flavour.apply_errors[1] = ActionFailed("reload failed: first")
-    env.flavour.apply_errors[2] = ActionFailed("reload failed: second")
+    first = env.flavour.apply_errors[1] = ActionFailed("reload failed: first")
+    second = env.flavour.apply_errors[2] = ActionFailed("reload failed: second")
     with pytest.raises(ActionFailed) as ei:
         change(env, CHANGE_BOTH)
+    assert ei.value.cause is first and ei.value.status == 500
+    assert ei.value.rollback.reapply_error is second and ei.value.rollback.reapplied is None
+    assert ei.value.rollback.restored == (env.main, env.secure)
+    assert ei.value.rollback.journal_kept is False
     msg = ei.value.message
     assert "reload failed: first" in msg and "reload failed: second" in msg
     assert "restored" in msg and "failed too" in msg
@@ -354,8 +283,12 @@ def test_write_failure_part_way_restores_the_files_already_written(tmp_path):
     old_main = flavour.plan(DEFAULTS)[flavour.main]
     (etc / "10-imap.conf").write_bytes(old_main)
     with pytest.raises(ActionFailed) as ei:
-        transaction.change(flavour, CHANGE_BOTH, systemd=DummySystemd(), journal=journal)
-    assert type(ei.value) is ActionFailed
+        transaction.change(flavour, CHANGE_BOTH, systemd=FakeSystemd(), journal=journal)
+    assert type(ei.value) is ChangeFailed
+    assert isinstance(ei.value.cause, ConfigWriteError)
+    assert ei.value.rollback.restored == (flavour.main,)
+    assert ei.value.rollback.already_held == (flavour.secure,)
+    assert ei.value.rollback.reapplied == RELOADED
     assert "cannot write" in ei.value.message and "restored" in ei.value.message
     assert read_bytes_or_none(flavour.main) == old_main
     assert journal.pending() is None
@@ -386,8 +319,11 @@ def interrupt(env, step, want=CHANGE_BOTH, txn="deadbeef0001"):
 def test_recover_undoes_an_interrupted_change(env, step):
     interrupt(env, step)
     assert env.flavour.current_values() == CHANGE_BOTH
-    msg = transaction.recover(env.flavour, env.systemd, env.journal)
-    assert msg is not None
+    done = transaction.recover(env.flavour, env.systemd, env.journal)
+    assert done == Recovery("deadbeef0001", "update", step, Rollback(
+        files=(env.main, env.secure), restored=(env.main, env.secure), reapplied=RELOADED, flavour="fake"))
+    assert done.completed is False and done.rollback.journal_kept is False
+    msg = str(done)
     assert f"'{step}'" in msg and "deadbeef0001" in msg and "restored" in msg
     assert_rolled_back(env)                                  # new file removed, old bytes back
     assert [e[0] for e in env.flavour.events] == ["apply"]  # re-applied the old config once
@@ -397,7 +333,9 @@ def test_recover_undoes_an_interrupted_change(env, step):
 
 def test_recover_after_verified_only_clears_the_journal(env):
     new = interrupt(env, "verified")
-    msg = transaction.recover(env.flavour, env.systemd, env.journal)
+    done = transaction.recover(env.flavour, env.systemd, env.journal)
+    assert done == Recovery("deadbeef0001", "update", "verified", rollback=None) and done.completed
+    msg = str(done)
     assert msg is not None and "verified" in msg and "deadbeef0001" in msg
     assert env.journal.pending() is None
     assert env.flavour.live() == new                         # the new files stay
@@ -412,8 +350,10 @@ def test_recover_without_journal_returns_none(env):
 
 def test_recover_when_reapply_fails_still_restores_and_clears(env):
     interrupt(env, "written")
-    env.flavour.apply_errors[1] = ActionFailed("reload of fake-imapd.service failed")
-    msg = transaction.recover(env.flavour, env.systemd, env.journal)
+    failed = env.flavour.apply_errors[1] = ActionFailed("reload of fake-imapd.service failed")
+    done = transaction.recover(env.flavour, env.systemd, env.journal)
+    assert done.rollback.reapply_error is failed and done.rollback.journal_kept is False
+    msg = str(done)
     assert "'written'" in msg and "failed too" in msg and "reload of fake-imapd.service failed" in msg
     assert_rolled_back(env)
 
@@ -422,16 +362,23 @@ def test_recover_when_systemd_is_unreachable_restores_but_keeps_the_journal(env)
     # Restored files but no reload: a server still running the new configuration must not be
     # forgotten, so the journal stays until the re-apply can happen.
     interrupt(env, "applied")
-    env.flavour.apply_errors[1] = Unavailable("cannot reach systemd over D-Bus")
+    gone = env.flavour.apply_errors[1] = Unavailable("cannot reach systemd over D-Bus")
     with pytest.raises(Unavailable) as ei:
         transaction.recover(env.flavour, env.systemd, env.journal)
     assert ei.value.status == 503
+    assert type(ei.value) is RecoveryUnreachable and isinstance(ei.value, RecoveryFailed)
+    rollback = ei.value.recovery.rollback
+    assert rollback.unreachable is gone and rollback.journal_kept is True and rollback.kept_by is gone
+    assert rollback.restored == (env.main, env.secure) and ei.value.recovery.step == "applied"
     msg = ei.value.message
     assert "'applied'" in msg and "could not be re-applied yet" in msg and "cannot reach systemd" in msg
     assert read_bytes_or_none(env.main) == env.old_main and not os.path.exists(env.secure)
     assert env.journal.pending().step == "applied"
     # systemd is back: the next recovery re-applies the (already restored) old files
-    msg = transaction.recover(env.flavour, env.systemd, env.journal)
+    done = transaction.recover(env.flavour, env.systemd, env.journal)
+    assert done.rollback.restored == () and done.rollback.already_held == (env.main, env.secure)
+    assert done.rollback.reapplied == RELOADED
+    msg = str(done)
     assert "already held the previous contents" in msg and "re-applied" in msg
     assert_rolled_back(env)
     assert env.flavour.count("apply") == 2
@@ -452,21 +399,25 @@ def update_values(**raw):
 
 
 def test_controller_update_runs_a_transaction(env, ctl):
-    result = ctl.run(ACTIONS["update"], update_values(imap_max_connections=99))
+    outcome = ctl.run(ACTIONS["update"], update_values(imap_max_connections=99))
+    assert outcome.changed and outcome.files == (env.main,) and outcome.applied == RELOADED
+    result = prose.render(outcome)
     assert "updated" in result and env.main in result and "reloaded fake-imapd.service" in result
     assert env.flavour.current_values() == values(imap_max_connections=99)
     assert env.journal.pending() is None
     diff = ctl.run(ACTIONS["update"], update_values(imap_max_connections=98, dry_run=1))
     assert "+imap_max_connections = 98" in diff
     assert env.flavour.current_values() == values(imap_max_connections=99)
-    assert "unchanged" in ctl.run(ACTIONS["update"], update_values(imap_max_connections=99))
+    unchanged = ctl.run(ACTIONS["update"], update_values(imap_max_connections=99))
+    assert unchanged.changed is False and unchanged.applied is None
+    assert "unchanged" in prose.render(unchanged)
 
 
 def test_controller_recovers_a_pending_journal_before_the_next_update(env, ctl):
     interrupt(env, "written", want=values(imap_mem_limit=64 * MiB, imap_secure_max_connections=7))
     # only one input given: the others must be taken from the RESTORED files, not the
     # interrupted change's
-    result = ctl.run(ACTIONS["update"], update_values(imap_max_connections=55))
+    result = prose.render(ctl.run(ACTIONS["update"], update_values(imap_max_connections=55)))
     assert "updated" in result
     assert env.flavour.current_values() == values(imap_max_connections=55)
     assert not os.path.exists(env.secure)
@@ -521,26 +472,6 @@ def test_mutating_action_while_the_lock_is_held_raises_busy(env, ctl, action, ra
 
 # --- faults: crash points, refusing before the live path, units the change stopped ----------------
 
-class UnitsSystemd(DummySystemd):
-    """A systemd whose units have a state: active_state answers, start() activates; `down`
-    (a set) lists units that stop when apply runs; `unreachable` makes every call a 503."""
-
-    def __init__(self, active=("fake-imapd.service",)):
-        super().__init__()
-        self.active = set(active)
-        self.unreachable = False
-
-    def active_state(self, unit):
-        self.calls.append(("active_state", unit))
-        if self.unreachable:
-            raise Unavailable("systemd is unreachable over D-Bus while trying to read the state of " + unit)
-        return "active" if unit in self.active else "failed"
-
-    def start(self, unit):
-        self.calls.append(("start", unit))
-        self.active.add(unit)
-
-
 class Crashed(BaseException):
     """What os.kill(self, SIGKILL) would have done; BaseException so nothing catches it."""
 
@@ -564,7 +495,8 @@ def test_crash_point_kills_the_process_right_after_the_journal_records_the_step(
     assert env.journal.pending().step == step
     # what the next start (or the next mutating call) does with it
     monkeypatch.delenv(transaction.CRASH_ENV)
-    msg = transaction.recover(env.flavour, env.systemd, env.journal)
+    done = transaction.recover(env.flavour, env.systemd, env.journal)
+    msg = str(done)
     assert env.journal.pending() is None
     if step == "verified":
         assert "completed" in msg and env.flavour.live() == new
@@ -586,11 +518,12 @@ def test_crash_point_is_read_at_every_call_and_ignores_other_values(env, monkeyp
 
 
 def test_systemd_unreachable_refuses_before_the_journal_or_the_files(env):
-    systemd = UnitsSystemd()
+    systemd = FakeSystemd({"fake-imapd.service": "active"})
     systemd.unreachable = True
     st = os.stat(env.main)
     with pytest.raises(Unavailable) as ei:
         transaction.change(env.flavour, CHANGE_BOTH, systemd=systemd, journal=env.journal)
+    assert type(ei.value) is Unavailable                  # the pre-check's own error: no rollback
     assert ei.value.status == 503 and "rolled back" not in ei.value.message
     assert os.stat(env.main).st_ino == st.st_ino and read_bytes_or_none(env.main) == env.old_main
     assert not os.path.exists(env.secure)
@@ -599,7 +532,6 @@ def test_systemd_unreachable_refuses_before_the_journal_or_the_files(env):
 
 
 def test_journal_that_cannot_be_written_refuses_the_change(env, monkeypatch):
-    from imapd_ctl.core.errors import ConfigWriteError
 
     def full(_entry):
         raise ConfigWriteError(f"cannot write {env.journal.path}: No space left on device")
@@ -608,6 +540,8 @@ def test_journal_that_cannot_be_written_refuses_the_change(env, monkeypatch):
     st = os.stat(env.main)
     with pytest.raises(ConfigWriteError) as ei:
         change(env, CHANGE_BOTH)
+    assert type(ei.value) is ChangeRefused and ei.value.status == 500
+    assert ei.value.cause.message == f"cannot write {env.journal.path}: No space left on device"
     assert "No space left on device" in ei.value.message
     assert "refused before touching the live configuration" in ei.value.message
     assert os.stat(env.main).st_ino == st.st_ino and read_bytes_or_none(env.main) == env.old_main
@@ -616,7 +550,6 @@ def test_journal_that_cannot_be_written_refuses_the_change(env, monkeypatch):
 
 
 def test_write_failure_before_any_file_changed_is_not_reapplied(env, monkeypatch):
-    from imapd_ctl.core.errors import ConfigWriteError
 
     def full(path, data, **kw):
         raise ConfigWriteError(f"cannot write {path}: No space left on device")
@@ -624,6 +557,8 @@ def test_write_failure_before_any_file_changed_is_not_reapplied(env, monkeypatch
     monkeypatch.setattr(transaction, "atomic_write", full)
     with pytest.raises(ActionFailed) as ei:
         change(env, values(imap_max_connections=99))
+    assert ei.value.rollback == Rollback(files=(env.main,), modified=False, flavour="fake")
+    assert ei.value.rollback.journal_kept is False
     assert "No space left on device" in ei.value.message
     assert "rolled back: the live configuration had not been modified" in ei.value.message
     assert_rolled_back(env)
@@ -631,24 +566,28 @@ def test_write_failure_before_any_file_changed_is_not_reapplied(env, monkeypatch
 
 
 def test_a_change_that_stops_a_serving_unit_is_rolled_back_and_the_unit_started(env):
-    systemd = UnitsSystemd()
+    systemd = FakeSystemd({"fake-imapd.service": "active"})
     real_apply = env.flavour.apply
 
-    def apply_and_die(sd, changed):
-        out = real_apply(sd, changed)
+    def apply_and_die(sd, changed, serving):
+        out = real_apply(sd, changed, serving)
         if env.flavour.apply_count == 1:
-            systemd.active.discard("fake-imapd.service")   # the reload took the server down
+            systemd.states["fake-imapd.service"] = "failed"   # the reload took the server down
         return out
 
     env.flavour.apply = apply_and_die
     with pytest.raises(ActionFailed) as ei:
         transaction.change(env.flavour, CHANGE_BOTH, systemd=systemd, journal=env.journal)
+    assert isinstance(ei.value.cause, ActionFailed)
+    assert ei.value.rollback.started == ("fake-imapd.service",) and ei.value.rollback.start_error is None
+    assert env.flavour.applies[0][1] == ["fake-imapd.service"]   # apply was told what served
+    assert env.flavour.applies[1][1] == ["fake-imapd.service"]   # and so was the undo's re-apply
     msg = ei.value.message
     assert "fake-imapd.service was running before the change and is failed after applying it" in msg
     assert "rolled back" in msg and "fake-imapd.service had stopped and was started again" in msg
     assert_rolled_back(env)
     assert ("start", "fake-imapd.service") in systemd.calls
-    assert "fake-imapd.service" in systemd.active
+    assert systemd.states["fake-imapd.service"] == "active"
 
 
 def test_recovery_starts_a_unit_that_served_before_the_crash(env):
@@ -656,25 +595,29 @@ def test_recovery_starts_a_unit_that_served_before_the_crash(env):
     entry = env.journal.pending()
     entry.meta["serving"] = ["fake-imapd.service"]
     env.journal._save(entry)
-    systemd = UnitsSystemd(active=())
-    msg = transaction.recover(env.flavour, systemd, env.journal)
+    systemd = FakeSystemd({"fake-imapd.service": "failed"})
+    done = transaction.recover(env.flavour, systemd, env.journal)
+    assert done.rollback.started == ("fake-imapd.service",)
+    msg = str(done)
     assert "'applied'" in msg and "was started again" in msg
     assert_rolled_back(env)
-    assert systemd.active == {"fake-imapd.service"}
+    assert {u for u, state in systemd.states.items() if state == "active"} == {"fake-imapd.service"}
 
 
 def test_restore_that_cannot_write_keeps_the_journal_for_the_next_recovery(env, monkeypatch):
-    from imapd_ctl.core.errors import ConfigWriteError
     interrupt(env, "written")
     real = env.journal.restore
     monkeypatch.setattr(env.journal, "restore",
                         lambda entry: (_ for _ in ()).throw(ConfigWriteError("cannot write x: No space left on device")))
     with pytest.raises(ActionFailed) as ei:
         transaction.recover(env.flavour, env.systemd, env.journal)
+    assert type(ei.value) is RecoveryFailed and ei.value.status == 500
+    assert isinstance(ei.value.recovery.rollback.restore_error, ConfigWriteError)
+    assert ei.value.recovery.rollback.journal_kept is True
     assert "could NOT be rolled back yet" in ei.value.message and "No space left on device" in ei.value.message
     assert env.journal.pending() is not None
     monkeypatch.setattr(env.journal, "restore", real)
-    assert "rolled back" in transaction.recover(env.flavour, env.systemd, env.journal)
+    assert "rolled back" in str(transaction.recover(env.flavour, env.systemd, env.journal))
     assert_rolled_back(env)
 
 
@@ -684,6 +627,7 @@ def test_systemd_lost_during_the_change_keeps_the_journal_until_it_can_reapply(e
     env.flavour.apply_errors[2] = Unavailable("cannot reach systemd over D-Bus")
     with pytest.raises(Unavailable) as ei:
         change(env, CHANGE_BOTH)
+    assert ei.value.rollback.journal_kept is True and ei.value.rollback.unreachable is not None
     assert ei.value.status == 503 and "could not be re-applied yet" in ei.value.message
     assert read_bytes_or_none(env.main) == env.old_main and not os.path.exists(env.secure)
     assert env.journal.pending() is not None
@@ -691,3 +635,145 @@ def test_systemd_lost_during_the_change_keeps_the_journal_until_it_can_reapply(e
     ctl.run(ACTIONS["stop"], ACTIONS["stop"].validate({}))
     assert_rolled_back(env)
     assert env.flavour.count("apply") == 3 and ("stop", "fake-imapd.service") in env.systemd.calls
+
+
+# --- prose: the sentences made from the structures (transports/prose.py) --------------------------
+
+A, B = "/etc/courier/imapd", "/etc/courier/imapd-ssl"
+BOTH_UNITS = ("courier-imap.service", "courier-imap-ssl.service")
+LATER = ("it stays journaled and is finished by the next change or service action, or when "
+         "imapd-ctl starts")
+
+
+def test_prose_of_an_update_reply():
+    done = ChangeOutcome(changed=True, values=DEFAULTS, files=("/etc/dovecot/conf.d/99-imapd-ctl.conf",),
+                         applied=Applied(reloaded=("dovecot.service",)), flavour="dovecot")
+    assert prose.render(done) == ("IMAP4 server settings updated (/etc/dovecot/conf.d/99-imapd-ctl.conf); "
+                                  "reloaded dovecot.service")
+    idle = ChangeOutcome(changed=True, values=DEFAULTS, files=(A, B), applied=Applied(idle=("dovecot.service",)))
+    assert prose.render(idle) == (f"IMAP4 server settings updated ({A}, {B}); dovecot.service is not running; "
+                                  f"the new limits apply when it starts")
+    assert prose.render(ChangeOutcome(changed=False, values=DEFAULTS)) == \
+        "IMAP4 server settings unchanged; nothing was reloaded"
+    # plain JSON values pass unchanged; outcomes inside a cascade's list of dicts are rendered
+    assert prose.render("--- a\n+++ b\n") == "--- a\n+++ b\n"
+    assert prose.render({"a": 1, "b": [True, None]}) == {"a": 1, "b": [True, None]}
+    assert prose.render([{"id": "n1", "status": 0, "payload": done}]) == [
+        {"id": "n1", "status": 0, "payload": prose.render(done)}]
+    assert prose.payload_of(done) == prose.render(done)
+
+
+def test_prose_of_rollbacks():
+    rolled = Rollback(files=(A, B), restored=(A, B), reapplied=Applied(restarted=BOTH_UNITS), flavour="courier")
+    assert prose.rollback(rolled) == (f"the change was rolled back: the previous configuration was restored ({A}, {B}) "
+                                      f"and re-applied (restarted courier-imap.service, courier-imap-ssl.service)")
+    held = Rollback(files=(A, B), already_held=(A, B), reapplied=Applied(restarted=BOTH_UNITS))
+    assert prose.rollback(held).startswith(
+        f"the change was rolled back: the live configuration already held the previous contents ({A}, {B}) "
+        f"and re-applied (")
+    assert prose.rollback(Rollback(files=(A,), modified=False)) == \
+        "the change was rolled back: the live configuration had not been modified"
+    refused = ActionFailed("reload failed: second")
+    assert prose.rollback(Rollback(files=(A,), restored=(A,), reapply_error=refused)) == \
+        f"the change was rolled back: the previous configuration was restored ({A}) but applying it failed too: " \
+        f"reload failed: second"
+    gone = Unavailable("systemd is unreachable")
+    kept = Rollback(files=(A,), restored=(A,), unreachable=gone)
+    assert kept.journal_kept is True and kept.kept_by is gone
+    assert prose.rollback(kept) == (f"the change was rolled back: the previous configuration was restored ({A}) "
+                                    f"but could not be re-applied yet: systemd is unreachable; {LATER}")
+    full = Rollback(files=(A,), restore_error=ConfigWriteError(f"cannot write {A}: No space left on device"))
+    assert full.journal_kept is True
+    assert prose.rollback(full) == (f"the change could NOT be rolled back yet: cannot write {A}: No space left on "
+                                    f"device; {LATER}")
+    started = Rollback(files=(A,), restored=(A,), reapplied=Applied(reloaded=("dovecot.service",)),
+                       started=("dovecot.service",))
+    assert prose.rollback(started).endswith(
+        "and re-applied (reloaded dovecot.service); dovecot.service had stopped and was started again")
+    two = Rollback(files=(A,), restored=(A,), reapplied=Applied(), started=BOTH_UNITS, flavour="courier")
+    assert prose.rollback(two).endswith(
+        "re-applied (no Courier unit reads the changed files); courier-imap.service, courier-imap-ssl.service "
+        "had stopped and were started again")
+    no_start = Rollback(files=(A,), restored=(A,), reapplied=Applied(), start_failed=("dovecot.service",),
+                        start_error=ActionFailed("start dovecot.service failed"))
+    assert prose.rollback(no_start).endswith("; starting dovecot.service again failed: start dovecot.service failed")
+
+
+def test_prose_of_errors_and_recoveries():
+    boom = ActionFailed("reload of dovecot.service failed: boom")
+    rolled = Rollback(files=(A,), restored=(A,), reapplied=Applied(reloaded=("dovecot.service",)))
+    failed = ChangeFailed.of(boom, rolled)
+    assert type(failed) is ChangeFailed and failed.status == 500
+    assert prose.message(failed) == failed.message == str(failed) == (
+        f"reload of dovecot.service failed: boom; the change was rolled back: the previous configuration was "
+        f"restored ({A}) and re-applied (reloaded dovecot.service)")
+    assert prose.payload_of(failed) == failed.message
+    bug = ChangeFailed.of(RuntimeError("socket vanished"), rolled)
+    assert bug.message.startswith("RuntimeError: socket vanished; the change was rolled back")
+    gone = ChangeFailed.of(Unavailable("systemd is unreachable"), rolled)
+    assert type(gone) is ChangeUnreachable and gone.status == 503 and isinstance(gone, Unavailable)
+    refused = ChangeRefused(ConfigWriteError("cannot write /var/lib/imapd-ctl/journal.json: No space left on device"))
+    assert refused.status == 500 and refused.message == (
+        "cannot write /var/lib/imapd-ctl/journal.json: No space left on device; the change was refused before "
+        "touching the live configuration (the journal that makes it undoable could not be written)")
+    verified = Recovery("0123456789ab", "update", "verified", None)
+    assert str(verified) == ("change 0123456789ab (update) had been verified before the crash; completed it "
+                             "(the new configuration stays)")
+    undone = Recovery("0123456789ab", "update", "written", rolled)
+    assert prose.render(undone) == (f"change 0123456789ab (update) was interrupted at step 'written'; the change "
+                                    f"was rolled back: the previous configuration was restored ({A}) and re-applied "
+                                    f"(reloaded dovecot.service)")
+    kept = Recovery("0123456789ab", "update", "applied",
+                    Rollback(files=(A,), already_held=(A,), unreachable=Unavailable("bus gone")))
+    stuck = RecoveryFailed.of(kept)
+    assert type(stuck) is RecoveryUnreachable and stuck.status == 503
+    assert stuck.message == (f"recovery: change 0123456789ab (update) was interrupted at step 'applied'; the change "
+                             f"was rolled back: the live configuration already held the previous contents ({A}) but "
+                             f"could not be re-applied yet: bus gone; {LATER}")
+    disk = RecoveryFailed.of(Recovery("x", "update", "written",
+                                      Rollback(files=(A,), restore_error=ConfigWriteError("disk full"))))
+    assert type(disk) is RecoveryFailed and disk.status == 500
+
+
+def test_journal_begin_while_a_change_is_pending_is_a_typed_error(env):
+    interrupt(env, "written")
+    with pytest.raises(JournalPending) as ei:
+        change(env, none_request(imap_max_connections=12))
+    assert ei.value.status == 500 and env.journal.path in ei.value.message
+    assert env.journal.pending().txn_id == "deadbeef0001"
+
+
+# --- core.waiting.wait_until (every bounded poll: settle, listen, verify, jobs, the lock) ---------
+
+def test_wait_until_returns_the_first_truthy_answer_or_the_last_falsy_one():
+    from imapd_ctl.core.waiting import wait_until
+    answers = iter([0, None, "ready"])
+    assert wait_until(lambda: next(answers), 5, 0.001) == "ready"
+    calls = []
+    start = time.monotonic()
+    assert wait_until(lambda: calls.append(1) or [], 0.1, 0.02) == []
+    assert 0.1 <= time.monotonic() - start < 0.5 and 3 <= len(calls) <= 7
+    calls.clear()
+    assert wait_until(lambda: calls.append(1), 0, 1) is None and calls == [1]   # timeout 0: asked once
+
+    def gives_up():
+        raise ActionFailed("dead")
+
+    with pytest.raises(ActionFailed):
+        wait_until(gives_up, 5, 0.01)
+
+
+def test_still_serving_waits_for_activating_units_and_fails_fast_on_failed_ones(monkeypatch):
+    monkeypatch.setattr(transaction, "SETTLE_SECONDS", 0.2)
+    sd = FakeSystemd({"a.service": "activating", "b.service": "active"})
+    sd.faults[("active_state", "a.service")] = lambda unit: (
+        sd.states.update({unit: "active"}) if len(sd.calls) > 3 else None)
+    transaction._still_serving(sd, ["a.service", "b.service"])
+    sd = FakeSystemd({"a.service": "activating"})
+    with pytest.raises(ActionFailed, match="a.service was running before the change and is activating after"):
+        transaction._still_serving(sd, ["a.service"])
+    sd = FakeSystemd({"a.service": "active", "b.service": "inactive"})
+    start = time.monotonic()
+    with pytest.raises(ActionFailed, match="b.service was running before the change and is inactive after"):
+        transaction._still_serving(sd, ["a.service", "b.service"])
+    assert time.monotonic() - start < 0.1

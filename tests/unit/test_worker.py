@@ -2,7 +2,6 @@
 envelope for requests gunicorn rejects itself, and plain HTTP on the unix socket when TLS is
 configured for TCP."""
 import json
-import logging
 import socket
 
 import pytest

@@ -6,8 +6,10 @@ import subprocess
 
 from imapd_ctl.core.errors import ActionFailed
 from imapd_ctl.adapters.flavours.base import Flavour
-from imapd_ctl.adapters.flavours import courier as _courier
+from imapd_ctl.adapters.flavours.courier import flavour as _courier
 from imapd_ctl.adapters.flavours.courier import Courier, find_config_dir
+from imapd_ctl.core.protocols import Systemd
+from imapd_ctl.core.settings import Settings
 from imapd_ctl.adapters.flavours.dovecot import Dovecot
 
 
@@ -25,15 +27,25 @@ def _dovecot_serves_imap(doveconf: str) -> bool:
     return "imap" in out.split()
 
 
-def detect(settings, systemd) -> Flavour:
+def courier_units(settings: Settings, systemd: Systemd) -> tuple[str, ...]:
+    """Courier's units: the 143 unit, and the SSL unit if systemd knows it (a host may serve
+    143 only)."""
+    units = [settings.courier.unit]
+    if settings.courier.ssl_unit and systemd.unit(settings.courier.ssl_unit).load_state == "loaded":
+        units.append(settings.courier.ssl_unit)
+    return tuple(units)
+
+
+def detect(settings: Settings, systemd: Systemd) -> Flavour:
     """The configured flavour (settings.flavour "dovecot" or "courier"), or in "auto" the first
     that is installed: Dovecot (its unit loaded and doveconf present), else Courier (its 143
-    unit loaded and its config directory found). Raises NoFlavour naming what was looked for."""
+    unit loaded and its config directory found). Raises NoFlavour naming what was looked for.
+    Unit discovery happens here (the flavours' constructors never call systemd)."""
     if settings.flavour == "dovecot":
         return Dovecot(settings)
     if settings.flavour == "courier":
-        return Courier(settings, systemd)
-    looked = []
+        return Courier(settings, courier_units(settings, systemd))
+    looked: list[str] = []
     unit = settings.dovecot.unit
     if os.path.exists(settings.dovecot.doveconf) and systemd.unit(unit).load_state == "loaded" \
             and _dovecot_serves_imap(settings.dovecot.doveconf):
@@ -41,7 +53,7 @@ def detect(settings, systemd) -> Flavour:
     looked.append(f"Dovecot ({unit} with {settings.dovecot.doveconf} and imap in its protocols)")
     courier = settings.courier
     if find_config_dir(courier.config_dir) and systemd.unit(courier.unit).load_state == "loaded":
-        return Courier(settings, systemd)
+        return Courier(settings, courier_units(settings, systemd))
     dirs = courier.config_dir or " or ".join(f"{d}/imapd" for d in _courier.CONFIG_DIRS)
     looked.append(f"Courier ({courier.unit} with {dirs})")
     raise NoFlavour("no supported IMAP server is installed on this host; looked for: "

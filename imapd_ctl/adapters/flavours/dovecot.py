@@ -14,17 +14,21 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+from typing import Sequence
 
 from imapd_ctl.core.actions import MEM_MAX, UPDATE_FIELDS
 from imapd_ctl.core.errors import ActionFailed, ConfigInvalid, ConfigWriteError
 from imapd_ctl.adapters import ports
+from imapd_ctl.core.protocols import Applied, Check, Files, Systemd, Values
+from imapd_ctl.core.settings import Settings
+from imapd_ctl.core.waiting import wait_until
 
 VALUES_RE = re.compile(r"^# imapd-ctl-values: (.*)$", re.M)
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([bkmgt]?)\s*$", re.I)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 UNLIMITED = (0, (1 << 64) - 1)
+VERIFY_INTERVAL = 0.1   # between looks at the running Dovecot after a reload
 
 
 def parse_size(text: str) -> int:
@@ -66,12 +70,12 @@ def mapped(values: dict[str, int]) -> tuple[int, int]:
 class Dovecot:
     name = "dovecot"
 
-    def __init__(self, settings):
+    def __init__(self, settings: Settings) -> None:
         self.s = settings.dovecot
         self.port = settings.port
         self.listen_timeout = settings.listen_timeout
         self.state_dir = Path(settings.state_dir)
-        self.units = (self.s.unit,)
+        self.units: tuple[str, ...] = (self.s.unit,)
         self.primary_unit = self.s.unit
 
     # -- helpers -----------------------------------------------------------------
@@ -96,7 +100,7 @@ class Dovecot:
         return int(lines[0]), vsz
 
     # -- Flavour interface ---------------------------------------------------------
-    def current_values(self) -> dict[str, int]:
+    def current_values(self) -> Values:
         try:
             text = Path(self.s.dropin).read_text()
         except FileNotFoundError:
@@ -129,10 +133,10 @@ class Dovecot:
             "}\n"
         ).encode()
 
-    def plan(self, values: dict[str, int]) -> dict[str, bytes | None]:
+    def plan(self, values: Values) -> Files:
         return {self.s.dropin: self.render(values)}
 
-    def validate(self, files: dict[str, bytes | None]) -> None:
+    def validate(self, files: Files) -> None:
         """doveconf -n on a copy of the config tree with the candidate files in place.
         (`doveadm reload` exits 0 even for a broken config, so this must happen first.)"""
         try:
@@ -142,7 +146,7 @@ class Dovecot:
             raise ConfigWriteError(f"cannot prepare the candidate configuration for validation in "
                                    f"{self.state_dir}: {_os_reason(exc)}; nothing was changed") from None
 
-    def _validate(self, files: dict[str, bytes | None]) -> None:
+    def _validate(self, files: Files) -> None:
         conf_dir = Path(self.s.config).parent
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with tempfile.TemporaryDirectory(prefix="validate-", dir=self.state_dir,
@@ -180,13 +184,15 @@ class Dovecot:
     def unit_ports(self) -> dict[str, int]:
         return {self.s.unit: self.port}
 
-    def apply(self, systemd, changed: list[str]) -> str:
+    def apply(self, systemd: Systemd, changed: Sequence[str], serving: Sequence[str]) -> Applied:
+        """Reload Dovecot if it runs (one unit, which reads every file: `changed` and `serving`
+        make no difference)."""
         if systemd.active_state(self.s.unit) != "active":
-            return f"{self.s.unit} is not running; the new limits apply when it starts"
+            return Applied(idle=(self.s.unit,))
         systemd.reload(self.s.unit)
-        return f"reloaded {self.s.unit}"
+        return Applied(reloaded=(self.s.unit,))
 
-    def verify(self, systemd, values: dict[str, int]) -> None:
+    def verify(self, systemd: Systemd, values: Values, applied: Applied) -> None:
         want = mapped(values)
         got = self.effective()
         if got != want:
@@ -196,19 +202,25 @@ class Dovecot:
             return
         # The reload job ends when `doveadm reload` returns; the master re-reads its config
         # afterwards, so poll (bounded) until the running server shows the new limit.
-        deadline = time.monotonic() + self.listen_timeout
-        running = None
-        while time.monotonic() < deadline:
+        running: list[int | None] = [None]
+
+        def shows_new_limit() -> bool:
             state = systemd.active_state(self.s.unit)
             if state not in ("active", "reloading"):
                 # The reload took the server down: no point in waiting for it.
                 raise ActionFailed(f"after the reload {self.s.unit} is {state}, no longer serving")
-            running = self.running_process_limit()
-            if running == want[0] and ports.unit_listens(systemd.main_pid(self.s.unit), self.port):
-                return
-            time.sleep(0.1)
-        raise ActionFailed(f"after the reload the running Dovecot shows process_limit={running} "
-                           f"(expected {want[0]}) or does not listen on port {self.port}")
+            running[0] = self.running_process_limit()
+            return running[0] == want[0] and ports.unit_listens(systemd.main_pid(self.s.unit), self.port)
+
+        if not wait_until(shows_new_limit, self.listen_timeout, VERIFY_INTERVAL):
+            raise ActionFailed(f"after the reload the running Dovecot shows process_limit={running[0]} "
+                               f"(expected {want[0]}) or does not listen on port {self.port}")
+
+    def checks(self) -> list[Check]:
+        """The drop-in's directory must be writable and doveconf (the validator) executable."""
+        config_dir = os.path.dirname(self.s.dropin)
+        return [Check("config writable", os.access(config_dir, os.W_OK), config_dir),
+                Check("validator", os.access(self.s.doveconf, os.X_OK), self.s.doveconf)]
 
     def running_process_limit(self) -> int | None:
         proc = self._run([self.s.doveadm, "service", "status", "imap"], "ask the running Dovecot")

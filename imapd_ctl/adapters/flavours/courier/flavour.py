@@ -1,0 +1,225 @@
+"""Courier-IMAP as a Flavour: the service side (files in, units restarted, ports checked).
+
+What Debian 12's courier-imap ships (and RHEL-style packages mirror under /etc/courier-imap):
+  courier-imap.service      Type=forking, ExecStart=/usr/sbin/imapd start, port 143
+  courier-imap-ssl.service  Type=forking, ExecStart=/usr/sbin/imapd-ssl start, port 993
+The start scripts source the config files (143: imapd-ssl then imapd; 993: imapd then
+imapd-ssl -- the file read last wins), run `ulimit -v $IMAP_ULIMITD`, then start
+`courierlogger` (the unit's MainPID) -> `couriertcpd -maxprocs=$MAXDAEMONS` -> imaplogin/imapd
+(couriertls in front for 993). Courier has no reload: a change of imapd restarts both running
+units, a change of imapd-ssl only the SSL unit. The file format: courier.shellfile.
+
+Stateless: the units are discovered by detection (flavours.detect) and passed in; apply()
+returns what it restarted and verify() gets that back, nothing is kept in between.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from imapd_ctl.adapters import ports
+from imapd_ctl.adapters.flavours.courier import sourcing
+from imapd_ctl.adapters.flavours.courier.shellfile import (
+    DEFAULT_MAXDAEMONS, FIELDS, ORDER, PLAIN, SSL, edit, int_value, kib, managed_line, requested_bytes, split,
+    textual)
+from imapd_ctl.core.actions import CONN_MAX, CONN_MIN, MEM_MAX, MEM_MIN
+from imapd_ctl.core.errors import ActionFailed, ConfigInvalid, ConfigWriteError
+from imapd_ctl.core.protocols import Applied, Check, Files, Systemd, Values
+from imapd_ctl.core.settings import Settings
+from imapd_ctl.core.waiting import wait_until
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIRS = ("/etc/courier", "/etc/courier-imap")   # Debian, RHEL-style
+DEFAULT_SSL_PORT = 993
+VERIFY_INTERVAL = 0.05
+
+
+def find_config_dir(configured: str = "") -> str | None:
+    """The configured directory, or the first of CONFIG_DIRS, if it holds `imapd`."""
+    if configured:
+        return configured if os.path.isfile(os.path.join(configured, PLAIN)) else None
+    for candidate in CONFIG_DIRS:
+        if os.path.isfile(os.path.join(candidate, PLAIN)):
+            return candidate
+    return None
+
+
+class Courier:
+    name = "courier"
+
+    def __init__(self, settings: Settings, units: Sequence[str] | None = None) -> None:
+        """`units`: the units that serve IMAP, as detection found them (the SSL unit is left
+        out when systemd does not know it); None: the configured ones."""
+        self.s = settings.courier
+        self.port: int = settings.port
+        self.listen_timeout: float = settings.listen_timeout
+        self.state_dir = Path(settings.state_dir)
+        self.config_dir: str = find_config_dir(self.s.config_dir) or self.s.config_dir or CONFIG_DIRS[0]
+        self.paths = {PLAIN: os.path.join(self.config_dir, PLAIN),
+                      SSL: os.path.join(self.config_dir, SSL)}
+        if units is None:
+            units = [u for u in (self.s.unit, self.s.ssl_unit) if u]
+        self.units: tuple[str, ...] = tuple(units)
+        self.primary_unit: str = self.s.unit
+
+    # -- reading -------------------------------------------------------------------------
+    def _read(self) -> Files:
+        files: Files = {}
+        for name, path in self.paths.items():
+            try:
+                files[name] = Path(path).read_bytes()
+            except FileNotFoundError:
+                files[name] = None
+            except OSError as exc:
+                raise ActionFailed(f"cannot read {path}: {exc.strerror or exc}") from None
+        if files[PLAIN] is None:
+            raise ActionFailed(f"Courier's configuration {self.paths[PLAIN]} does not exist "
+                               f"(looked in {self.config_dir}; set [courier] config_dir)")
+        return files
+
+    def _live(self, files: Files) -> sourcing.Effective:
+        paths = dict(self.paths)
+        if files[SSL] is None:  # the start scripts need it; treat a missing one as empty
+            paths[SSL] = "/dev/null"
+        return sourcing.source(self.config_dir, paths, self.paths)
+
+    # -- Flavour interface -----------------------------------------------------------------
+    def current_values(self) -> Values:
+        files = self._read()
+        effective = self._live(files)
+        values = {}
+        for name, fields in FIELDS.items():
+            got = effective[name]
+            conns = int_value(got["MAXDAEMONS"])
+            if conns is None:
+                log.warning("MAXDAEMONS for %s is %r, not a number; reporting %d",
+                            name, got["MAXDAEMONS"], DEFAULT_MAXDAEMONS)
+                conns = DEFAULT_MAXDAEMONS
+            values[fields["MAXDAEMONS"]] = min(max(conns, CONN_MIN), CONN_MAX)
+            limit = int_value(got["IMAP_ULIMITD"])
+            if limit is None:   # unset, empty, "unlimited": no limit
+                if got["IMAP_ULIMITD"].strip() not in ("", "unlimited"):
+                    log.warning("IMAP_ULIMITD for %s is %r, not a number; reporting no limit",
+                                name, got["IMAP_ULIMITD"])
+                values[fields["IMAP_ULIMITD"]] = MEM_MAX
+                continue
+            # The file whose line is in force for this daemon: the last one sourced that sets it.
+            nbytes = None
+            for source in reversed(ORDER[name]):
+                if any((m := managed_line(l)) and m.group("var") == b"IMAP_ULIMITD"
+                       for l in split(files[source] or b"")):
+                    nbytes = requested_bytes(files[source])
+                    break
+            if nbytes is None or kib(nbytes) != limit:
+                nbytes = limit * 1024
+            values[fields["IMAP_ULIMITD"]] = min(max(nbytes, MEM_MIN), MEM_MAX)
+        return values
+
+    def plan(self, values: Values) -> Files:
+        files = self._read()
+        return {self.paths[name]: edit(files[name], name, values) for name in (PLAIN, SSL)}
+
+    def validate(self, files: Files) -> None:
+        """`sh -n` on each candidate, then source both as each start script does (clean
+        environment) and check the values come out as intended. The live files are not touched."""
+        planned = {name: files.get(path) for name, path in self.paths.items()}
+        live = self._read() if None in planned.values() else {}   # not planned: the live file
+        by_name = {name: (live[name] or b"") if data is None else data for name, data in planned.items()}
+        tmp_dir = None
+        try:
+            try:
+                self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                tmp_dir = tempfile.TemporaryDirectory(prefix="validate-", dir=self.state_dir,
+                                                      ignore_cleanup_errors=True)
+                paths = {name: os.path.join(tmp_dir.name, name) for name in self.paths}
+                for name, path in paths.items():
+                    Path(path).write_bytes(by_name[name])
+            except OSError as exc:
+                # Typically ENOSPC in the state dir: nothing live was touched.
+                raise ConfigWriteError(f"cannot prepare the candidate configuration for validation in "
+                                       f"{self.state_dir}: {exc.strerror or exc}; nothing was changed") from None
+            for name, path in paths.items():
+                problem = sourcing.syntax_error(path, paths, self.paths)
+                if problem is not None:
+                    raise ConfigInvalid(f"{self.paths[name]} would not be valid shell for Courier's start "
+                                        f"scripts: {problem}")
+            got = sourcing.source(self.config_dir, paths, self.paths)
+        finally:
+            if tmp_dir is not None:
+                tmp_dir.cleanup()
+        problems = []
+        for name in (PLAIN, SSL):
+            # After plan() each file sets both variables, and each daemon sources its own
+            # file last: the shell must come out with exactly the values on those lines.
+            for var, value in textual(by_name[name]).items():
+                if got[name][var] != value:
+                    hint = " (CRLF line endings? /bin/sh keeps the CR)" if "\r" in got[name][var] else ""
+                    problems.append(f"{var} would be {got[name][var]!r} instead of {value} for "
+                                    f"{'port 143' if name == PLAIN else 'port 993'} "
+                                    f"({self.paths[name]}){hint}")
+        if problems:
+            raise ConfigInvalid("with the change in place Courier's start scripts would not get the requested "
+                                "limits: " + "; ".join(problems)
+                                + " (does a later line of the file set them another way?)")
+
+    def apply(self, systemd: Systemd, changed: Sequence[str], serving: Sequence[str]) -> Applied:
+        """Courier has no reload: restart the units that read a changed file and are running,
+        or served before the change (`serving`: an undo brings back what a failed change took
+        down; a unit the operator stopped stays stopped)."""
+        affected: list[str] = []
+        if self.paths[PLAIN] in changed:
+            affected = list(self.units)          # both daemons source imapd
+        elif self.paths[SSL] in changed:
+            affected = [u for u in self.units if u == self.s.ssl_unit]
+        running = [u for u in affected if u in serving or systemd.active_state(u) == "active"]
+        for unit in running:
+            systemd.restart(unit)
+        return Applied(restarted=tuple(running), idle=tuple(u for u in affected if u not in running))
+
+    def unit_ports(self, effective: sourcing.Effective | None = None) -> dict[str, int]:
+        """{unit: the port it must listen on}: settings.port for the 143 unit, SSLPORT for SSL."""
+        result = {self.s.unit: self.port}
+        if self.s.ssl_unit in self.units:
+            ssl_port = DEFAULT_SSL_PORT
+            if effective is not None:
+                # SSLPORT may be "993" or "ip.port,..." lists; the first entry's port.
+                m = re.fullmatch(r"(?:[^,]*\.)?([0-9]{1,5})(?:,.*)?", effective[SSL]["PORT"].strip())
+                if m:
+                    ssl_port = int(m.group(1))
+            result[self.s.ssl_unit] = ssl_port
+        return result
+
+    def verify(self, systemd: Systemd, values: Values, applied: Applied) -> None:
+        got = self.current_values()
+        if got != values:
+            raise ActionFailed(f"Courier's configuration reads back as {got}, expected {values}")
+        effective = self._live(self._read())
+        pending = {unit: port for unit, port in self.unit_ports(effective).items()
+                   if unit in applied.restarted or systemd.active_state(unit) == "active"}
+
+        def all_listen() -> bool:
+            for unit, port in list(pending.items()):
+                state = systemd.active_state(unit)
+                if state in ("failed", "inactive", "deactivating"):
+                    # The restart took it down: no point in waiting for the port.
+                    raise ActionFailed(f"after the change {unit} is {state}, no longer serving; last journal "
+                                       f"lines:\n{systemd.journal_tail(unit)}")
+                if state == "active" and ports.unit_listens(systemd.main_pid(unit), port):
+                    del pending[unit]
+            return not pending
+
+        if not wait_until(all_listen, self.listen_timeout, VERIFY_INTERVAL):
+            unit, port = next(iter(pending.items()))
+            raise ActionFailed(
+                f"after the change {unit} is {systemd.active_state(unit)} and does not listen on port "
+                f"{port} within {self.listen_timeout:.0f} s; last journal lines:\n{systemd.journal_tail(unit)}")
+
+    def checks(self) -> list[Check]:
+        """Courier's shell files are validated by sourcing them in /bin/sh."""
+        return [Check("config writable", os.access(self.config_dir, os.W_OK), self.config_dir),
+                Check("validator", os.access(sourcing.SH, os.X_OK), sourcing.SH)]

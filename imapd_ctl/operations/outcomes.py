@@ -1,0 +1,165 @@
+"""What a configuration change, its rollback and a crash recovery did, as data.
+
+The operations return and raise these; they never format sentences. The words a client or a log
+reads are made from them at the edge, by imapd_ctl.transports.prose:
+  * prose.render(payload) turns a handler's return value (a ChangeOutcome, a Recovery, or plain
+    JSON values holding them) into the reply's payload (core.dispatch calls it through its
+    Context, which the wiring builds);
+  * prose.message(exc) / prose.payload_of(exc) give an error's text.
+The structured errors' `.message` and the outcomes' str() (what a log line or the CLI prints)
+ask the words the edge registered with `use_words` (transports.prose does so when imported;
+entry.wiring imports it). This layer never imports the edge: until words are registered, they
+read as the data's repr.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from imapd_ctl.core.errors import ActionFailed, ApiError, ConfigWriteError, Unavailable
+from imapd_ctl.core.protocols import Applied, Values
+
+
+_words: Callable[[object], str] = repr
+
+
+def use_words(words: Callable[[object], str]) -> None:
+    """Register the edge's text for outcomes and structured errors (transports.prose.text)."""
+    global _words
+    _words = words
+
+
+def _text(obj: object) -> str:
+    return _words(obj)
+
+
+class Said:
+    """Text for a log argument, made only if the record is emitted: log.info("%s", Said(x))."""
+
+    def __init__(self, obj: object):
+        self.obj = obj
+
+    def __str__(self) -> str:
+        return _text(self.obj)
+
+
+@dataclass(frozen=True)
+class ChangeOutcome:
+    """A change that went through (or a dry run, or nothing to do)."""
+    changed: bool                    # did any file's bytes differ from the plan
+    values: Values                   # the four values now requested
+    diff: str = ""                   # unified diff of the changed files
+    files: tuple[str, ...] = ()      # the changed files, sorted
+    applied: Applied | None = None   # what the flavour's apply did (None: not applied)
+    flavour: str = ""
+
+    def __str__(self) -> str:
+        return _text(self)
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """What undoing a change did: restore the journaled files, re-apply them, start the units
+    that served before and no longer do; the journal is cleared unless journal_kept."""
+    files: tuple[str, ...] = ()          # every file the change touched (journaled)
+    modified: bool = True                # False: nothing had reached the live files (begun)
+    restored: tuple[str, ...] = ()       # files put back (they held the change's bytes)
+    already_held: tuple[str, ...] = ()   # files that still held their previous bytes
+    restore_error: BaseException | None = None   # the files could not be restored (journal kept)
+    reapplied: Applied | None = None     # what re-applying the restored files did
+    reapply_error: ApiError | None = None          # re-applying failed (not for lack of systemd)
+    started: tuple[str, ...] = ()        # served before, had stopped, were started again
+    start_failed: tuple[str, ...] = ()   # ... or could not be started again
+    start_error: ApiError | None = None
+    unreachable: ApiError | None = None  # systemd could not be reached to re-apply (journal kept)
+    flavour: str = ""
+
+    @property
+    def journal_kept(self) -> bool:
+        """The journal stays (and the next change, service action or start finishes the undo)."""
+        return self.restore_error is not None or self.unreachable is not None
+
+    @property
+    def kept_by(self) -> BaseException | None:
+        return self.restore_error if self.restore_error is not None else self.unreachable
+
+    def __str__(self) -> str:
+        return _text(self)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What recovery did with a change a crash interrupted."""
+    txn_id: str
+    action: str
+    step: str                        # the journal's last step
+    rollback: Rollback | None        # None: it had been verified; only the journal was cleared
+
+    @property
+    def completed(self) -> bool:
+        return self.rollback is None
+
+    def __str__(self) -> str:
+        return _text(self)
+
+
+class _Structured(ApiError):
+    """An ApiError that carries data; its text (`message`) comes from transports.prose."""
+
+    def __init__(self) -> None:
+        Exception.__init__(self)
+        self.payload: Any = None
+
+    @property
+    def message(self) -> str:  # type: ignore[override]
+        return _text(self)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ChangeFailed(_Structured, ActionFailed):
+    """A change failed after it was journaled; it was rolled back (or the rollback is pending,
+    rollback.journal_kept). `cause`: what made it fail. Status 500, or 503 (ChangeUnreachable)
+    when the cause is systemd being unreachable."""
+
+    def __init__(self, cause: BaseException, rollback: Rollback):
+        super().__init__()
+        self.cause = cause
+        self.rollback = rollback
+
+    @staticmethod
+    def of(cause: BaseException, rollback: Rollback) -> ChangeFailed:
+        unreachable = isinstance(cause, ApiError) and cause.status == 503
+        return (ChangeUnreachable if unreachable else ChangeFailed)(cause, rollback)
+
+
+class ChangeUnreachable(ChangeFailed, Unavailable):
+    status = 503
+
+
+class ChangeRefused(_Structured, ConfigWriteError):
+    """The journal could not be written: the change was refused before touching anything."""
+
+    def __init__(self, cause: ApiError):
+        super().__init__()
+        self.cause = cause
+
+
+class RecoveryFailed(_Structured, ActionFailed):
+    """An interrupted change could not be undone yet; its journal stays (recovery.rollback).
+    Status 500, or 503 (RecoveryUnreachable) when systemd could not be reached."""
+
+    def __init__(self, recovery: Recovery):
+        super().__init__()
+        self.recovery = recovery
+
+    @staticmethod
+    def of(recovery: Recovery) -> RecoveryFailed:
+        kept_by = recovery.rollback.kept_by if recovery.rollback is not None else None
+        unreachable = isinstance(kept_by, ApiError) and kept_by.status == 503
+        return (RecoveryUnreachable if unreachable else RecoveryFailed)(recovery)
+
+
+class RecoveryUnreachable(RecoveryFailed, Unavailable):
+    status = 503
