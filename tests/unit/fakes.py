@@ -1,16 +1,19 @@
 """Fakes of the protocols in imapd_ctl.core.protocols, for the fast tests: no root, no D-Bus,
-no IMAP server. (test_api.py keeps its own.)
+no IMAP server. Every fake systemd, flavour and port probe of tests/unit lives here;
+conftest.py only has the fixtures that build them.
 
-FakeSystemd   units with states and MainPIDs, every call recorded, faults injected per method
-              (or for every call: `unreachable`), hooks run after a job (e.g. "the reload took
-              the server down").
+FakeSystemd   units with states, MainPIDs and unit-file states, every call recorded, faults
+              injected per method (or for every call: `unreachable`), hooks run after a job
+              (e.g. "the reload took the server down").
 FakeFlavour   owns two files (the plain and the secure values), records every protocol call with
-              the live files and the journal step at that moment, faults injected per call.
+              the live files and the journal step at that moment, faults injected per call;
+              apply() reloads its units.
+FakePorts     stands in for adapters.ports.unit_listens (psutil): which (MainPID, port) asked.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from imapd_ctl.adapters.files import read_bytes_or_none
 from imapd_ctl.adapters.journal import Journal
@@ -32,7 +35,8 @@ class FakeSystemd:
     inactive). Faults: `faults[method] = exc` (raised by every call of that method, or
     `faults[(method, unit)]` for one unit; a callable is called with the unit and may raise),
     `unreachable = True` (every call raises Unavailable, like a dead bus). `after[method]`:
-    called with the unit after a job succeeded."""
+    called with the unit after a job succeeded. `unit_files`: {unit: UnitFileState} (loaded
+    units not named are "enabled"); enable/disable change it."""
 
     def __init__(self, states: dict[str, str] | None = None, loaded: Iterable[str] | None = None,
                  pids: dict[str, int] | None = None):
@@ -42,8 +46,9 @@ class FakeSystemd:
         self.calls: list[tuple[Any, ...]] = []     # (method, *args), reads included
         self.faults: dict[Any, Any] = {}
         self.after: dict[str, Callable[[str], None]] = {}
+        self.unit_files: dict[str, str] = {}
         self.unreachable = False
-        self.version = "252"
+        self.version = "252 (fake)"
 
     @property
     def jobs(self) -> list[tuple[str, str]]:
@@ -80,7 +85,8 @@ class FakeSystemd:
         loaded = name in self.loaded
         return UnitState(name=name, load_state="loaded" if loaded else "not-found",
                          active_state=self.states.get(name, "inactive"), sub_state="",
-                         main_pid=self.pids.get(name, 0), unit_file_state="enabled" if loaded else "",
+                         main_pid=self.pids.get(name, 0),
+                         unit_file_state=self.unit_files.get(name, "enabled") if loaded else "",
                          result="success")
 
     def journal_tail(self, name: str, lines: int = 10, since: float | None = None) -> str:
@@ -111,16 +117,20 @@ class FakeSystemd:
 
     def enable(self, name: str) -> None:
         self._enter("enable", name)
+        self.unit_files[name] = "enabled"
 
     def disable(self, name: str) -> None:
         self._enter("disable", name)
+        self.unit_files[name] = "disabled"
 
 
 class FakeFlavour:
     """Owns two files: `main` (always present, the plain values) and `secure` (present only
     when the secure values differ from the defaults; otherwise planned as None = absent).
+    apply() reloads every unit through the systemd it is given (the server takes up the files).
     Faults: validate_error, verify_error, apply_errors {1-based call number: exception}."""
 
+    DEFAULTS = DEFAULTS
     name = "fake"
     units: tuple[str, ...] = ("fake-imapd.service",)
     primary_unit = "fake-imapd.service"
@@ -190,6 +200,8 @@ class FakeFlavour:
         exc = self.apply_errors.get(self.apply_count)
         if exc is not None:
             raise exc
+        for unit in self.units:
+            systemd.reload(unit)
         return Applied(reloaded=self.units)
 
     def verify(self, systemd: Any, values: Values, applied: Applied) -> None:
@@ -201,3 +213,22 @@ class FakeFlavour:
 
     def checks(self) -> list[Check]:
         return [Check("config writable", True, os.path.dirname(self.main))]
+
+
+class FakePorts:
+    """adapters.ports.unit_listens: the unit listens iff `listening`, it has a MainPID and the
+    port is the fake flavour's (143). `asked`: the (main_pid, port) of every probe."""
+
+    def __init__(self) -> None:
+        self.listening = True
+        self.asked: list[tuple[int, int]] = []
+
+    def __call__(self, main_pid: int, port: int) -> bool:
+        self.asked.append((main_pid, port))
+        return self.listening and main_pid > 0 and port == 143
+
+
+if TYPE_CHECKING:     # mypy: the fakes satisfy the protocols
+    from imapd_ctl.core.protocols import Flavour, Systemd
+    _systemd: Systemd = FakeSystemd()
+    _flavour: Flavour = FakeFlavour("main", "secure")
