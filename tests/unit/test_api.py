@@ -1,6 +1,7 @@
 """The HTTP JSON API (imapd_ctl.transports.http, mounted by transports.app) through Flask's
 test client, with the real wiring, Controller, dispatch, KeyStore and audit log; only systemd,
-the IMAP server and psutil are faked (tests/unit/conftest.py)."""
+the IMAP server and psutil are faked (tests/unit/fakes.py, built by
+conftest.py's fixtures)."""
 import json
 import os
 
@@ -35,7 +36,7 @@ def test_is_running_false_when_unit_inactive_or_not_listening(env):
     env.ports.listening = False
     assert envelope(env.call("isRunning")) == {"status": 0, "payload": False}
     env.ports.listening = True
-    env.systemd.state[env.unit] = "failed"
+    env.systemd.states[env.unit] = "failed"
     assert envelope(env.call("isRunning")) == {"status": 0, "payload": False}
 
 
@@ -58,7 +59,7 @@ def test_list_service_info_is_the_seed_payload(env):
         "id": "imap4", "name": "##LG_IMAP##", "ports": "143", "page": "/nodeworx/mail/mda",
         "ctrl": "/nodeworx/mail/imap", "is_running": 1}}
     assert list(body["payload"]) == ["id", "name", "ports", "page", "ctrl", "is_running"]
-    env.systemd.state[env.unit] = "inactive"
+    env.systemd.states[env.unit] = "inactive"
     assert envelope(env.call("listServiceInfo"))["payload"]["is_running"] == 0
 
 
@@ -79,8 +80,8 @@ def test_get_on_mutating_action_is_405_and_does_nothing(env, action):
     body = envelope(env.call(action, method="GET"))
     assert body["status"] == 405
     assert "POST" in body["payload"]
-    assert env.systemd.calls == []
-    assert env.flavour.calls == []
+    assert env.systemd.jobs == []
+    assert env.flavour.events == []
 
 
 def test_other_methods_get_an_envelope(env):
@@ -93,19 +94,19 @@ def test_other_methods_get_an_envelope(env):
 def test_inputs_from_query_string(env):
     body = envelope(env.call("update", query_string={"imap_max_connections": "50", "dry_run": "1"}))
     assert body["status"] == 0
-    assert '+ "imap_max_connections": 50' in body["payload"]
+    assert "+imap_max_connections = 50\n" in body["payload"]
 
 
 def test_inputs_from_form_body(env):
     body = envelope(env.call("update", data={"imap_max_connections": "50", "dry_run": "1"}))
     assert body["status"] == 0
-    assert '+ "imap_max_connections": 50' in body["payload"]
+    assert "+imap_max_connections = 50\n" in body["payload"]
 
 
 def test_inputs_from_json_body(env):
     body = envelope(env.call("update", json={"imap_max_connections": 50, "dry_run": 1}))
     assert body["status"] == 0
-    assert '+ "imap_max_connections": 50' in body["payload"]
+    assert "+imap_max_connections = 50\n" in body["payload"]
 
 
 def test_get_takes_inputs_from_the_query_string(env):
@@ -119,19 +120,19 @@ def test_update_changes_the_file_and_keeps_left_out_values(env):
     body = envelope(env.call("update", json={"imap_max_connections": "50"}))
     assert body["status"] == 0, body
     assert env.flavour.current_values() == {**env.flavour.DEFAULTS, "imap_max_connections": 50}
-    assert ("reload", env.unit) in env.systemd.calls
+    assert ("reload", env.unit) in env.systemd.jobs
     env.systemd.calls.clear()
     body = envelope(env.call("update", json={"imap_max_connections": 50}))
     assert body["status"] == 0 and "unchanged" in body["payload"]
-    assert env.systemd.calls == []
+    assert env.systemd.jobs == []
 
 
 def test_dry_run_changes_nothing(env):
     body = envelope(env.call("update", json={"imap_mem_limit": 1 << 30, "dry_run": 1}))
     assert body["status"] == 0
     assert body["payload"].startswith("--- /dev/null\n+++ b")
-    assert not os.path.exists(env.flavour.conf)
-    assert env.systemd.calls == [] and env.flavour.calls == []
+    assert not os.path.exists(env.flavour.main)
+    assert env.systemd.jobs == [] and env.flavour.events == []
 
 
 @pytest.mark.parametrize("kw", [
@@ -145,7 +146,7 @@ def test_bad_input_is_400_naming_the_field(env, kw):
     body = envelope(env.call("update", **kw))
     assert body["status"] == 400
     assert body["payload"].startswith("imap_max_connections: must be an integer from 1 to 50000")
-    assert not os.path.exists(env.flavour.conf)
+    assert not os.path.exists(env.flavour.main)
 
 
 @pytest.mark.parametrize("kw", [
@@ -157,7 +158,7 @@ def test_bad_input_is_400_naming_the_field(env, kw):
 def test_duplicate_input_name_is_400(env, kw):
     body = envelope(env.call("restart", **kw))
     assert body == {"status": 400, "payload": "cascade_to_nodes: given more than once"}
-    assert env.systemd.calls == []
+    assert env.systemd.jobs == []
 
 
 def test_duplicate_key_inside_a_json_body_is_400(env):
@@ -187,7 +188,7 @@ def test_oversized_body_is_413(env):
     for kw in ({"json": big}, {"data": big}, {"data": b"x" * (MAX_BODY + 1)}):
         body = envelope(env.call("update", **kw))
         assert body["status"] == 413, kw.keys()
-    assert env.systemd.calls == [] and not os.path.exists(env.flavour.conf)
+    assert env.systemd.jobs == [] and not os.path.exists(env.flavour.main)
 
 
 def test_body_just_under_the_limit_is_read(env):
@@ -209,7 +210,7 @@ def test_every_action_needs_a_key_with_email(env, action):
     if not ACTIONS[action].mutating:
         assert envelope(env.call(action, method="GET", key=False))["status"] == 401
         assert envelope(env.call(action, method="GET", key=env.dns_key))["status"] == 403
-    assert env.systemd.calls == [] and env.flavour.calls == []
+    assert env.systemd.jobs == [] and env.flavour.events == []
     assert env.ports.asked == []
 
 
@@ -287,7 +288,7 @@ def test_failed_and_read_only_calls_are_audited_correctly(env):
     lines = env.audit_lines()
     assert [(l["action"], l["status"]) for l in lines] == [("update", 400), ("startOnBoot", 0)]
     assert lines[1]["inputs"] == {"mda_imap_startonboot": 0, "cascade_to_nodes": 0}
-    assert env.systemd.units[env.unit].unit_file_state == "disabled"
+    assert env.systemd.unit(env.unit).unit_file_state == "disabled"
 
 
 def test_audit_log_never_contains_a_key(env):
@@ -308,17 +309,17 @@ def test_start_stop_restart_drive_systemd(env):
     assert envelope(env.call("stop"))["status"] == 0
     assert envelope(env.call("start"))["status"] == 0
     assert envelope(env.call("restart"))["status"] == 0
-    assert env.systemd.calls == [("stop", env.unit), ("start", env.unit), ("restart", env.unit)]
+    assert env.systemd.jobs == [("stop", env.unit), ("start", env.unit), ("restart", env.unit)]
 
 
 def test_on_node_actions_run_locally_for_the_local_node(env):
     assert envelope(env.call("stopOnNode", json={"node_id": "mail1"}))["status"] == 0
     assert envelope(env.call("startOnNode"))["status"] == 0  # default: this node
-    assert env.systemd.calls == [("stop", env.unit), ("start", env.unit)]
+    assert env.systemd.jobs == [("stop", env.unit), ("start", env.unit)]
     body = envelope(env.call("restartOnNode", json={"node_id": "other"}))
     assert body["status"] == 404
     assert envelope(env.call("restartOnNode", json={"node_id": "bad\nnode"}))["status"] == 400
-    assert env.systemd.calls == [("stop", env.unit), ("start", env.unit)]
+    assert env.systemd.jobs == [("stop", env.unit), ("start", env.unit)]
 
 
 def test_update_fields_match_the_flavour(env):

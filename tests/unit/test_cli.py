@@ -1,6 +1,6 @@
 """The `imapd-ctl` command (imapd_ctl.entry.cli) without root or a mail host: argument
 parsing, key management on a scratch key store, `call` against a tiny server on a unix socket,
-`check` and `recover` on the fakes of conftest.py (through a patched wiring.build)."""
+`check` and `recover` on the fakes of fakes.py (conftest.py's fake_wiring patches wiring.build)."""
 import json
 import os
 import threading
@@ -164,7 +164,7 @@ def test_check_reports_the_flavours_checks(config, fake_wiring, capsys, monkeypa
                         raising=False)
     assert run(config, "check") == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[1:] == ["ok   systemd over D-Bus: systemd 252 (fake)", "ok   IMAP server: fake (fake-imap.service)",
+    assert out[1:] == ["ok   systemd over D-Bus: systemd 252 (fake)", "ok   IMAP server: fake (fake-imapd.service)",
                        "ok   config writable: /etc/fake", f"ok   state dir writable: {os.path.dirname(config)}/state",
                        "ok   no interrupted change: none"]
     monkeypatch.setattr(fake_wiring["Flavour"], "checks", lambda self: [Check("validator", False, "/usr/bin/fakeconf")])
