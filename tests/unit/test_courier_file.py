@@ -397,7 +397,7 @@ def test_validate_of_one_file_uses_the_other_live_file(tmp_path):
 BOTH = ("courier-imap.service", "courier-imap-ssl.service")
 
 
-def FakeSystemd(states=None, loaded=BOTH):
+def courier_systemd(states=None, loaded=BOTH):
     """The shared fake (tests/unit/fakes.py) with both Courier units installed by default."""
     return fakes.FakeSystemd(states, loaded=loaded)
 
@@ -412,14 +412,14 @@ RUNNING = {"courier-imap.service": "active", "courier-imap-ssl.service": "active
 def test_apply_restarts_what_reads_the_changed_files(tmp_path):
     flavour, conf = make(tmp_path)
     imapd, ssl = str(conf / "imapd"), str(conf / "imapd-ssl")
-    sd = FakeSystemd(RUNNING)
+    sd = courier_systemd(RUNNING)
     assert flavour.apply(sd, [imapd, ssl], BOTH) == Applied(restarted=BOTH)
     assert flavour.apply(sd, [imapd], BOTH) == Applied(restarted=BOTH)
     assert flavour.apply(sd, [ssl], BOTH) == Applied(restarted=("courier-imap-ssl.service",))
     assert prose.applied(Applied(restarted=BOTH)) == "restarted courier-imap.service, courier-imap-ssl.service"
     assert restarts(sd) == [("restart", u) for u in ("courier-imap.service", "courier-imap-ssl.service") * 2] + [
         ("restart", "courier-imap-ssl.service")]
-    sd = FakeSystemd({"courier-imap.service": "active"})
+    sd = courier_systemd({"courier-imap.service": "active"})
     done = flavour.apply(sd, [imapd], ["courier-imap.service"])
     assert done == Applied(restarted=("courier-imap.service",), idle=("courier-imap-ssl.service",))
     assert prose.applied(done) == ("restarted courier-imap.service; courier-imap-ssl.service is not "
@@ -435,7 +435,7 @@ def test_undo_brings_back_a_unit_the_change_took_down(tmp_path):
     flavour, conf = make(tmp_path)
     imapd = str(conf / "imapd")
 
-    sd = FakeSystemd(dict(RUNNING))
+    sd = courier_systemd(dict(RUNNING))
 
     def fails(unit):
         sd.states[unit] = "failed"
@@ -461,7 +461,7 @@ def test_undo_brings_back_a_unit_the_change_took_down(tmp_path):
 def test_verify_checks_files_and_listening_ports(tmp_path, monkeypatch):
     flavour, conf = make(tmp_path)
     write(flavour, VALUES)
-    sd = FakeSystemd(RUNNING)
+    sd = courier_systemd(RUNNING)
     applied = flavour.apply(sd, [str(conf / "imapd")], BOTH)
     listening = set()
     monkeypatch.setattr(courier_mod.ports, "unit_listens",
@@ -490,9 +490,9 @@ def test_ssl_unit_is_left_out_when_systemd_does_not_know_it(tmp_path):
     settings = Settings(state_dir=str(tmp_path / "state"))
     settings.courier.config_dir = str(conf)
     settings.flavour = "courier"
-    sd = FakeSystemd(loaded=("courier-imap.service",))
+    sd = courier_systemd(loaded=("courier-imap.service",))
     assert detect(settings, sd).units == ("courier-imap.service",)
-    assert detect(settings, FakeSystemd()).units == ("courier-imap.service", "courier-imap-ssl.service")
+    assert detect(settings, courier_systemd()).units == ("courier-imap.service", "courier-imap-ssl.service")
     # discovery happens in detection: the constructor takes the units and never calls systemd
     assert Courier(settings, ("courier-imap.service",)).units == ("courier-imap.service",)
     assert Courier(settings).units == BOTH
@@ -516,20 +516,20 @@ def _detect_settings(tmp_path, flavour="auto", doveconf=True, courier_dir=True, 
 
 
 def test_detection_order(tmp_path):
-    both = FakeSystemd(loaded=("dovecot.service", "courier-imap.service", "courier-imap-ssl.service"))
+    both = courier_systemd(loaded=("dovecot.service", "courier-imap.service", "courier-imap-ssl.service"))
     assert isinstance(detect(_detect_settings(tmp_path), both), Dovecot)
     assert isinstance(detect(_detect_settings(tmp_path, doveconf=False), both), Courier)
     # dovecot-core without imap among its protocols (e.g. kept for Postfix SASL) is not an IMAP server
     assert isinstance(detect(_detect_settings(tmp_path, protocols="pop3"), both), Courier)
-    assert isinstance(detect(_detect_settings(tmp_path), FakeSystemd()), Courier)
+    assert isinstance(detect(_detect_settings(tmp_path), courier_systemd()), Courier)
     assert isinstance(detect(_detect_settings(tmp_path, flavour="courier"), both), Courier)
-    assert isinstance(detect(_detect_settings(tmp_path, flavour="dovecot", doveconf=False), FakeSystemd()), Dovecot)
+    assert isinstance(detect(_detect_settings(tmp_path, flavour="dovecot", doveconf=False), courier_systemd()), Dovecot)
     with pytest.raises(NoFlavour) as exc:
-        detect(_detect_settings(tmp_path, courier_dir=False), FakeSystemd(loaded=("courier-imap.service",)))
+        detect(_detect_settings(tmp_path, courier_dir=False), courier_systemd(loaded=("courier-imap.service",)))
     assert "Dovecot (dovecot.service with" in exc.value.message
     assert f"Courier (courier-imap.service with {tmp_path / 'auto-True-False' / 'courier'})" in exc.value.message
     with pytest.raises(NoFlavour):
-        detect(_detect_settings(tmp_path), FakeSystemd(loaded=()))
+        detect(_detect_settings(tmp_path), courier_systemd(loaded=()))
 
 
 def test_default_config_dirs_are_debian_then_rhel(monkeypatch, tmp_path):
@@ -546,4 +546,4 @@ def test_default_config_dirs_are_debian_then_rhel(monkeypatch, tmp_path):
     with pytest.raises(NoFlavour, match=r"courier/imapd or .*courier-imap/imapd"):
         (debian / "imapd").unlink()
         (rhel / "imapd").unlink()
-        detect(settings, FakeSystemd(loaded=("courier-imap.service",)))
+        detect(settings, courier_systemd(loaded=("courier-imap.service",)))
