@@ -9,6 +9,8 @@ FakeFlavour   owns two files (the plain and the secure values), records every pr
               the live files and the journal step at that moment, faults injected per call;
               apply() reloads its units.
 FakePorts     stands in for adapters.ports.unit_listens (psutil): which (MainPID, port) asked.
+FakeKeyStore  one good key, counts the authentications.
+FakeAudit     keeps the recorded lines as dicts.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from imapd_ctl.adapters.files import read_bytes_or_none
 from imapd_ctl.adapters.journal import Journal
-from imapd_ctl.core.errors import Unavailable
-from imapd_ctl.core.protocols import Applied, Check, Files, UnitState, Values
+from imapd_ctl.core.errors import Unauthorized, Unavailable
+from imapd_ctl.core.protocols import Applied, Check, Files, Principal, UnitState, Values
 
 MiB = 1 << 20
 DEFAULTS = {"imap_mem_limit": 256 * MiB, "imap_max_connections": 40,
@@ -228,7 +230,31 @@ class FakePorts:
         return self.listening and main_pid > 0 and port == 143
 
 
+class FakeKeyStore:
+    """Knows one key, `good`, held by "panel" with whatever permission is required."""
+
+    def __init__(self, good: str = "good-key") -> None:
+        self.good = good
+        self.asked = 0
+
+    def authenticate(self, secret: Any, required: str) -> Principal:
+        self.asked += 1
+        if secret != self.good:
+            raise Unauthorized("unknown API key")
+        return Principal("panel", (required,))
+
+
+class FakeAudit:
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    def record(self, **line: Any) -> None:
+        self.lines.append(line)
+
+
 if TYPE_CHECKING:     # mypy: the fakes satisfy the protocols
-    from imapd_ctl.core.protocols import Flavour, Systemd
+    from imapd_ctl.core.protocols import Audit, Flavour, KeyStore, Systemd
     _systemd: Systemd = FakeSystemd()
     _flavour: Flavour = FakeFlavour("main", "secure")
+    _keys: KeyStore = FakeKeyStore()
+    _audit: Audit = FakeAudit()

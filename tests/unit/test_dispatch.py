@@ -1,34 +1,15 @@
 """The request pipeline (imapd_ctl.core.dispatch) on its own, with recording stand-ins for the
-key store, the audit trail and the controller: one authentication per request, inputs read
+key store and the audit trail (fakes.py) and the controller: one authentication per request, inputs read
 only for a caller with a valid key, every mutating call audited, never an exception."""
 import pytest
 
+from fakes import FakeAudit, FakeKeyStore
 from imapd_ctl.core.actions import CONTROLLER
 from imapd_ctl.core.dispatch import Context, dispatch
 from imapd_ctl.core.errors import ActionFailed, BadInput, Unauthorized
-from imapd_ctl.core.protocols import Principal
 from imapd_ctl.core.request import Request, Result
 
 KEY = "good-key"
-
-
-class Keys:
-    def __init__(self):
-        self.asked = 0
-
-    def authenticate(self, secret, required):
-        self.asked += 1
-        if secret != KEY:
-            raise Unauthorized("unknown API key")
-        return Principal("panel", (required,))
-
-
-class Audit:
-    def __init__(self):
-        self.lines = []
-
-    def record(self, **line):
-        self.lines.append(line)
 
 
 class Runner:
@@ -44,7 +25,7 @@ class Runner:
 
 @pytest.fixture
 def ctx():
-    return Context(keys=Keys(), audit=Audit(), runner=Runner())
+    return Context(keys=FakeKeyStore(KEY), audit=FakeAudit(), runner=Runner())
 
 
 def request(action="restart", key=KEY, inputs=None, **kw):
