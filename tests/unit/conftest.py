@@ -4,7 +4,6 @@ psutil are faked (the fakes are in fakes.py)."""
 import json
 
 import pytest
-
 from fakes import FakeFlavour, FakePorts, FakeSystemd
 
 from imapd_ctl.adapters import ports

@@ -15,7 +15,8 @@ FakeAudit     keeps the recorded lines as dicts.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from imapd_ctl.adapters.files import read_bytes_or_none
 from imapd_ctl.adapters.journal import Journal

@@ -2,8 +2,8 @@
 key store and the audit trail (fakes.py) and the controller: one authentication per request, inputs read
 only for a caller with a valid key, every mutating call audited, never an exception."""
 import pytest
-
 from fakes import FakeAudit, FakeKeyStore
+
 from imapd_ctl.core.actions import CONTROLLER
 from imapd_ctl.core.dispatch import Context, dispatch
 from imapd_ctl.core.errors import ActionFailed, BadInput, Unauthorized
