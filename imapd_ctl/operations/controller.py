@@ -14,7 +14,7 @@ from imapd_ctl.core.waiting import wait_until
 from imapd_ctl.adapters.cluster import Cluster
 from imapd_ctl.adapters.journal import Journal
 from imapd_ctl.adapters.lock import TransactionLock
-from imapd_ctl.core.actions import ACTIONS, CONTROLLER, PERMISSION, UPDATE_FIELDS, Action
+from imapd_ctl.core.actions import ACTIONS, CONTROLLER, PERMISSION, Action
 from imapd_ctl.core.errors import ActionFailed, ApiError, NodeFailed, Relayed
 from imapd_ctl.core.protocols import Flavour, Systemd
 from imapd_ctl.core.settings import Settings
@@ -181,17 +181,12 @@ class Controller:
                dry_run: int) -> ChangeOutcome | str:
         """The transaction's outcome (prose.render makes the reply's sentence of it), or for a
         dry run the unified diff."""
-        values = {"imap_mem_limit": imap_mem_limit, "imap_max_connections": imap_max_connections,
-                  "imap_secure_mem_limit": imap_secure_mem_limit,
-                  "imap_secure_max_connections": imap_secure_max_connections, "dry_run": dry_run}
-        # (engineer C's body from here on)
-        requested = {k: values[k] for k in UPDATE_FIELDS}
-        outcome = transaction.change(
-            self.flavour, requested, systemd=self.systemd, journal=self.journal,
-            dry_run=bool(values["dry_run"]))
-        if values["dry_run"]:
-            return outcome.diff
-        return outcome
+        requested = {"imap_mem_limit": imap_mem_limit, "imap_max_connections": imap_max_connections,
+                     "imap_secure_mem_limit": imap_secure_mem_limit,
+                     "imap_secure_max_connections": imap_secure_max_connections}
+        outcome = transaction.change(self.flavour, requested, systemd=self.systemd,
+                                     journal=self.journal, dry_run=bool(dry_run))
+        return outcome.diff if dry_run else outcome
 
     # -- not an action: finishing a change a crash interrupted (serve, `imapd-ctl recover`) --
     def recover(self) -> Recovery | None:
