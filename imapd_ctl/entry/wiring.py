@@ -48,8 +48,6 @@ class Services:
 def build(settings: Settings, *, systemd: Systemd | None = None, flavour: Flavour | None = None,
           keys: KeyStore | None = None, audit: Audit | None = None) -> Services:
     """The graph for `settings`; tests pass fakes for the parts that reach the host."""
-    # (The two ignores go once adapters.systemd and adapters.flavours implement the core
-    # protocols, which engineer C's branch does.)
     bus: Systemd = systemd if systemd is not None else \
         DBusSystemd(job_timeout=settings.job_timeout)
     lock = TransactionLock(settings.lock_path)
