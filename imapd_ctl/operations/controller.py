@@ -34,19 +34,17 @@ class Controller:
     gunicorn's master: detection needs D-Bus). Tests pass a `flavour` directly."""
 
     def __init__(self, settings: Settings, systemd: Systemd, flavour: Flavour | None = None, *,
-                 detect: Callable[[], Flavour] | None = None, lock: TransactionLock | None = None,
-                 journal: Journal | None = None, cluster: Cluster | None = None):
+                 detect: Callable[[], Flavour] | None = None, lock: TransactionLock,
+                 journal: Journal, cluster: Cluster):
         if flavour is None and detect is None:
             raise TypeError("Controller needs a flavour or a way to detect it")
         self.settings = settings
         self.systemd = systemd
         self._flavour = flavour
         self._detect = detect
-        # The state parts follow from the settings; the wiring passes its own, tests may not.
-        self.lock = lock if lock is not None else TransactionLock(settings.lock_path)
-        self.journal = journal if journal is not None else Journal(settings.state_dir)
-        self.cluster = cluster if cluster is not None else \
-            Cluster(settings.node_id, settings.nodes, settings.node_timeout)
+        self.lock = lock
+        self.journal = journal
+        self.cluster = cluster
 
     @property
     def flavour(self) -> Flavour:

@@ -6,7 +6,7 @@ import time
 import pytest
 
 
-from fakes import DEFAULTS, MiB, PLAIN, SECURE, FakeFlavour, FakeSystemd
+from fakes import DEFAULTS, MiB, PLAIN, SECURE, FakeAudit, FakeFlavour, FakeKeyStore, FakeSystemd
 from imapd_ctl.adapters.files import read_bytes_or_none
 from imapd_ctl.adapters.journal import Journal, JournalPending
 from imapd_ctl.adapters.lock import TransactionLock
@@ -15,7 +15,7 @@ from imapd_ctl.core.errors import ActionFailed, ApiError, Busy, ConfigInvalid, C
 from imapd_ctl.core.protocols import Applied
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.operations import transaction
-from imapd_ctl.operations.controller import Controller
+from imapd_ctl.entry.wiring import build
 from imapd_ctl.operations.outcomes import (
     ChangeFailed, ChangeOutcome, ChangeRefused, ChangeUnreachable, Recovery, RecoveryFailed, RecoveryUnreachable,
     Rollback)
@@ -389,7 +389,8 @@ def test_recover_when_systemd_is_unreachable_restores_but_keeps_the_journal(env)
 @pytest.fixture
 def ctl(env, tmp_path):
     settings = Settings(state_dir=str(tmp_path / "state"), lock_timeout=0.2)
-    controller = Controller(settings, systemd=env.systemd, flavour=env.flavour)
+    controller = build(settings, systemd=env.systemd, flavour=env.flavour,
+                       keys=FakeKeyStore(), audit=FakeAudit()).controller
     assert controller.journal.path == env.journal.path
     return controller
 
