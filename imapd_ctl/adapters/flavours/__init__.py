@@ -5,7 +5,7 @@ import os
 import subprocess
 
 from imapd_ctl.core.errors import ActionFailed
-from imapd_ctl.adapters.flavours.base import Flavour
+from imapd_ctl.core.protocols import Flavour
 from imapd_ctl.adapters.flavours.courier import flavour as _courier
 from imapd_ctl.adapters.flavours.courier import Courier, find_config_dir
 from imapd_ctl.core.protocols import Systemd

@@ -20,6 +20,7 @@ from typing import Sequence
 from imapd_ctl.core.actions import MEM_MAX, UPDATE_FIELDS
 from imapd_ctl.core.errors import ActionFailed, ConfigInvalid, ConfigWriteError
 from imapd_ctl.adapters import ports
+from imapd_ctl.adapters.flavours.base import config_checks
 from imapd_ctl.core.protocols import Applied, Check, Files, Systemd, Values
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.core.waiting import wait_until
@@ -218,9 +219,7 @@ class Dovecot:
 
     def checks(self) -> list[Check]:
         """The drop-in's directory must be writable and doveconf (the validator) executable."""
-        config_dir = os.path.dirname(self.s.dropin)
-        return [Check("config writable", os.access(config_dir, os.W_OK), config_dir),
-                Check("validator", os.access(self.s.doveconf, os.X_OK), self.s.doveconf)]
+        return config_checks(os.path.dirname(self.s.dropin), self.s.doveconf)
 
     def running_process_limit(self) -> int | None:
         proc = self._run([self.s.doveadm, "service", "status", "imap"], "ask the running Dovecot")

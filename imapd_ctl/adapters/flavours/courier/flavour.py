@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from imapd_ctl.adapters import ports
+from imapd_ctl.adapters.flavours.base import config_checks
 from imapd_ctl.adapters.flavours.courier import sourcing
 from imapd_ctl.adapters.flavours.courier.shellfile import (
     DEFAULT_MAXDAEMONS, FIELDS, ORDER, PLAIN, SSL, edit, int_value, kib, managed_line, requested_bytes, split,
@@ -221,5 +222,4 @@ class Courier:
 
     def checks(self) -> list[Check]:
         """Courier's shell files are validated by sourcing them in /bin/sh."""
-        return [Check("config writable", os.access(self.config_dir, os.W_OK), self.config_dir),
-                Check("validator", os.access(sourcing.SH, os.X_OK), sourcing.SH)]
+        return config_checks(self.config_dir, sourcing.SH)
