@@ -76,20 +76,22 @@ def _still_serving(systemd: Systemd, units: Sequence[str]) -> None:
     pending = list(units)
     seen: dict[str, str] = {}
 
+    def stopped(unit: str) -> ActionFailed:
+        return ActionFailed(f"{unit} was running before the change and is {seen[unit]} after applying it")
+
     def all_active() -> bool:
         while pending:
             unit = pending[0]
             state = seen[unit] = systemd.active_state(unit)
             if state in ("inactive", "failed"):
-                raise ActionFailed(f"{unit} was running before the change and is {state} after applying it")
+                raise stopped(unit)
             if state != "active":
                 return False
             pending.pop(0)
         return True
 
     if not wait_until(all_active, SETTLE_SECONDS, SETTLE_INTERVAL):
-        unit = pending[0]
-        raise ActionFailed(f"{unit} was running before the change and is {seen[unit]} after applying it")
+        raise stopped(pending[0])
 
 
 def change(flavour: Flavour, requested: dict[str, int | None], *, systemd: Systemd, journal: Journal,
