@@ -100,10 +100,15 @@ class Bus:
         try:
             return fn(manager)(*args)
         except Exception as exc:
-            err = map_error(exc, what)
-            if isinstance(err, Unavailable):
-                self.drop()  # reconnect on the next call
-            raise err from None
+            raise self._failed(exc, what) from None
+
+    def _failed(self, exc: Exception, what: str) -> Exception:
+        """The typed error for a failed call; "unreachable" drops the connection, so the next
+        call reconnects."""
+        err = map_error(exc, what)
+        if isinstance(err, Unavailable):
+            self.drop()
+        return err
 
     def unit_path(self, name: str) -> str:
         path = self.unit_paths.get(name)
@@ -122,10 +127,7 @@ class Bus:
                 GLib.Variant("(ss)", (iface, prop)), GLib.VariantType.new("(v)"),
                 0, CALL_TIMEOUT_MS, None)
         except Exception as exc:
-            err = map_error(exc, what)
-            if isinstance(err, Unavailable):
-                self.drop()
-            raise err from None
+            raise self._failed(exc, what) from None
         return reply.unpack()[0]
 
     def pump(self) -> None:
