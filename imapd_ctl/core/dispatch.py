@@ -48,13 +48,13 @@ def dispatch(request: Request, ctx: Context) -> Result:
     action: Action | None = None
     values: dict[str, Any] = {}
     try:
-        who = ctx.keys.authenticate(request.key(), PERMISSION).name
+        who = ctx.keys.authenticate(request.read_key(), PERMISSION).name
         if request.controller != CONTROLLER:
             raise NotFound(f"unknown controller {brief(request.controller, 60)}; this server serves {CONTROLLER}")
         action = lookup(request.action)
         if request.method is not None and request.method not in action.methods:
             raise MethodNotAllowed(f"{action.name} changes the server: use {' or '.join(action.methods)}")
-        raw = request.inputs()
+        raw = request.read_inputs()
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):

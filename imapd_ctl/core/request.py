@@ -31,12 +31,6 @@ class Request:
     controller: Any = CONTROLLER    # XML-RPC names it in every call; HTTP routes only ours
     method: str | None = None       # the HTTP method, checked against the action's; None: no check
 
-    def key(self) -> str | None:
-        return self.read_key()
-
-    def inputs(self) -> Any:
-        return self.read_inputs()
-
 
 @dataclass(frozen=True)
 class Result:
