@@ -15,13 +15,18 @@ _PAYLOAD_MAX = 500
 class AuditLog:
     """The core.protocols.Audit of the daemon: lines to the "imapd_ctl.audit" logger, which
     appends them to `path` (O_APPEND keeps lines from several workers whole). An empty path
-    keeps the logger as it is (no file of ours)."""
+    keeps the logger as it is (no file of ours). The file is opened by `open()` (the serving
+    graph's context does it, so a worker that cannot write it fails at start), never by a
+    command that only reads keys or nodes."""
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path) if path else ""
         self._handler: logging.Handler | None = None
+
+    def open(self) -> None:
+        """Attach the file handler (once per file, however many graphs a process builds)."""
         if not self.path or any(getattr(h, "baseFilename", None) == self.path for h in log.handlers):
-            return   # one file handler per file, however many graphs a process builds
+            return
         os.makedirs(os.path.dirname(self.path), mode=0o750, exist_ok=True)
         handler = logging.FileHandler(self.path, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(message)s"))

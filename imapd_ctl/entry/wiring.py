@@ -40,7 +40,10 @@ class Services:
         return self.controller.flavour
 
     def context(self) -> Context:
-        """What core.dispatch needs for every request."""
+        """What core.dispatch needs for every request; the audit trail is opened here (serving
+        without it is not an option), not when the graph is built."""
+        if isinstance(self.audit, AuditLog):
+            self.audit.open()
         return Context(keys=self.keys, audit=self.audit, runner=self.controller,
                        render=prose.render, describe=prose.payload_of)
 

@@ -70,6 +70,8 @@ def test_key_create_list_revoke(config, capsys):
     assert run(config, "key", "revoke", "panel") == 0
     assert run(config, "key", "revoke", "panel") == 1
     assert "no key named 'panel'" in capsys.readouterr().err
+    # Key commands write the key store only: the audit trail is the serving daemon's.
+    assert not os.path.exists(os.path.join(os.path.dirname(config), "audit.log"))
 
 
 def test_key_import(config, capsys, monkeypatch):
