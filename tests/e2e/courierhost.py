@@ -16,8 +16,11 @@ pair /etc/courier/imapd.pem and dhparams.pem, so 993 works out of the box.
 from __future__ import annotations
 
 import glob
+import os
 import socket
 import time
+
+import rootfs
 
 # Keep in step with COURIER_APT in scripts/setup.
 COURIER_APT = ["--no-install-recommends", "courier-imap", "dovecot-core-", "dovecot-imapd-"]
@@ -27,10 +30,12 @@ CONFIG_DIR = "/etc/courier"
 ARCHIVES = "/var/cache/apt/archives"
 
 
-def debs_ready() -> tuple[bool, str]:
-    """Are the courier .debs in the machine's apt cache (scripts/setup puts them there)?"""
-    if not glob.glob(f"{ARCHIVES}/courier-imap_*.deb"):
-        return False, f"no courier-imap .deb in {ARCHIVES} (run `sudo scripts/setup`)"
+def debs_ready(dist: str = "bookworm") -> tuple[bool, str]:
+    """Are the courier .debs in the apt cache of `dist`'s root (for Debian 12 this machine's:
+    scripts/setup puts them there; for Debian 13 the cached root, built with them)?"""
+    archives = os.path.join(rootfs.root_path(dist), ARCHIVES.lstrip("/"))
+    if not glob.glob(f"{archives}/courier-imap_*.deb"):
+        return False, f"no courier-imap .deb in {archives} (run `bash scripts/setup` as root)"
     return True, "ok"
 
 

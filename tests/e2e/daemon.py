@@ -69,8 +69,22 @@ def exercise_every_action(call, node_id: str) -> dict:
     assert call("isRunning") == (0, True)
     return current
 VENV_BIN = REPO / ".venv" / "bin"
-IMAPD_CTL = str(VENV_BIN / "imapd-ctl")
+# The command inside a test host (install_project puts it there): on Debian 12 it runs this
+# checkout's venv; on Debian 13 (Python 3.13) this checkout's code on Debian's own python3
+# modules (Flask 3.1, gunicorn 23, psutil 7, pydbus), which the venv's 3.11 cannot load.
+IMAPD_CTL = "/usr/local/bin/imapd-ctl"
 UNIT = "imapd-ctl-test.service"
+
+
+def install_project(host) -> None:
+    """Install this checkout (bind-mounted at REPO) as IMAPD_CTL inside a booted host."""
+    if host.dist == "bookworm":
+        launcher = f'#!/bin/sh\nexec {VENV_BIN / "imapd-ctl"} "$@"\n'
+    else:
+        launcher = ("#!/usr/bin/python3\nimport sys\nsys.dont_write_bytecode = True\n"
+                    f"sys.path.insert(0, {str(REPO)!r})\n"
+                    "from imapd_ctl.entry.cli import main\nsys.exit(main())\n")
+    host.write_file(IMAPD_CTL, launcher, mode=0o755)
 
 
 @dataclass

@@ -3,9 +3,11 @@
 A :class:`MailHost` is a small, isolated "machine" on this one:
 
 * its own PID, mount, network, UTS (hostname ``mailhost<index>``) and cgroup namespaces;
-* a copy-on-write view of ``/``: an overlay whose upper layer is a tmpfs, so whatever the
-  test (or ``apt-get``, or Dovecot) writes inside vanishes at shutdown and never reaches
-  this machine's files;
+* a copy-on-write view of its distribution's root: an overlay whose upper layer is a tmpfs,
+  so whatever the test (or ``apt-get``, or Dovecot) writes inside vanishes at shutdown and
+  never reaches this machine's files.  ``dist="bookworm"`` (the default) overlays this
+  machine's own ``/`` (Debian 12); ``dist="trixie"`` overlays a Debian 13 root built once
+  per machine with debootstrap and cached (tests/e2e/rootfs.py);
 * its own ``/run``, ``/tmp``, ``/var/tmp`` (tmpfs) -- systemd empties ``/tmp`` at boot;
 * a minimal private ``/dev`` (null, zero, full, random, urandom, tty, a new devpts
   instance, shm), so the VM's console and disks are not visible inside;
@@ -59,6 +61,8 @@ import subprocess
 import tempfile
 import time
 
+import rootfs
+
 __all__ = ["MailHost", "MailHostError", "machine_ready"]
 
 SYSTEMD = "/usr/lib/systemd/systemd"
@@ -87,7 +91,7 @@ T=$D/fs
 M=$T/merged
 mount -t tmpfs -o mode=0755 tmpfs "$T"
 mkdir -p "$T/up" "$T/work" "$M"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$T/up,workdir=$T/work" "$M"
+mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$T/up,workdir=$T/work" "$M"
 # A real mail host has no policy-rc.d; machine images built for containers ship one that
 # exits 101, which would stop every package's postinst from starting its units inside.
 # Removed from the overlay only (a whiteout in the tmpfs): this machine's file stays.
@@ -239,6 +243,7 @@ class MailHost:
     ``index`` (1..250) selects the addresses and names: ``imh<index>`` /
     ``198.18.<index>.1`` outside, ``eth0`` / ``198.18.<index>.2`` inside, hostname
     ``mailhost<index>`` (or ``name``).  Hosts with different indexes can run at once.
+``dist`` ("bookworm" or "trixie", see :mod:`rootfs`) is the distribution it runs.
 
     Attributes after :meth:`boot`: ``pid`` (systemd, as seen from the caller),
     ``address`` (inside address), ``outer_address``, ``link`` (outer interface name),
@@ -247,13 +252,17 @@ class MailHost:
     the journal has the rest: :meth:`journal`), ``boot_seconds``.
     """
 
-    def __init__(self, index: int | None = None, *, binds: list[str] = (), name: str | None = None):
+    def __init__(self, index: int | None = None, *, binds: list[str] = (), name: str | None = None,
+                 dist: str = "bookworm"):
+        if dist not in rootfs.DISTS:
+            raise ValueError(f"dist must be one of {', '.join(rootfs.DISTS)}, not {dist!r}")
         if index is not None and (not isinstance(index, int) or not 1 <= index <= 250):
             raise ValueError(f"index must be an int in 1..250, not {index!r}")
         # An index is owned through a lock file for the host's life, so concurrent test runs
         # never take (and "clean up") each other's veth link; None takes the first free one.
         self._index_fd, index = _claim_index(index)
         self.index = index
+        self.dist = dist
         self.name = name or f"mailhost{index}"
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", self.name):
             raise ValueError(f"bad host name {self.name!r}")
@@ -284,6 +293,7 @@ class MailHost:
         ok, why = machine_ready()
         if not ok:
             raise MailHostError(f"cannot boot a mail host here: {why}")
+        lower = rootfs.root_path(self.dist)   # builds the cached root once per machine
         t0 = time.monotonic()
         deadline = t0 + timeout
         self._delete_stale()
@@ -310,7 +320,7 @@ class MailHost:
                  "--propagation", "private", "--net", "--uts", "--cgroup",
                  "bash", script, self.workdir, self.name, *self.binds],
                 stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
-                env={**BASE_ENV, "SYSTEMD_BIN": SYSTEMD},
+                env={**BASE_ENV, "SYSTEMD_BIN": SYSTEMD, "LOWER": lower},
             )
             self.pid = self._wait_child(deadline)
             self._setup_network()
@@ -374,7 +384,7 @@ class MailHost:
         self.shutdown()
 
     def __repr__(self) -> str:
-        return f"<MailHost {self.name} {self.address} pid={self.pid}>"
+        return f"<MailHost {self.name} {self.dist} {self.address} pid={self.pid}>"
 
     # ------------------------------------------------------------------ commands
 
