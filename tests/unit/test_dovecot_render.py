@@ -285,8 +285,9 @@ def test_verify_waits_for_the_running_limit_and_gives_up_when_dovecot_dies(tmp_p
 def test_checks_name_the_config_dir_and_doveconf(tmp_path):
     flavour = dovecot(tmp_path, config=tmp_path / "dovecot.conf", dropin=tmp_path / "conf.d" / "99-imapd-ctl.conf")
     flavour.s.doveconf = str(tmp_path / "no-doveconf")
-    [writable, validator] = flavour.checks()
+    [writable, validator, version] = flavour.checks()
     assert (writable.what, writable.ok, writable.detail) == ("config writable", False, str(tmp_path / "conf.d"))
     assert (validator.what, validator.ok, validator.detail) == ("validator", False, str(tmp_path / "no-doveconf"))
+    assert (version.what, version.ok) == ("version", False)   # no doveconf to ask
     (tmp_path / "conf.d").mkdir()
     assert flavour.checks()[0].ok is True

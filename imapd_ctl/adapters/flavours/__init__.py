@@ -10,7 +10,7 @@ from imapd_ctl.adapters.flavours.courier import flavour as _courier
 from imapd_ctl.adapters.flavours.courier import Courier, find_config_dir
 from imapd_ctl.core.protocols import Systemd
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.adapters.flavours.dovecot import Dovecot
+from imapd_ctl.adapters.flavours.dovecot import Dovecot, readings
 
 
 class NoFlavour(ActionFailed):
@@ -19,12 +19,13 @@ class NoFlavour(ActionFailed):
 
 def _dovecot_serves_imap(doveconf: str) -> bool:
     """dovecot-core alone (kept for Postfix SASL, or left behind when Courier replaced
-    dovecot-imapd) is not an IMAP server: imap must be among its protocols."""
+    dovecot-imapd) is not an IMAP server: imap must be among its protocols (2.3 prints their
+    names; 2.4 prints `imap = yes` or `imap = no`)."""
     try:
         out = subprocess.run([doveconf, "-h", "protocols"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return "imap" in out.split()
+    return "imap" in readings.protocols(out)
 
 
 def courier_units(settings: Settings, systemd: Systemd) -> tuple[str, ...]:

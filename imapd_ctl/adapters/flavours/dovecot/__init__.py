@@ -1,5 +1,12 @@
-"""Dovecot: limits live in a drop-in we own (conf.d/99-imapd-ctl.conf); the admin's files are
-never edited.
+"""Dovecot 2.3 and 2.4: limits live in a drop-in we own (conf.d/99-imapd-ctl.conf); the admin's
+files are never edited.
+
+One drop-in for both versions: `process_limit` and `vsz_limit` inside `service imap { }` (2.4
+accepts the short names inside the block), never 0 (2.4 rejects 0; the smallest values imapd-ctl
+accepts are 1 connection and 1 MiB) nor `unlimited` (2.3 rejects it), sizes in bytes with a `B`
+suffix, and no dovecot_config_version line (2.4 wants it only first in the main config).
+What the versions print differently is read by .readings; where the drop-in is read and which
+later files override it by .layout (refused before anything is written).
 
 Mapping (Dovecot has ONE post-login `service imap` serving both 143 and 993):
   process_limit = imap_max_connections + imap_secure_max_connections
@@ -21,23 +28,19 @@ from imapd_ctl.core.actions import MEM_MAX, UPDATE_FIELDS
 from imapd_ctl.core.errors import ActionFailed, ConfigInvalid, ConfigWriteError
 from imapd_ctl.adapters import ports
 from imapd_ctl.adapters.flavours.base import config_checks
+from imapd_ctl.adapters.flavours.dovecot import layout, readings
+from imapd_ctl.adapters.flavours.dovecot.readings import UNLIMITED, parse_size
 from imapd_ctl.core.protocols import Applied, Check, Files, Systemd, Values
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.core.waiting import wait_until
 
+__all__ = ["Dovecot", "mapped", "parse_size", "parse_values", "UNLIMITED"]
+
 VALUES_RE = re.compile(r"^# imapd-ctl-values: (.*)$", re.M)
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([bkmgt]?)\s*$", re.I)
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-UNLIMITED = (0, (1 << 64) - 1)
 VERIFY_INTERVAL = 0.1   # between looks at the running Dovecot after a reload
-
-
-def parse_size(text: str) -> int:
-    """'250000 k' -> 256000000 (doveconf prints sizes with 1024-based suffixes)."""
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise ValueError(f"not a Dovecot size: {text!r}")
-    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+# Read through a pipe (readings' docstring says why); unset values fall back to the defaults.
+_LIMITS = ("service/imap/process_limit", "service/imap/vsz_limit", "default_process_limit",
+           "default_vsz_limit")
 
 
 def parse_values(text: str) -> dict[str, int] | None:
@@ -88,17 +91,25 @@ class Dovecot:
             raise ActionFailed(f"cannot {what}: {exc}") from None
 
     def effective(self, config: str | None = None) -> tuple[int, int]:
-        """(process_limit, vsz_limit bytes) that doveconf reports for a config file."""
-        argv = [self.s.doveconf, "-c", config or self.s.config, "-h",
-                "service/imap/process_limit", "service/imap/vsz_limit", "default_vsz_limit"]
-        proc = self._run(argv, "read Dovecot's settings")
-        lines = proc.stdout.splitlines()
-        if proc.returncode != 0 or len(lines) != 3:
+        """(process_limit, vsz_limit bytes; UNLIMITED if unlimited) that doveconf reports for a
+        config file, in either version's form; an unset service value is the default_* one."""
+        proc = self._run([self.s.doveconf, "-c", config or self.s.config, "-h", *_LIMITS],
+                         "read Dovecot's settings")
+        lines = proc.stdout.split("\n")
+        if proc.returncode != 0 or len(lines) < len(_LIMITS):
             raise ConfigInvalid(f"doveconf cannot read the configuration: {proc.stderr.strip()}")
-        vsz = parse_size(lines[1])
-        if vsz in UNLIMITED:         # the service inherits default_vsz_limit
-            vsz = parse_size(lines[2])
-        return int(lines[0]), vsz
+        try:
+            count, vsz, default_count, default_vsz = (lines[0], lines[1], lines[2], lines[3])
+            process_limit = readings.read_count(count) or readings.read_count(default_count)
+            size = readings.read_size(vsz) or readings.read_size(default_vsz)
+        except ValueError as exc:
+            raise ConfigInvalid(f"doveconf printed limits imapd-ctl cannot read: {exc}") from None
+        return process_limit or 0, UNLIMITED if size is None else size
+
+    def version(self) -> tuple[int, int] | None:
+        """(major, minor) of the installed Dovecot, from `doveconf -n`'s first line."""
+        proc = self._run([self.s.doveconf, "-n", "-c", self.s.config], "run doveconf")
+        return readings.version(proc.stdout)
 
     # -- Flavour interface ---------------------------------------------------------
     def current_values(self) -> Values:
@@ -112,7 +123,7 @@ class Dovecot:
         # Nothing of ours (or hand-edited beyond recognition): split the effective limits
         # evenly between the two ports.
         process_limit, vsz = self.effective()
-        vsz = MEM_MAX if vsz in UNLIMITED else min(vsz, MEM_MAX)
+        vsz = min(vsz, MEM_MAX)
         plain = max(1, process_limit // 2)
         return {"imap_mem_limit": vsz, "imap_max_connections": plain,
                 "imap_secure_mem_limit": vsz,
@@ -163,6 +174,7 @@ class Dovecot:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(data)
             candidate = str(tree / Path(self.s.config).name)
+            self._check_layout(tree, conf_dir)
             proc = self._run([self.s.doveconf, "-n", "-c", candidate], "run doveconf")
             if proc.returncode != 0:
                 reason = proc.stderr.strip().replace(str(tree), str(conf_dir))
@@ -176,11 +188,7 @@ class Dovecot:
                     raise ConfigInvalid(exc.message.replace(str(tree), str(conf_dir))) from None
                 want = mapped(values)
                 if got != want:
-                    raise ConfigInvalid(
-                        f"another file overrides imapd-ctl's settings: with the change in place Dovecot "
-                        f"would use process_limit={got[0]} vsz_limit={got[1]}B instead of "
-                        f"process_limit={want[0]} vsz_limit={want[1]}B (check `doveconf -n` for "
-                        f"'service imap' settings after {self.s.dropin}, e.g. in local.conf)")
+                    self._refuse_override(tree, conf_dir, candidate, got, want)
 
     def unit_ports(self) -> dict[str, int]:
         return {self.s.unit: self.port}
@@ -218,10 +226,37 @@ class Dovecot:
                                f"(expected {want[0]}) or does not listen on port {self.port}")
 
     def checks(self) -> list[Check]:
-        """The drop-in's directory must be writable and doveconf (the validator) executable."""
-        return config_checks(os.path.dirname(self.s.dropin), self.s.doveconf)
+        """The drop-in's directory must be writable, doveconf (the validator) executable, and
+        the installed Dovecot a 2.3 or 2.4 (the versions whose output this flavour reads)."""
+        checks = config_checks(os.path.dirname(self.s.dropin), self.s.doveconf)
+        found = self.version() if checks[-1].ok else None
+        shown = f"Dovecot {found[0]}.{found[1]}" if found else "unknown (doveconf -n gave no version)"
+        return [*checks, Check("version", found in ((2, 3), (2, 4)), shown)]
 
     def running_process_limit(self) -> int | None:
-        proc = self._run([self.s.doveadm, "service", "status", "imap"], "ask the running Dovecot")
-        m = re.search(r"^process_limit:\s*(\d+)", proc.stdout, re.M)
-        return int(m.group(1)) if m and proc.returncode == 0 else None
+        proc = self._run([self.s.doveadm, "-f", "json", "service", "status", "imap"],
+                         "ask the running Dovecot")
+        row = readings.service_status(proc.stdout, "imap") if proc.returncode == 0 else None
+        value = (row or {}).get("process_limit", "")
+        return int(value) if isinstance(value, str) and value.isdigit() else None
+
+    # -- where the drop-in is read, and what overrides it (.layout) ------------------------------
+    def _check_layout(self, tree: Path, conf_dir: Path) -> None:
+        """Refuse (nothing written) when the main config does not include the drop-in's dir."""
+        live = Path(self.s.config)
+        hint = layout.include_hint(tree / live.name, tree / Path(self.s.dropin).relative_to(conf_dir),
+                                   (str(conf_dir), str(tree)))
+        if hint is not None:
+            raise ConfigInvalid(hint.replace(str(tree), str(conf_dir)))
+
+    def _refuse_override(self, tree: Path, conf_dir: Path, candidate: str,
+                         got: tuple[int, int], want: tuple[int, int]) -> None:
+        files = layout.overriding(Path(candidate), tree / Path(self.s.dropin).relative_to(conf_dir),
+                                  lambda: self.effective(candidate), (str(conf_dir), str(tree)))
+        names = ", ".join(str(conf_dir / p.relative_to(tree)) for p in files) or "a file read after it"
+        shown = lambda v: "unlimited" if v == UNLIMITED else f"{v}B"  # noqa: E731
+        raise ConfigInvalid(
+            f"another file overrides imapd-ctl's settings in {self.s.dropin}: {names} (read after "
+            f"it) sets 'service imap' limits, so Dovecot would use process_limit={got[0]} "
+            f"vsz_limit={shown(got[1])} instead of process_limit={want[0]} vsz_limit={want[1]}B; "
+            f"remove process_limit/vsz_limit from 'service imap' there; nothing was changed")
