@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon import REPO, UNIT, Daemon, launch
+from daemon import REPO, UNIT, Daemon, install_project, launch
 from mailhost import MailHost
 
 PORT = 8443
@@ -78,6 +78,7 @@ class Cluster3:
             node = Node(n, host, share)
             self.nodes.append(node)
             host.boot()
+            install_project(host)
             host.start_dovecot()
             subprocess.run(["ip", "link", "set", host.link, "master", self.bridge], check=True)
             host.run(["ip", "addr", "add", f"{node.address}/24", "dev", "eth0"])

@@ -9,7 +9,7 @@ starting during the install (policy-rc.d exits 101: no exim4, no half-configured
 courier-imap and courier-imap-ssl are started and checked from outside on 143 and 993.
 
 What Debian 12 ships (found this way): courier-imap.service / courier-imap-ssl.service,
-Type=forking, ExecStart=/usr/sbin/imapd start / imapd-ssl start, MainPID courierlogger (its
+Type=forking, ExecStart=/usr/sbin/imapd start / imapd-ssl start (Debian 13: /usr/lib/courier/imapd), MainPID courierlogger (its
 child couriertcpd listens), config /etc/courier/imapd and imapd-ssl; the postinst makes the TLS
 pair /etc/courier/imapd.pem and dhparams.pem, so 993 works out of the box.
 """

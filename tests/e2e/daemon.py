@@ -76,6 +76,11 @@ IMAPD_CTL = "/usr/local/bin/imapd-ctl"
 UNIT = "imapd-ctl-test.service"
 
 
+def project_python(host) -> str:
+    """The Python that runs the project inside `host` (install_project)."""
+    return str(VENV_BIN / "python") if host.dist == "bookworm" else "/usr/bin/python3"
+
+
 def install_project(host) -> None:
     """Install this checkout (bind-mounted at REPO) as IMAPD_CTL inside a booted host."""
     if host.dist == "bookworm":

@@ -357,6 +357,13 @@ BOTH = f"{PLAIN_UNIT}, {SSL_UNIT}"
 COURIER_LISTEN_TIMEOUT = 3.0    # how long verify waits for a restarted unit's port (plain-never-listens)
 
 
+def exec_courier(daemon: str) -> str:
+    """Shell lines that exec Courier's `daemon start` (Debian 12: /usr/sbin, Debian 13:
+    /usr/lib/courier, as the packaged units' ExecStart say)."""
+    return (f'for b in /usr/sbin/{daemon} /usr/lib/courier/{daemon}; do [ -x "$b" ] && exec "$b" start; done\n'
+            "exit 127\n")
+
+
 def maxprocs(host, unit: str) -> int | None:
     """-maxprocs of the unit's running couriertcpd (what MAXDAEMONS was when it started)."""
     for pid, comm in unit_processes(host, unit).items():
@@ -386,13 +393,13 @@ class CourierProbe(Probe):
     apply_faults = {
         # ExecStart of the SSL daemon fails this once: the restart job fails; the rollback's works
         "ssl-start-fails": ApplyFault(SSL_UNIT, "ExecStart=\nExecStart={script}\n",
-                                      ONCE_THEN + "echo 'injected: start refused' >&2; exit 1; fi\n"
-                                      "exec /usr/sbin/imapd-ssl start\n",
+                                      ONCE_THEN + "echo 'injected: start refused' >&2; exit 1; fi\n" +
+                                      exec_courier("imapd-ssl"),
                                       [f"restart {SSL_UNIT} failed", "injected: start refused", ROLLED_BACK]),
         # The 143 daemon "starts" once as a process that never listens (the PID file names it)
         "plain-never-listens": ApplyFault(PLAIN_UNIT, "ExecStart=\nExecStart={script}\n",
                                           ONCE_THEN + "sleep 600 >/dev/null 2>&1 & echo $! > /run/courier/imapd.pid; "
-                                          "exit 0; fi\nexec /usr/sbin/imapd start\n",
+                                          "exit 0; fi\n" + exec_courier("imapd"),
                                           [f"after the change {PLAIN_UNIT} is active and does not listen on port 143 "
                                            f"within {COURIER_LISTEN_TIMEOUT:.0f} s", ROLLED_BACK]),
         # The SSL daemon's main process is killed while the unit is still starting (ExecStartPost
@@ -449,13 +456,15 @@ def _faults_daemon(request, probe: Probe):
     d.stop()
 
 
+# `dist` is named so that the hosts (chosen by name at run time) are parametrized over the
+# distributions like the test modules' own host fixtures.
 @pytest.fixture(scope="module")
-def dovecot_ctl(request):
+def dovecot_ctl(request, dist):
     yield from _faults_daemon(request, DOVECOT)
 
 
 @pytest.fixture(scope="module")
-def courier_ctl(request):
+def courier_ctl(request, dist):
     yield from _faults_daemon(request, COURIER)
 
 
@@ -465,7 +474,7 @@ def probe(flavour) -> Probe:
 
 
 @pytest.fixture
-def ctl(request, flavour) -> Daemon:
+def ctl(request, flavour, dist) -> Daemon:
     """The flavour's daemon (2 workers, restartable with an environment), one per module."""
     return request.getfixturevalue(f"{flavour}_ctl")
 

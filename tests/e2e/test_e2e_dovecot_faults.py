@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import REPO
+from daemon import REPO, install_project
 from imapd_ctl.core.actions import ACTIONS
 from mailhost import MailHost
 from probes import (DOVECOT, DOVECOT_CONF_D, OLD, base, cat, ctl, daemon_pids, dovecot_ctl,  # noqa: F401
@@ -68,12 +68,14 @@ CONSTANTS = {"listGeneralName", "listPortNumbers", "listPortNumbersArray", "list
 
 
 @pytest.fixture(scope="module")
-def bare():
+def bare(dist):
     share = Path(tempfile.mkdtemp(prefix="imapd-ctl-share-", dir="/var/tmp"))
-    host = MailHost(binds=[str(REPO), str(share)])
+    host = MailHost(binds=[str(REPO), str(share)], dist=dist)
     try:
         host.boot()
-        host.run(["dpkg", "--purge", "dovecot-imapd", "dovecot-core"], timeout=120)
+        install_project(host)
+        # (Debian 13 also has dovecot-sieve, which depends on dovecot-core.)
+        host.run(["sh", "-c", "dpkg --purge dovecot-imapd dovecot-sieve dovecot-core 2>&1 || dpkg --purge dovecot-imapd dovecot-core"], timeout=120)
         yield start_daemon(host, share, DOVECOT.listen_timeout)
     finally:
         host.shutdown()

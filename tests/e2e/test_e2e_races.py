@@ -24,7 +24,7 @@ def flavour(request):
 
 
 @pytest.fixture(scope="module")
-def racer(request, flavour):
+def racer(request, flavour, dist):
     """The real daemon with 4 workers on the flavour's host."""
     host = request.getfixturevalue(PROBES[flavour].host_fixture)
     d = launch(host, host.share / "races", workers=4)

@@ -1,5 +1,5 @@
-"""The unit files of systemd/ with this checkout's venv (PyPI's gunicorn, Flask, psutil) on a
-throw-away mail host: socket activation on the first connection, Type=notify readiness from
+"""The unit files of systemd/ running this checkout (Debian 12: its venv, PyPI's gunicorn, Flask,
+psutil; Debian 13: Debian's own python3 modules) on a throw-away mail host: socket activation on the first connection, Type=notify readiness from
 gunicorn's arbiter, the hardening, and a settings socket that differs from the socket unit's.
 (tests/test_package.py runs the same units from the .deb with Debian 12's modules.)"""
 from __future__ import annotations
@@ -8,10 +8,9 @@ import json
 import re
 import time
 
-import gunicorn
 import pytest
 
-from daemon import IMAPD_CTL, REPO
+from daemon import IMAPD_CTL, REPO, project_python
 
 pytestmark = pytest.mark.mailhost
 SOCK = "/run/imapd-ctl/imapd-ctl.sock"
@@ -59,7 +58,8 @@ def test_first_connection_starts_the_service_which_notifies_ready(units):
     status = h.run(["systemctl", "show", "-p", "StatusText", "--value", "imapd-ctl.service"]).stdout.strip()
     assert status == "Gunicorn arbiter booted"
     log = h.journal("-u", "imapd-ctl.service", "-o", "cat")
-    assert f"Starting gunicorn {gunicorn.__version__}" in log
+    version = h.run([project_python(h), "-c", "import gunicorn; print(gunicorn.__version__)"]).stdout.strip()
+    assert f"Starting gunicorn {version}" in log
     assert f"socket activation: serving unix:{SOCK} (from systemd), 127.0.0.1:8143 (from the settings)" in log
     # The update path (doveconf, the drop-in in /etc/dovecot, reload, doveadm) under the sandbox.
     out = h.run(["curl", "-sS", "--unix-socket", SOCK, "-H", f"Authorization: Bearer {key}",
