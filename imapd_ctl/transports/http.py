@@ -41,8 +41,12 @@ def _inputs() -> dict[str, Any]:
             raise BadInput(f"{name}: given more than once")
         found[name] = values[0]
 
-    for name in request.args:
-        put(name, request.args.getlist(name))
+    try:
+        args = request.args
+    except UnicodeDecodeError:   # Werkzeug 3 (Debian 13) decodes strictly; 2.2 replaced bytes
+        raise BadInput("query string: not valid UTF-8") from None
+    for name in args:
+        put(name, args.getlist(name))
     if request.mimetype == "application/json":
         raw = request.get_data(cache=True)
         try:

@@ -139,7 +139,8 @@ class Daemon:
         self.wait_healthy(timeout)
 
     def stop(self) -> None:
-        self.host.systemctl("stop", UNIT, check=False)
+        if self.host.running:   # a host shut down first took the daemon with it
+            self.host.systemctl("stop", UNIT, check=False)
 
     def wait_healthy(self, timeout: float = 30) -> None:
         """Return when /healthz answers on the unix socket; raise with the unit's log if not."""
@@ -174,7 +175,9 @@ def write_config(share: Path, node_id: str, workers: int = 2, extra: str = "",
 
 def launch(host, share: Path, *, node_id: str = "node1", workers: int = 2, timeout: float = 30,
            extra_config: str = "", listen: tuple[str, ...] = ("127.0.0.1:8143",)) -> Daemon:
-    """Create keys and start the daemon inside `host`; return when /healthz answers."""
+    """Install the project (install_project), create keys and start the daemon inside `host`;
+    return when /healthz answers."""
+    install_project(host)
     share.mkdir(parents=True, exist_ok=True)
     config = write_config(share, node_id, workers, extra_config, listen)
     run = lambda *a, **kw: host.run([IMAPD_CTL, "--config", config, *a], **kw)  # noqa: E731

@@ -383,6 +383,11 @@ class MailHost:
     def __exit__(self, *exc) -> None:
         self.shutdown()
 
+    @property
+    def running(self) -> bool:
+        """Booted and not shut down (nor dead)."""
+        return self.pid is not None and self._proc is not None and self._proc.poll() is None
+
     def __repr__(self) -> str:
         return f"<MailHost {self.name} {self.dist} {self.address} pid={self.pid}>"
 

@@ -449,23 +449,22 @@ flavours = pytest.mark.parametrize("flavour", list(PROBES))
 
 # -- fixtures (import them into a test module that parametrizes or defines `flavour`) ---------------
 
-def _faults_daemon(request, probe: Probe):
-    host = request.getfixturevalue(probe.host_fixture)
+def _faults_daemon(host, probe: Probe):
     d = start_daemon(host, host.share / "faults", probe.listen_timeout)
     yield d
     d.stop()
 
 
-# `dist` is named so that the hosts (chosen by name at run time) are parametrized over the
-# distributions like the test modules' own host fixtures.
+# The hosts are named as arguments (not looked up at run time), so that they are parametrized
+# over the distributions and torn down after the daemons in them.
 @pytest.fixture(scope="module")
-def dovecot_ctl(request, dist):
-    yield from _faults_daemon(request, DOVECOT)
+def dovecot_ctl(mailhost):
+    yield from _faults_daemon(mailhost, DOVECOT)
 
 
 @pytest.fixture(scope="module")
-def courier_ctl(request, dist):
-    yield from _faults_daemon(request, COURIER)
+def courier_ctl(courierhost):
+    yield from _faults_daemon(courierhost, COURIER)
 
 
 @pytest.fixture
@@ -474,7 +473,7 @@ def probe(flavour) -> Probe:
 
 
 @pytest.fixture
-def ctl(request, flavour, dist) -> Daemon:
+def ctl(request, flavour, dist) -> Daemon:  # dist: the run-time lookup below is parametrized
     """The flavour's daemon (2 workers, restartable with an environment), one per module."""
     return request.getfixturevalue(f"{flavour}_ctl")
 

@@ -205,3 +205,35 @@ def test_hosts_never_inherit_the_machines_policy_rc_d(container_policy):
     with MailHost(243) as host:
         assert host.run(["test", "-e", POLICY], check=False).returncode == 1
     assert os.path.exists(POLICY)   # this machine's file is untouched
+
+
+# -- Debian 13 hosts (tests/e2e/rootfs.py) ------------------------------------------------------
+
+def test_dist_is_validated(monkeypatch):
+    import rootfs
+    with pytest.raises(ValueError, match="bookworm, trixie"):
+        MailHost(dist="sid")
+    monkeypatch.setenv(rootfs.ENV_DISTS, "trixie, bookworm")
+    assert rootfs.wanted_dists() == ("trixie", "bookworm")
+    monkeypatch.setenv(rootfs.ENV_DISTS, "bookworm,jessie")
+    with pytest.raises(ValueError, match=r"IMAPD_CTL_TEST_DISTS=.*jessie.*allowed: bookworm, trixie"):
+        rootfs.wanted_dists()
+
+
+def test_trixie_host_boots_debian_13_from_the_cached_root_like_a_debian_12_one(marker):
+    """Built once (the path is the cache's, not rebuilt by a second call), booted as Debian 12
+    hosts are: private /run, /tmp, /var/tmp, a cgroup namespace of its own; Dovecot 2.4 runs."""
+    import rootfs
+    path = rootfs.root_path("trixie")
+    built = os.stat(path).st_mtime_ns
+    with MailHost(dist="trixie") as host:
+        assert host.run(["cat", "/etc/debian_version"]).stdout.startswith("13")
+        assert host.run(["python3", "-c", "import sys; print(sys.version_info[:2])"]).stdout.strip() == "(3, 13)"
+        for d in ("/run", "/tmp", "/var/tmp"):
+            assert host.run(["findmnt", "-n", "-o", "FSTYPE", d]).stdout.strip() == "tmpfs", d
+        assert host.run(["cat", "/proc/1/cgroup"]).stdout.strip() == "0::/init.scope"
+        host.start_dovecot()
+        assert host.run(["dovecot", "--version"]).stdout.startswith("2.4.")
+        assert host.run(["test", "-e", "/usr/sbin/policy-rc.d"], check=False).returncode == 1
+    assert rootfs.root_path("trixie") == path and os.stat(path).st_mtime_ns == built
+    assert os.path.exists(marker)   # this machine's /tmp was not emptied
