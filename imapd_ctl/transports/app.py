@@ -26,6 +26,14 @@ def create_app(ctx: Context) -> Flask:
         return dispatch(req, ctx)
 
     @app.before_request
+    def ascii_target() -> None:
+        """A request target must be ASCII (RFC 9112; other bytes are percent-encoded). gunicorn
+        27 refuses others itself; 20.1 and 23 (Debian 12 and 13) pass them on: same answer."""
+        raw = request.environ.get("RAW_URI", "")
+        if isinstance(raw, str) and not raw.isascii():
+            raise BadRequest("the request target must be ASCII (percent-encode other bytes)")
+
+    @app.before_request
     def read_body() -> None:
         """Read the whole body here, once (later reads get this copy), and refuse one that is
         not all there: a chunked body has no Content-Length to refuse up front, and Werkzeug
