@@ -40,8 +40,8 @@ class Services:
         return self.controller.flavour
 
     def context(self) -> Context:
-        """What core.dispatch needs for every request; the audit trail is opened here (serving
-        without it is not an option), not when the graph is built."""
+        """What core.dispatch needs for every request; the audit trail's file is checked here
+        (a change is refused while it cannot be written), not when the graph is built."""
         if isinstance(self.audit, AuditLog):
             self.audit.open()
         return Context(keys=self.keys, audit=self.audit, runner=self.controller,

@@ -279,6 +279,28 @@ def test_mutating_call_appends_one_audit_line(env):
     assert line["transport"] == "http"
 
 
+def test_a_change_is_announced_durably_before_its_result(env):
+    assert envelope(env.call("stop", json={"cascade_to_nodes": 0}))["status"] == 0
+    begin, end = (env.audit_lines(phase) for phase in ("begin", "end"))
+    assert len(begin) == len(end) == 1
+    assert {k: begin[0][k] for k in ("key", "action", "inputs")} == {
+        "key": "panel", "action": "stop", "inputs": {"cascade_to_nodes": 0}}
+
+
+def test_a_full_audit_disk_refuses_changes_and_reads_go_on(env):
+    """/dev/full: every write fails with ENOSPC, as on a full disk."""
+    env.services.audit.path = "/dev/full"
+    before = env.flavour.current_values()
+    body = envelope(env.call("update", json={"imap_max_connections": 77}))
+    assert body["status"] == 503 and "/dev/full cannot be written (No space left on device)" in body["payload"]
+    assert "nothing was changed" in body["payload"]
+    assert env.flavour.current_values() == before and env.systemd.jobs == []
+    assert envelope(env.call("stop", data={"cascade_to_nodes": "0"}))["status"] == 503
+    assert env.systemd.unit(env.unit).active_state == "active"
+    assert envelope(env.call("isRunning"))["status"] == 0
+    assert envelope(env.call("queryUpdate"))["payload"] == before
+
+
 def test_failed_and_read_only_calls_are_audited_correctly(env):
     envelope(env.call("isRunning"))
     envelope(env.call("listServiceInfo", method="GET"))
