@@ -363,3 +363,19 @@ def test_options_gets_the_envelope_everywhere(env):
     for url in ("/healthz", "/openapi.json", "/xmlrpc", f"{CONTROLLER}/isRunning"):
         reply = env.client.open(url, method="OPTIONS")
         assert reply.status_code == 405 and envelope(reply)["status"] == 405, url
+
+
+def test_changes_are_refused_while_an_overrun_recovery_is_pending(env):
+    """serve's recovery overran its deadline and left the journal: changes answer 503 with the
+    reason (not a retry that would hang again), reads go on; once the journal is gone (after
+    `imapd-ctl recover`), changes run again."""
+    env.services.controller.unfinished_recovery = "an interrupted change could not be finished"
+    env.services.journal.begin("t1", "update", {str(env.flavour.main): None}, {str(env.flavour.main): b"x"}, {})
+    body = envelope(env.call("update", json={"imap_max_connections": 77}))
+    assert body["status"] == 503 and body["payload"].startswith(
+        "update refused: an interrupted change could not be finished (change t1, update, interrupted at step 'begun')")
+    assert "`imapd-ctl recover`" in body["payload"] and env.systemd.jobs == []
+    assert env.services.journal.pending() is not None
+    assert envelope(env.call("isRunning"))["status"] == 0
+    env.services.journal.clear()
+    assert envelope(env.call("stop", json={"cascade_to_nodes": 0}))["status"] == 0
