@@ -7,7 +7,7 @@ import json
 import logging
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 
 from imapd_ctl.core.actions import CONTROLLER
 from imapd_ctl.core.dispatch import Context, dispatch
@@ -24,12 +24,18 @@ def create_app(ctx: Context) -> Flask:
     # Every body passes the limit below Flask, for all transports (transports.body).
     app.wsgi_app = bounded(app.wsgi_app, MAX_BODY)  # type: ignore[method-assign,assignment]
     # `//` in a path is not merged with a 308 redirect (an HTML page, outside the envelope):
-    # such a path matches no route and is a 404 like any other unknown path.
+    # such a path matches no route and is a 404 like any other unknown path. Werkzeug also
+    # drops leading slashes before matching, so those are refused here, before routing.
     app.url_map.merge_slashes = False
     app.extensions["imapd_ctl"] = ctx
 
     def run(req: Request) -> Result:
         return dispatch(req, ctx)
+
+    @app.before_request
+    def no_empty_segments() -> None:
+        if "//" in request.environ.get("PATH_INFO", ""):
+            raise NotFound("the path has an empty segment (//)")
 
     # No automatic OPTIONS: its empty 200 would be the one reply without the envelope.
     @app.route(f"{CONTROLLER}/<action>", methods=["GET", "POST"], provide_automatic_options=False)
