@@ -379,3 +379,12 @@ def test_changes_are_refused_while_an_overrun_recovery_is_pending(env):
     assert envelope(env.call("isRunning"))["status"] == 0
     env.services.journal.clear()
     assert envelope(env.call("stop", json={"cascade_to_nodes": 0}))["status"] == 0
+
+
+def test_an_end_line_that_cannot_be_written_goes_to_the_daemon_log(caplog):
+    """The change has happened by then: the line is not lost, it goes to the journal."""
+    from imapd_ctl.adapters.audit import AuditLog
+    AuditLog("/dev/full").record(who="panel", peer="here", transport="http", action="stop",
+                                 inputs={"cascade_to_nodes": 0}, status=0, payload="stopped x")
+    assert "audit log /dev/full cannot be written (No space left on device); the line: {" in caplog.text
+    assert '"phase": "end"' in caplog.text and '"result": "stopped x"' in caplog.text
