@@ -1,8 +1,9 @@
 """Changes the daemon cannot make safely are refused before anything is touched, with a 503
 that says why, while read-only calls go on (issue 12, items 5 and 8), on a real Dovecot host:
 
-- the audit log's disk is full (a small tmpfs mounted at /var/log/imapd-ctl inside the host,
-  filled): no audit line, no change;
+- the audit log cannot be written: its disk is full (a small tmpfs mounted at
+  /var/log/imapd-ctl inside the host, filled), or its directory is read-only: no audit line,
+  no change;
 - the recovery of an interrupted change hangs at serve start (dovecot.service's reload never
   ends): serve stops it at recovery_timeout and listens; changes are refused until
   `imapd-ctl recover` has finished it, then work again without a restart.
@@ -12,6 +13,7 @@ tests; the fixtures come from probes.py.
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 
@@ -57,18 +59,38 @@ def assert_changes_refused(ctl, probe, base, *reasons: str) -> None:
     probe.assert_serving(host)
 
 
-def test_a_full_audit_disk_refuses_changes_and_reads_go_on(probe, ctl, base):
-    host = ctl.host
+@contextlib.contextmanager
+def audit_disk_full(host):
+    """A small tmpfs at the audit directory, full."""
     with tmpfs_over(host, AUDIT_DIR, "256k"):
         # the copied log goes (its last page may have room for a line): the disk stays full
         host.run(["sh", "-ec", f'rm -f {AUDIT_LOG}; set -- $(stat -f -c "%a %S" {AUDIT_DIR}); '
                                f'[ "$1" = 0 ] || fallocate -l $(($1 * $2)) {AUDIT_DIR}/.filler2; '
                                f'test "$(stat -f -c %a {AUDIT_DIR})" = 0'])
+        yield
+
+
+@contextlib.contextmanager
+def audit_dir_read_only(host):
+    """The audit directory bind-mounted read-only over itself (root cannot write it either)."""
+    host.run(["mount", "--bind", AUDIT_DIR, AUDIT_DIR])
+    try:
+        host.run(["mount", "-o", "remount,bind,ro", AUDIT_DIR])
+        yield
+    finally:
+        host.run(["umount", AUDIT_DIR])
+
+
+@pytest.mark.parametrize("fault, reason", [(audit_disk_full, "No space left on device"),
+                                           (audit_dir_read_only, "Read-only file system")])
+def test_an_unwritable_audit_log_refuses_changes_and_reads_go_on(probe, ctl, base, fault, reason):
+    host = ctl.host
+    with fault(host):
         assert_changes_refused(ctl, probe, base, f"the audit log {AUDIT_LOG} cannot be written "
-                               "(No space left on device); nothing was changed")
+                               f"({reason}); nothing was changed")
         assert ctl.call("isRunning") == (0, True)
     before = len(ctl.audit_lines())
-    status, payload = ctl.call("update", probe.NEW)       # the disk has room again
+    status, payload = ctl.call("update", probe.NEW)       # the log can be written again
     assert status == 0, payload
     begin, end = ctl.audit_lines("begin")[-1], ctl.audit_lines()[before:]
     assert begin["action"] == "update" and begin["inputs"]["imap_max_connections"] == probe.NEW["imap_max_connections"]
