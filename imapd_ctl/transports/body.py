@@ -55,7 +55,7 @@ def bounded(app: WSGIApp, limit: int) -> WSGIApp:
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         length: int | None = None
         if raw_length and not chunked:
-            if not raw_length.isdigit():
+            if not (raw_length.isascii() and raw_length.isdigit()):
                 return _answer(start_response, 400, f"Content-Length {raw_length[:20]!r} is not a number")
             length = int(raw_length)
             if length > limit:

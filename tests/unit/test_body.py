@@ -48,6 +48,7 @@ def run(environ: dict) -> tuple[str, dict | bytes, dict]:
     ({"HTTP_TRANSFER_ENCODING": "chunked", "CONTENT_LENGTH": "5"}, None, 413, LIMIT + 1),
     ({}, None, 413, LIMIT + 1),                                          # no length at all
     ({"CONTENT_LENGTH": "600"}, 200, 400, 600),                          # ends early
+    ({"CONTENT_LENGTH": "\u00b9\u00b2"}, None, 400, 0),                      # not ASCII digits
     ({"CONTENT_LENGTH": str(LIMIT)}, None, 200, LIMIT),                  # exactly the limit
     ({"HTTP_TRANSFER_ENCODING": "chunked"}, LIMIT, 200, LIMIT + 1),
 ])
