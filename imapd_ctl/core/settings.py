@@ -114,6 +114,8 @@ def load(path: str | None = None) -> Settings:
     _apply(settings, data, path)
     if settings.flavour not in FLAVOURS:
         raise ValueError(f"{path}: flavour must be one of {', '.join(FLAVOURS)}, got {settings.flavour!r}")
+    if settings.recovery_timeout <= 0:
+        raise ValueError(f"{path}: recovery_timeout must be a number of seconds above 0, got {settings.recovery_timeout:g}")
     nodes = settings.nodes    # still the raw [[nodes]] tables of the file
     settings.nodes = [_node(entry, f"{path} [[nodes]] #{i + 1}") for i, entry in enumerate(nodes)]
     settings.source = path
