@@ -13,6 +13,7 @@ of each action's input names (name=). tests/unit/test_docgen.py keeps them in st
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,8 @@ def completion(shell: str) -> str:
 
 
 def write(outdir: str, version: str = "") -> list[Path]:
+    # argparse wraps usage lines at $COLUMNS: the same tree must give the same bytes.
+    os.environ["COLUMNS"] = "80"
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"imapd-ctl.8": manpage(version), "imapd-ctl.bash": completion("bash"),
