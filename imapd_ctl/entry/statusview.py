@@ -40,7 +40,7 @@ def connections(capacity: Any) -> str:
         limit = next((rec[k] for k in _LIMIT if isinstance(rec.get(k), int)), None)
         if used is not None:
             where = f"{rec['port']}: " if "port" in rec else ""
-            parts.append(f"{where}{used}/{limit if limit is not None else '?'}")
+            parts.append(f"{where}{used}/{limit if limit is not None else 'no limit'}")
     return ", ".join(parts) or "-"
 
 
@@ -78,6 +78,10 @@ def node_screen(report: dict[str, Any], style: Style = PLAIN) -> str:
     if "queryCapacity" in (api or {}):
         capacity = _payload(api, "queryCapacity")
         lines.append(f"connections   {connections(capacity)} (in use/limit)")
+        signals = capacity.get("signals") if isinstance(capacity, dict) else None
+        for signal in signals if isinstance(signals, list) else []:
+            text = signal.get("text") if isinstance(signal, dict) else signal
+            lines.append("              " + style("warn", f"saturation: {text}"))
     limits = _payload(api, "queryUpdate")
     if isinstance(limits, dict):
         lines.append("limits        " + payload_text(limits).replace("\n", "\n              "))

@@ -39,6 +39,9 @@ DEB_CACHE = Path("/var/tmp/imapd-ctl-debcache")   # downloaded Debian dependenci
 SOCK = "/run/imapd-ctl/imapd-ctl.sock"
 UNITS = ("imapd-ctl.socket", "imapd-ctl.service")
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+# The man page and completion, where man-db, bash-completion's loader and zsh look for them.
+DOC_FILES = ("/usr/share/man/man8/imapd-ctl.8.gz", "/usr/share/bash-completion/completions/imapd-ctl",
+             "/usr/share/zsh/vendor-completions/_imapd-ctl")
 
 
 def _apt_get(args: list[str], *, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -78,7 +81,8 @@ def test_deb_is_reproducible_and_uses_debian_python(tmp_path):
     files = subprocess.run(["dpkg-deb", "-c", str(a)], capture_output=True, text=True, check=True).stdout
     for path in ("./usr/bin/imapd-ctl", "./usr/lib/python3/dist-packages/imapd_ctl/entry/serve.py",
                  "./etc/imapd-ctl/imapd-ctl.toml", "./lib/systemd/system/imapd-ctl.service",
-                 "./lib/systemd/system/imapd-ctl.socket", "./etc/logrotate.d/imapd-ctl"):
+                 "./lib/systemd/system/imapd-ctl.socket", "./etc/logrotate.d/imapd-ctl",
+                 *(f".{p}" for p in DOC_FILES)):
         assert path in files
     assert "__pycache__" not in files and ".venv" not in files and "site-packages" not in files
     with tempfile.TemporaryDirectory() as ctl:
@@ -275,6 +279,23 @@ def test_curl_over_the_unix_socket_with_a_created_key(pkg):
     assert pkg.run("stat", "-c", "%a %U %G %F", SOCK).stdout.split() == ["660", "root", "root", "socket"]
 
 
+def test_man_page_status_and_completion_as_debian_finds_them(pkg):
+    assert pkg.run("man", "-w", "imapd-ctl").stdout.strip() == DOC_FILES[0]
+    page = pkg.host.run(["man", "8", "imapd-ctl"], env={"MANWIDTH": "120", "MANPAGER": "cat"}).stdout
+    assert "EXIT STATUS" in page and "imapd-ctl status" in page and "queryStartOnBoot" in page
+    # bash-completion's lazy loader finds the file by the command's name, as an interactive shell would.
+    probe = ("source /usr/share/bash-completion/bash_completion; _completion_loader imapd-ctl; "
+             "complete -p imapd-ctl; COMP_WORDS=(imapd-ctl call startOnB); COMP_CWORD=2; _shtab_imapd_ctl; "
+             'echo "${COMPREPLY[*]}"')
+    out = pkg.run("bash", "--norc", "-c", probe).stdout.splitlines()
+    assert "-F _shtab_imapd_ctl" in out[0] and out[1] == "startOnBoot"
+    assert "/usr/share/zsh/vendor-completions" in pkg.run(
+        "sh", "-c", "ls -d /usr/share/zsh/vendor-completions/_imapd-ctl && dirname $(ls /usr/share/zsh/vendor-completions/_imapd-ctl)").stdout
+    # status of the packaged daemon, Debian's python3, the key from the environment.
+    r = pkg.run("imapd-ctl", "status", env_key=pkg.key)
+    assert "IMAP server   dovecot " in r.stdout and "daemon        answers on /run/imapd-ctl/imapd-ctl.sock" in r.stdout
+
+
 def test_every_kind_of_action_works_under_the_hardening(pkg):
     """Writes in /etc/dovecot, doveconf/doveadm/journalctl, D-Bus manager calls, /proc fds."""
     status, payload = pkg.call("update", "imap_max_connections=60", "imap_secure_max_connections=40")
@@ -434,4 +455,6 @@ def test_purge_leaves_no_unit_process_or_file(pkg):
                    f"-not -path '{pkg.debdir}*' -not -path '{DEB_CACHE}*' -not -path '/var/tmp/imapd-ctl-*' "
                    "-not -path /var/log/imapd-ctl-setup.log 2>/dev/null", check=False).stdout.split()
     assert left == [], left
+    for path in DOC_FILES:
+        assert pkg.run("test", "-e", path, check=False).returncode != 0, path
     assert pkg.active("dovecot") == "active"

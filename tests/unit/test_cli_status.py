@@ -157,8 +157,25 @@ def test_colour_only_on_a_terminal_without_no_color(monkeypatch, tty, no_color, 
 @pytest.mark.parametrize("capacity, shown", [
     ({"ports": [{"port": 143, "in_use": 3, "limit": 100}, {"port": 993, "in_use": 0, "limit": 50}]},
      "143: 3/100, 993: 0/50"),
+    ({"ports": [{"port": 143, "unit": "dovecot.service", "up": True, "in_use": 2, "queued": 0, "limit": None}]},
+     "143: 2/no limit"),
     ({"143": {"connections": 3, "limit": 100}}, "143: 3/100"),
     ("not a record", "-"),
 ])
 def test_connections_from_query_capacity(capacity, shown):
     assert statusview.connections(capacity) == shown
+
+
+def test_the_screen_shows_capacity_signals_and_an_interrupted_change():
+    ok = lambda payload: {"status": 0, "payload": payload}  # noqa: E731
+    report = {"node": "mail1", "server": {"flavour": "dovecot", "version": None, "units": ["dovecot.service"]},
+              "ports": [], "daemon": {"ok": True, "socket": "/run/s"}, "problems": ["interrupted change: t1"],
+              "interrupted_change": {"txn_id": "t1", "action": "update", "step": "written"},
+              "api": {"isRunning": ok(True), "queryCapacity": ok({
+                  "ports": [{"port": 143, "in_use": 3, "limit": 40}],
+                  "signals": [{"code": "full", "text": "imap runs at its process limit (40 processes)"}]})}}
+    screen = statusview.node_screen(report)
+    assert "IMAP server   dovecot version unknown (dovecot.service)" in screen
+    assert "connections   143: 3/40 (in use/limit)\n              saturation: imap runs at its process limit" in screen
+    assert "changes       interrupted: t1 (update) at step written; run `imapd-ctl recover`" in screen
+    assert screen.endswith("\n! interrupted change: t1")
