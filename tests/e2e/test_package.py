@@ -132,8 +132,10 @@ def test_rpm_spec(tmp_path):
     listing = subprocess.run(["rpm", "-qlp", str(rpm)], capture_output=True, text=True, check=True).stdout.split()
     for path in ("/usr/bin/imapd-ctl", "/etc/imapd-ctl/imapd-ctl.toml", "/usr/lib/systemd/system/imapd-ctl.service",
                  "/usr/lib/systemd/system/imapd-ctl.socket", "/var/lib/imapd-ctl",
-                 "/usr/lib/python3.11/site-packages/imapd_ctl/entry/serve.py"):
+                 "/usr/lib/python3.11/site-packages/imapd_ctl/entry/serve.py",
+                 "/usr/share/bash-completion/completions/imapd-ctl", "/usr/share/zsh/site-functions/_imapd-ctl"):
         assert path in listing
+    assert any(p.startswith("/usr/share/man/man8/imapd-ctl.8") for p in listing), listing
     r = subprocess.run(["rpmlint", "-r", str(REPO / "packaging" / "rpm" / "rpmlint-filters"), str(rpm)],
                        capture_output=True, text=True)
     assert " 0 errors" in r.stdout, r.stdout
