@@ -95,3 +95,26 @@ def test_zsh_completion_knows_every_action_and_input(generated):
         assert name in text
         for spec in action.inputs:
             assert f"{spec.name}=" in text
+
+
+ZSH_SESSION = r"""
+zmodload zsh/zpty
+zpty -b z 'zsh -f -i'
+zpty -w z 'PS1="> "; fpath=(%(dir)s $fpath); autoload -Uz compinit; compinit -u -D; setopt nobeep'
+zpty -w -n z $'imapd-ctl call startOnB\t'
+zpty -r z out '*startOnBoot*'
+print -r -- "ACTION: $out"
+zpty -w -n z $'\C-uimapd-ctl call update imap_m\t\t'
+zpty -r z out '*imap_mem_limit=*'
+print -r -- "INPUTS: $out"
+zpty -d z
+"""
+
+
+def test_zsh_completes_actions_and_inputs(generated):
+    """A real interactive zsh (in a pty), compinit finding the file on its fpath, and TAB."""
+    done = subprocess.run(["zsh", "-f", "-c", ZSH_SESSION % {"dir": generated}], capture_output=True,
+                          text=True, timeout=60)
+    action, inputs = done.stdout.split("INPUTS: ")
+    assert "imapd-ctl call startOnBoot" in action
+    assert "imap_max_connections=" in inputs and "imap_mem_limit=" in inputs
