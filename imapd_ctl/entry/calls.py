@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 from imapd_ctl.adapters.cluster import Cluster
 from imapd_ctl.core import actions
 from imapd_ctl.core.actions import ACTIONS, CONTROLLER
+from imapd_ctl.core.errors import ApiError
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.entry import client
 from imapd_ctl.entry.access import Refusal, USAGE, unreachable
@@ -66,8 +67,8 @@ def remote(cluster: Cluster, node_id: str) -> Caller:
     unknown id is a Refusal listing the known ones."""
     try:
         node = cluster.node(node_id)
-    except Exception as exc:           # NotFound: its message lists the known ids
-        raise Refusal(USAGE, getattr(exc, "message", str(exc))) from None
+    except ApiError as exc:            # NotFound: its message lists the known ids
+        raise Refusal(USAGE, exc.message) from None
 
     def call(action: str, inputs: dict[str, Any]) -> Answer:
         status, payload = cluster.call(node, action, inputs)

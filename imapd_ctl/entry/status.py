@@ -48,7 +48,21 @@ def _problems_of_api(api: dict[str, dict[str, Any]]) -> list[str]:
     problems = [f"{action}: status {a['status']}: {a['payload']}" for action, a in api.items() if a["status"]]
     if api.get("isRunning", {}).get("payload") is False:
         problems.append("the IMAP server is not serving (isRunning false)")
+    capacity = api.get(CAPACITY, {}).get("payload")
+    if isinstance(capacity, dict) and capacity.get("saturated") is True:
+        problems.append(f"saturated: {capacity.get('summary', 'see queryCapacity')}")
     return problems
+
+
+def ports_of(settings: Settings, flavour: Any) -> list[tuple[str, int]]:
+    """(unit, port) of every port the IMAP server should listen on: the flavour's, and the
+    secure port's unit where the flavour names one (the simap controller's secure_unit and
+    ssl_port; Dovecot serves 143 and 993 from one unit)."""
+    pairs = list(flavour.unit_ports().items())
+    secure, ssl_port = getattr(flavour, "secure_unit", None), getattr(settings, "ssl_port", None)
+    if secure and isinstance(ssl_port, int) and (secure, ssl_port) not in pairs:
+        pairs.append((secure, ssl_port))
+    return pairs
 
 
 def local_facts(settings: Settings, flavour_of: Callable[[], Any]) -> dict[str, Any]:
@@ -58,8 +72,7 @@ def local_facts(settings: Settings, flavour_of: Callable[[], Any]) -> dict[str, 
         flavour = flavour_of()
         facts["server"] = {"flavour": flavour.name, "version": hostinfo.server_version(flavour.name),
                            "units": list(flavour.units)}
-        facts["ports"] = [asdict(hostinfo.port_state(unit, port))
-                          for unit, port in flavour.unit_ports().items()]
+        facts["ports"] = [asdict(hostinfo.port_state(unit, port)) for unit, port in ports_of(settings, flavour)]
     except ApiError as exc:
         facts["server"] = {"error": exc.message}
         facts["ports"] = []

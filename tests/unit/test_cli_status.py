@@ -11,7 +11,8 @@ from test_cli import _UnixHTTPServer
 
 from imapd_ctl.adapters import hostinfo
 from imapd_ctl.adapters.cluster import Cluster
-from imapd_ctl.entry import cli, show, statusview
+from imapd_ctl.core.settings import Settings
+from imapd_ctl.entry import cli, show, status, statusview
 
 
 class _App(BaseHTTPRequestHandler):
@@ -179,3 +180,21 @@ def test_the_screen_shows_capacity_signals_and_an_interrupted_change():
     assert "connections   143: 3/40 (in use/limit)\n              saturation: imap runs at its process limit" in screen
     assert "changes       interrupted: t1 (update) at step written; run `imapd-ctl recover`" in screen
     assert screen.endswith("\n! interrupted change: t1")
+
+
+def test_the_secure_port_is_listed_where_the_flavour_names_its_unit():
+    class Flavour:
+        secure_unit = "dovecot.service"
+
+        def unit_ports(self):
+            return {"dovecot.service": 143}
+    settings = Settings()
+    assert status.ports_of(settings, Flavour()) == [("dovecot.service", 143)]
+    settings.ssl_port = 993          # the simap branch's setting
+    assert status.ports_of(settings, Flavour()) == [("dovecot.service", 143), ("dovecot.service", 993)]
+
+
+def test_a_saturated_server_is_a_problem():
+    api = {"isRunning": {"status": 0, "payload": True},
+           "queryCapacity": {"status": 0, "payload": {"saturated": True, "summary": "143: 40 in use (limit 40, 0 free)"}}}
+    assert status._problems_of_api(api) == ["saturated: 143: 40 in use (limit 40, 0 free)"]
