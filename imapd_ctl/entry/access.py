@@ -119,8 +119,13 @@ def unreachable(sock: str, exc: OSError) -> Refusal:
                                 f"healthy? `systemctl status imapd-ctl.service imapd-ctl.socket`")
 
 
-def refused_key(status: int, payload: object) -> Refusal | None:
-    """The daemon's 401/403 as a Refusal that says how to get a working key."""
+def refused_key(status: int, payload: object, node: str | None = None) -> Refusal | None:
+    """The daemon's 401/403 as a Refusal that says how to get a working key (`node`: another
+    node refused the key this host holds for it in the registry)."""
+    if node is not None and status in (401, 403):
+        return Refusal(NO_KEY, f"node {node} refused the key this host holds for it (the [[nodes]] entry "
+                               f"of the settings): {payload}; on {node}, store that key with "
+                               f"`imapd-ctl key import NAME` (permission EMAIL)")
     if status == 401:
         return Refusal(NO_KEY, f"the daemon refused the key ({payload}); {HOW_TO_MAKE}")
     if status == 403:

@@ -62,7 +62,8 @@ def cmd_call(args: argparse.Namespace) -> int:
     answer = caller(args.action, inputs)
     if not answer.reached:
         raise access.Refusal(access.UNREACHABLE, str(answer.payload))
-    refused = access.refused_key(answer.status, answer.payload)
+    remote = args.node if args.node not in (None, s.node_id) else None
+    refused = access.refused_key(answer.status, answer.payload, remote)
     if args.json:
         print(json.dumps({"status": answer.status, "payload": answer.payload}))
     elif answer.status == 0:

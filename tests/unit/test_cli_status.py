@@ -119,6 +119,9 @@ def test_call_node_forwards_through_the_registry(served, env, fake_wiring, capsy
     assert "node node3: cannot reach" in capsys.readouterr().err
     assert ctl(served, "call", "isRunning", "--node", "mail1") == 0        # this node: the socket
     assert capsys.readouterr().out == "true\n"
+    monkeypatch.setattr(Cluster, "call", lambda self, node, action, inputs: (401, "unknown API key"))
+    assert ctl(served, "call", "isRunning", "--node", "node2") == 5
+    assert "node node2 refused the key this host holds for it" in capsys.readouterr().err
 
 
 # --- words for payloads ---------------------------------------------------------------------
