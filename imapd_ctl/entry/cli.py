@@ -5,13 +5,16 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from imapd_ctl.core import settings as settings_mod
-from imapd_ctl.core.actions import ACTIONS, CONTROLLER, PERMISSION, lookup
+from imapd_ctl.core.actions import ACTIONS, PERMISSION, lookup
 from imapd_ctl.core.errors import ApiError
 from imapd_ctl.core.protocols import Check
 from imapd_ctl.entry import access
+
+if TYPE_CHECKING:
+    from imapd_ctl.adapters.cluster import Cluster
 
 
 def _settings(args: argparse.Namespace) -> settings_mod.Settings:
@@ -39,7 +42,7 @@ def _parse_pairs(pairs: list[str]) -> dict[str, str]:
     return inputs
 
 
-def _session(args: argparse.Namespace) -> tuple[settings_mod.Settings, str, Any]:
+def _session(args: argparse.Namespace) -> tuple[settings_mod.Settings, str, Cluster]:
     """The settings, the daemon's socket and the cluster registry for call/status."""
     from imapd_ctl.entry import wiring
     s = _settings(args)
@@ -51,11 +54,11 @@ def cmd_call(args: argparse.Namespace) -> int:
     paths = calls.controllers()
     controller = paths[args.controller]
     inputs = _parse_pairs(args.inputs)
-    if controller == CONTROLLER:
-        try:
-            lookup(args.action).validate(inputs, strict=True)   # quick local check of names and values
-        except ApiError as exc:
-            raise access.Refusal(access.USAGE, exc.message) from None
+    try:
+        # A quick local check of names and values (every controller serves the one table).
+        lookup(args.action).validate(inputs, strict=True)
+    except ApiError as exc:
+        raise access.Refusal(access.USAGE, exc.message) from None
     s, sock, cluster = _session(args)
     key = access.read_key(args)
     caller = calls.target(s, cluster, args.node, sock=sock, key=key, controller=controller)
