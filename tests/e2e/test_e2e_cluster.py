@@ -148,3 +148,11 @@ def test_status_all_is_a_row_per_node_and_names_a_stopped_daemon(cluster):
         assert "UNREACHABLE" in table.splitlines()[3] and "cannot reach" in table.splitlines()[3]
     finally:
         n3.daemon.start()
+
+
+def test_call_prints_a_cascade_as_a_table(cluster):
+    n1 = cluster.nodes[0]
+    r = n1.daemon.ctl("call", "startOnBoot", "mda_imap_startonboot=1", "cascade_to_nodes=1", "--key-stdin",
+                      input=n1.daemon.key)
+    assert r.stdout.splitlines() == ["NODE   STATUS  RESULT"] + [
+        f"node{n}  ok      enabled dovecot.service at boot" for n in (1, 2, 3)], r.stdout

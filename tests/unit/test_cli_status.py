@@ -201,3 +201,8 @@ def test_a_saturated_server_is_a_problem():
     api = {"isRunning": {"status": 0, "payload": True},
            "queryCapacity": {"status": 0, "payload": {"saturated": True, "summary": "143: 40 in use (limit 40, 0 free)"}}}
     assert status._problems_of_api(api) == ["saturated: 143: 40 in use (limit 40, 0 free)"]
+
+
+def test_a_failed_cascade_is_a_table_on_stderr():
+    assert show.failure_text("restart", 502, CASCADE) == (
+        "imapd-ctl: restart failed (status 502):\n" + show.payload_text(CASCADE))
