@@ -187,14 +187,16 @@ def test_the_screen_shows_capacity_signals_and_an_interrupted_change():
 
 def test_the_secure_port_is_listed_where_the_flavour_names_its_unit():
     class Flavour:
-        secure_unit = "dovecot.service"
+        def __init__(self, secure_unit):
+            self.secure_unit = secure_unit
 
         def unit_ports(self):
             return {"dovecot.service": 143}
     settings = Settings()
-    assert status.ports_of(settings, Flavour()) == [("dovecot.service", 143)]
     settings.ssl_port = 993          # the simap branch's setting
-    assert status.ports_of(settings, Flavour()) == [("dovecot.service", 143), ("dovecot.service", 993)]
+    assert status.ports_of(settings, Flavour(None)) == [("dovecot.service", 143)]
+    assert status.ports_of(settings, Flavour("dovecot.service")) == [("dovecot.service", 143),
+                                                                     ("dovecot.service", 993)]
 
 
 def test_a_saturated_server_is_a_problem():
