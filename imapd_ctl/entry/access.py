@@ -15,6 +15,9 @@ import stat
 import sys
 from typing import TextIO
 
+from imapd_ctl.core import settings as settings_mod
+from imapd_ctl.core.settings import Settings
+
 OK, FAILED, USAGE, UNREACHABLE, DENIED, NO_KEY, CONFIG = 0, 1, 2, 3, 4, 5, 78
 
 EXIT_CODES: dict[int, str] = {
@@ -37,6 +40,16 @@ KEY_ENV = "IMAPD_CTL_KEY"
 HOW_TO_GIVE = (f"give it in ${KEY_ENV}, in a file (--key-file FILE, first line) or on stdin "
                f"(--key-stdin)")
 HOW_TO_MAKE = "make one on this host with `imapd-ctl key create NAME` (as root; it prints the key once)"
+
+
+def load_settings(path: str | None) -> Settings:
+    """The settings; an invalid file ends the command with its reason and exit code 78."""
+    try:
+        return settings_mod.load(path)
+    except ValueError as exc:
+        print(f"imapd-ctl: {exc}", file=sys.stderr)
+        # 78 (EX_CONFIG): the unit's RestartPreventExitStatus, so systemd does not retry a bad file.
+        raise SystemExit(CONFIG)
 
 
 class Refusal(Exception):

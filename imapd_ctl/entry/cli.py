@@ -2,102 +2,25 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from imapd_ctl.core import settings as settings_mod
-from imapd_ctl.core.actions import ACTIONS, PERMISSION, lookup
+from imapd_ctl.core.actions import PERMISSION
 from imapd_ctl.core.errors import ApiError
 from imapd_ctl.core.protocols import Check
-from imapd_ctl.entry import access
-
-if TYPE_CHECKING:
-    from imapd_ctl.adapters.cluster import Cluster
+from imapd_ctl.entry import access, commands
 
 
 def _settings(args: argparse.Namespace) -> settings_mod.Settings:
-    try:
-        return settings_mod.load(args.config)
-    except ValueError as exc:
-        print(f"imapd-ctl: {exc}", file=sys.stderr)
-        # 78 (EX_CONFIG): the unit's RestartPreventExitStatus, so systemd does not retry a bad file.
-        raise SystemExit(78)
+    return access.load_settings(args.config)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from imapd_ctl.entry import serve
     serve.run(_settings(args))
     return 0
-
-
-def _parse_pairs(pairs: list[str]) -> dict[str, str]:
-    inputs = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"imapd-ctl: inputs are name=value, got {pair!r}")
-        inputs[name] = value
-    return inputs
-
-
-def _session(args: argparse.Namespace) -> tuple[settings_mod.Settings, str, Cluster]:
-    """The settings, the daemon's socket and the cluster registry for call/status."""
-    from imapd_ctl.entry import wiring
-    s = _settings(args)
-    return s, args.socket or s.socket, wiring.build(s).cluster
-
-
-def cmd_call(args: argparse.Namespace) -> int:
-    from imapd_ctl.entry import calls, show
-    paths = calls.controllers()
-    controller = paths[args.controller]
-    inputs = _parse_pairs(args.inputs)
-    try:
-        # A quick local check of names and values (every controller serves the one table).
-        lookup(args.action).validate(inputs, strict=True)
-    except ApiError as exc:
-        raise access.Refusal(access.USAGE, exc.message) from None
-    s, sock, cluster = _session(args)
-    key = access.read_key(args)
-    caller = calls.target(s, cluster, args.node, sock=sock, key=key, controller=controller)
-    answer = caller(args.action, inputs)
-    if not answer.reached:
-        raise access.Refusal(access.UNREACHABLE, str(answer.payload))
-    remote = args.node if args.node not in (None, s.node_id) else None
-    refused = access.refused_key(answer.status, answer.payload, remote)
-    if args.json:
-        print(json.dumps({"status": answer.status, "payload": answer.payload}))
-    elif answer.status == 0:
-        print(show.payload_text(answer.payload, show.Style.for_stream(sys.stdout)))
-    elif refused is None:
-        print(show.failure_text(args.action, answer.status, answer.payload, show.Style.for_stream(sys.stderr)),
-              file=sys.stderr)
-    if refused is not None:
-        raise refused
-    return access.OK if answer.status == 0 else access.FAILED
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from imapd_ctl.entry import calls, show, status, statusview, wiring
-    s, sock, cluster = _session(args)
-    if args.key is not None:
-        access.read_key(args)        # refuses --key before anything is asked
-    style = show.Style.for_stream(sys.stdout)
-    if args.all:
-        key = access.read_key(args)
-        callers = {s.node_id: calls.local(sock, key, timeout=s.node_timeout)}
-        callers.update({node_id: calls.remote(cluster, node_id) for node_id in sorted(cluster.nodes)})
-        result = status.cluster_status(s.node_id, callers)
-        print(json.dumps(result, indent=2) if args.json else statusview.cluster_table(result, style))
-        return int(result["exit"])
-    report = status.node_status(
-        s, sock, key_of=lambda: access.read_key(args),
-        caller_of=lambda key: calls.local(sock, key, timeout=s.node_timeout),
-        flavour_of=lambda: wiring.build(s).flavour)
-    print(json.dumps(report, indent=2) if args.json else statusview.node_screen(report, style))
-    return int(report["exit"])
 
 
 def cmd_key(args: argparse.Namespace) -> int:
@@ -184,16 +107,6 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else 1
 
 
-def _controllers() -> dict[str, str]:
-    from imapd_ctl.entry.calls import controllers
-    return controllers()
-
-
-def _call_options(p: argparse.ArgumentParser) -> None:
-    access.add_key_options(p)
-    p.add_argument("--socket", metavar="PATH", help="the daemon's unix socket (default: from the settings)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="imapd-ctl", description="Control this host's IMAP server "
                                 "(InterWorx /nodeworx/mail/imap compatible).")
@@ -202,32 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run the daemon (gunicorn; unix socket + loopback)").set_defaults(fn=cmd_serve)
 
-    c = sub.add_parser("call", help="call an action on the running daemon (this node or --node ID)",
-                       description="Call one action of the action table and print its answer: a "
-                                   "sentence, a record, a list, or for a cascade (cascade_to_nodes=1) "
-                                   "a table of every node's result.",
-                       epilog="actions: " + ", ".join(ACTIONS))
-    c.add_argument("action", metavar="ACTION", help="an action of the controller (see ACTIONS below)")
-    c.add_argument("inputs", nargs="*", metavar="name=value", help="the action's inputs")
-    c.add_argument("--json", action="store_true", help="print the raw envelope {status, payload}")
-    c.add_argument("--node", metavar="ID", help="run it on that node of the cluster registry "
-                   "(forwarded over HTTPS with this host's key for it, like the *OnNode actions)")
-    c.add_argument("--controller", choices=tuple(_controllers()), default="imap",
-                   help="the controller to call (default: imap)")
-    _call_options(c)
-    c.set_defaults(fn=cmd_call)
-
-    st = sub.add_parser("status", help="the IMAP server, its ports, limits and the daemon at a glance",
-                        description="One screen for this node: the IMAP server and its version, each "
-                                    "port (unit state, listening, enabled at boot, restarts), "
-                                    "connections in use/limit, the limits in force, an interrupted "
-                                    "change, and the daemon's health. Colour only on a terminal "
-                                    "(NO_COLOR turns it off).")
-    st.add_argument("--all", action="store_true", help="one row per node of the cluster registry, "
-                    "every node asked at once (each within node_timeout)")
-    st.add_argument("--json", action="store_true", help="the same data as JSON")
-    _call_options(st)
-    st.set_defaults(fn=cmd_status)
+    commands.add_call(sub)
+    commands.add_status(sub)
 
     k = sub.add_parser("key", help="manage API keys")
     ksub = k.add_subparsers(dest="key_cmd", required=True)

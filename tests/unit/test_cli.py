@@ -12,7 +12,7 @@ import pytest
 from imapd_ctl.core.errors import Busy, Unavailable
 from imapd_ctl.core.protocols import Check
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.entry import cli, recovery
+from imapd_ctl.entry import cli, commands, recovery
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_call_arguments():
     args = cli.build_parser().parse_args(["call", "update", "imap_max_connections=5", "--json",
                                           "--key-file", "/k", "--node", "node2"])
     assert (args.fn, args.action, args.inputs, args.json, args.key_file, args.node, args.controller) == \
-        (cli.cmd_call, "update", ["imap_max_connections=5"], True, "/k", "node2", "imap")
+        (commands.cmd_call, "update", ["imap_max_connections=5"], True, "/k", "node2", "imap")
 
 
 @pytest.mark.parametrize("argv", [[], ["nope"], ["key"], ["key", "create"], ["node"]])
