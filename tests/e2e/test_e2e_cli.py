@@ -94,3 +94,13 @@ def test_permission_denied_names_the_group(daemon, mailhost):
     assert r.returncode == 4, r.stdout + r.stderr
     assert "permission denied on" in r.stderr and "member of group" in r.stderr
 
+
+
+def test_call_reaches_each_controller_of_the_table(daemon):
+    from imapd_ctl.entry.calls import controllers
+    paths = controllers()
+    if "simap" not in paths:
+        pytest.skip("this build's action table serves only /nodeworx/mail/imap (the simap branch adds simap)")
+    for name in paths:
+        r = daemon.ctl("call", "--controller", name, "--json", "listServiceInfo", "--key-stdin", input=daemon.key)
+        assert json.loads(r.stdout)["payload"]["ctrl"] == paths[name]
