@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from imapd_ctl.core.actions import ACTIONS, CONTROLLER, Action
+from imapd_ctl.core.actions import ACTIONS, Action
 from imapd_ctl.core.settings import DEFAULT_PATH
 from imapd_ctl.entry import access, cli
+from imapd_ctl.entry.calls import controllers
 
 SUMMARY = "control the mail host's IMAP server (InterWorx NodeWorx API compatible)"
 
@@ -39,7 +40,8 @@ def _inputs(action: Action) -> str:
 
 
 def _sections() -> str:
-    out = [".SH ACTIONS", roff(f"The actions of {CONTROLLER}, for `imapd-ctl call ACTION [name=value ...]`. "
+    paths = " and ".join(f"{path} (--controller {name})" for name, path in controllers().items())
+    out = [".SH ACTIONS", roff(f"The actions of {paths}, for `imapd-ctl call ACTION [name=value ...]`. "
                                "Read-only actions answer GET and POST; the others only POST."), ""]
     for action in ACTIONS.values():
         kind = "changes the host" if action.mutating else "read-only"
