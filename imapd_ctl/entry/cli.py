@@ -1,4 +1,4 @@
-"""The `imapd-ctl` command: serve, call, status, key, node, check, recover. Exit codes: entry.access."""
+"""The `imapd-ctl` command: serve, call, key, check, recover."""
 from __future__ import annotations
 
 import argparse

@@ -282,24 +282,6 @@ def test_curl_over_the_unix_socket_with_a_created_key(pkg):
     assert pkg.run("stat", "-c", "%a %U %G %F", SOCK).stdout.split() == ["660", "root", "root", "socket"]
 
 
-def test_man_page_status_and_completion_as_debian_finds_them(pkg):
-    assert pkg.run("man", "-w", "imapd-ctl").stdout.strip() == DOC_FILES[0]
-    page = pkg.host.run(["man", "8", "imapd-ctl"], env={"MANWIDTH": "120", "MANPAGER": "cat"}).stdout
-    assert "EXIT STATUS" in page and "imapd-ctl status" in page and "queryStartOnBoot" in page
-    # bash-completion's lazy loader finds the file by the command's name, as an interactive shell would.
-    probe = ("source /usr/share/bash-completion/bash_completion; _completion_loader imapd-ctl; "
-             "complete -p imapd-ctl; COMP_WORDS=(imapd-ctl call startOnB); COMP_CWORD=2; _shtab_imapd_ctl; "
-             'echo "${COMPREPLY[*]}"')
-    out = pkg.run("bash", "--norc", "-c", probe).stdout.splitlines()
-    assert "-F _shtab_imapd_ctl" in out[0] and out[1] == "startOnBoot"
-    # zsh's compinit finds it on Debian's default fpath.
-    found = pkg.run("zsh", "-f", "-c", "autoload -Uz compinit; compinit -u -D; print -r -- $_comps[imapd-ctl]")
-    assert found.stdout.strip() == "_imapd-ctl"
-    # status of the packaged daemon, Debian's python3, the key from the environment.
-    r = pkg.run("imapd-ctl", "status", env_key=pkg.key)
-    assert "IMAP server   dovecot " in r.stdout and "daemon        answers on /run/imapd-ctl/imapd-ctl.sock" in r.stdout
-
-
 def test_every_kind_of_action_works_under_the_hardening(pkg):
     """Writes in /etc/dovecot, doveconf/doveadm/journalctl, D-Bus manager calls, /proc fds."""
     status, payload = pkg.call("update", "imap_max_connections=60", "imap_secure_max_connections=40")
@@ -366,6 +348,24 @@ def test_units_verify_and_exposure_score(pkg):
     assert m, out[-2000:]
     print(f"\nsystemd-analyze security imapd-ctl.service: exposure {m.group(1)} {m.group(2)}")
     assert float(m.group(1)) <= 3.0, out
+
+
+def test_man_page_status_and_completion_as_debian_finds_them(pkg):
+    assert pkg.run("man", "-w", "imapd-ctl").stdout.strip() == DOC_FILES[0]
+    page = pkg.host.run(["man", "8", "imapd-ctl"], env={"MANWIDTH": "120", "MANPAGER": "cat"}).stdout
+    assert "EXIT STATUS" in page and "imapd-ctl status" in page and "queryStartOnBoot" in page
+    # bash-completion's lazy loader finds the file by the command's name, as an interactive shell would.
+    probe = ("source /usr/share/bash-completion/bash_completion; _completion_loader imapd-ctl; "
+             "complete -p imapd-ctl; COMP_WORDS=(imapd-ctl call startOnB); COMP_CWORD=2; _shtab_imapd_ctl; "
+             'echo "${COMPREPLY[*]}"')
+    out = pkg.run("bash", "--norc", "-c", probe).stdout.splitlines()
+    assert "-F _shtab_imapd_ctl" in out[0] and out[1] == "startOnBoot"
+    # zsh's compinit finds it on Debian's default fpath.
+    found = pkg.run("zsh", "-f", "-c", "autoload -Uz compinit; compinit -u -D; print -r -- $_comps[imapd-ctl]")
+    assert found.stdout.strip() == "_imapd-ctl"
+    # status of the packaged daemon, Debian's python3, the key from the environment.
+    r = pkg.run("imapd-ctl", "status", env_key=pkg.key)
+    assert "IMAP server   dovecot " in r.stdout and "daemon        answers on /run/imapd-ctl/imapd-ctl.sock" in r.stdout
 
 
 def test_tls_listener_beside_the_plain_unix_socket(pkg):
