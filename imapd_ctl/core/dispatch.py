@@ -4,12 +4,13 @@ without a valid key learns nothing about controllers, actions or inputs."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from imapd_ctl.core.actions import CONTROLLER, PERMISSION, Action, brief, lookup
 from imapd_ctl.core.errors import ApiError, BadInput, MethodNotAllowed, NotFound
-from imapd_ctl.core.protocols import Audit, KeyStore
+from imapd_ctl.core.protocols import Audit, KeyStore, Telemetry, Untold
 from imapd_ctl.core.request import Request, Result
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,13 @@ class Context:
     runner: Runner
     render: Callable[[Any], Any] = _as_is
     describe: Callable[[ApiError], Any] = _message
+    telemetry: Telemetry = Untold()    # counts each known action by status, with its duration
 
 
 def dispatch(request: Request, ctx: Context) -> Result:
     """The Result of one request; never raises (an unexpected error is a 500 and a traceback
     in the log, and the worker lives on)."""
+    started = time.monotonic()
     who = "-"
     action: Action | None = None
     values: dict[str, Any] = {}
@@ -69,4 +72,6 @@ def dispatch(request: Request, ctx: Context) -> Result:
     if action is not None and action.mutating:
         ctx.audit.record(who=who, peer=request.peer, transport=request.transport, action=action.name,
                          inputs=values, status=result.status, payload=result.payload)
+    if action is not None:
+        ctx.telemetry.action(action.name, result.status, time.monotonic() - started)
     return result
