@@ -222,14 +222,17 @@ class FakeFlavour:
         return [Check("config writable", True, os.path.dirname(self.main))]
 
     def pools(self, systemd: Any) -> tuple[Pool, ...]:
-        """One pool serving 143 with imap_max_connections as its limit; `processes` running
-        while the unit is active."""
+        """`pool_list` if set; else one pool serving 143 with imap_max_connections as its
+        limit, `processes` running while the unit is active."""
+        if self.pool_list is not None:
+            return self.pool_list
         active = systemd.active_state(self.primary_unit) == "active"
         return (Pool(name="fake-pool", unit=self.primary_unit, ports=(143,),
                      processes=self.processes if active else 0,
                      process_limit=self.current_values()["imap_max_connections"]),)
 
     processes = 0
+    pool_list: tuple[Pool, ...] | None = None
 
 
 class FakePorts:
