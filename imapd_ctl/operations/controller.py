@@ -213,8 +213,9 @@ class Controller:
         try:
             outcome = transaction.change(self.flavour, requested, systemd=self.systemd,
                                          journal=self.journal, dry_run=bool(dry_run))
-        except ChangeFailed:
-            self.telemetry.change("rolled_back")
+        except ChangeFailed as exc:
+            if not exc.rollback.journal_kept:   # else the recovery that finishes it counts it
+                self.telemetry.change("rolled_back")
             raise
         if outcome.changed and not dry_run:
             self.telemetry.change("applied")

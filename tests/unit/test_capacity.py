@@ -7,7 +7,7 @@ from fakes import FakeFlavour, FakePorts, FakeSystemd
 
 from imapd_ctl.core import capacity as cap
 from imapd_ctl.core.capacity import Pool
-from imapd_ctl.core.errors import ActionFailed
+from imapd_ctl.core.errors import ActionFailed, Unavailable
 from imapd_ctl.operations import capacity
 
 UNIT = FakeFlavour.primary_unit
@@ -171,3 +171,14 @@ def test_a_lock_given_up_is_told(env, told):
     with env.services.lock.hold(timeout=1):
         assert env.call("restart").status_code == 409
     assert told.events == [("lock", False)]
+
+
+def test_a_rollback_left_pending_is_counted_once_by_the_recovery_that_finishes_it(env, told):
+    env.systemd.faults["reload"] = Unavailable("cannot connect to the system bus")
+    reply = env.call("update", data={"imap_max_connections": "41"})
+    assert reply.status_code == 503 and env.services.journal.pending() is not None
+    assert ("change", "rolled_back") not in told.events
+    del env.systemd.faults["reload"]
+    assert env.call("restart").status_code == 200          # recovers first, under the lock
+    assert env.services.journal.pending() is None
+    assert told.events.count(("change", "rolled_back")) == 1
