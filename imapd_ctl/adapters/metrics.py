@@ -32,8 +32,9 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 P = "imapd_ctl_"
 # Actions take from a millisecond (isRunning) to job_timeout (a slow start): up to 10 minutes.
-ACTION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-LOCK_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Few buckets: a scrape adds up every bucket of every process's files.
+ACTION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 2.5, 10, 30, 120, 600)
+LOCK_BUCKETS = (0.001, 0.01, 0.1, 1, 5, 10, 30, 60)
 _multiprocess_in: dict[int, str] = {}     # pid -> the directory its values are written to
 
 
