@@ -3,6 +3,7 @@ real Prometheus (Debian's `prometheus`, started inside the mail host on its loop
 it and sees the IMAP server go down and up."""
 from __future__ import annotations
 
+import imaplib
 import json
 import time
 import urllib.parse
@@ -105,6 +106,14 @@ def test_prometheus_sees_imap_go_down_and_up(prometheus, daemon):
     assert becomes(host, up, 0) == [0]
     assert daemon.call("start")[0] == 0
     assert becomes(host, up, 1) == [1]
+    # Connections in use, as queryCapacity counts them.
+    clients = [imaplib.IMAP4(host.address, 143, timeout=10) for _ in range(3)]
+    try:
+        assert becomes(host, 'imapd_ctl_imap_connections{job="imapd-ctl",port="143"}', 3) == [3]
+    finally:
+        for c in clients:
+            c.logout()
+    assert becomes(host, 'imapd_ctl_imap_connections{job="imapd-ctl",port="143"}', 0) == [0]
     # What Prometheus stored of the daemon's counts: the stop and the start, status 0.
     count = 'imapd_ctl_action_duration_seconds_count{{job="imapd-ctl",action="{}",status="0"}}'
     assert becomes(host, count.format("stop"), 1) == [1]
