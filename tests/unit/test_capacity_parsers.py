@@ -3,10 +3,14 @@ strings and the numbers/booleans/unlimited forms 2.4 may print) and couriertcpd'
 import json
 
 import pytest
+from fakes import FakeSystemd
 
 from imapd_ctl.adapters.flavours import dovecot_status
+from imapd_ctl.adapters.flavours.dovecot import Dovecot
 from imapd_ctl.adapters.flavours.courier import tcpd
 from imapd_ctl.adapters.flavours.dovecot_status import StatusError
+from imapd_ctl.core.errors import ActionFailed
+from imapd_ctl.core.settings import Settings
 
 # As Dovecot 2.3.19.1 printed it on the test host with 3 clients connected (not logged in).
 REAL_23 = (
@@ -84,3 +88,28 @@ def test_couriertcpd_maxprocs(argv, limit):
 
 def test_no_couriertcpd_without_a_main_pid():
     assert tcpd.load(0) is None
+
+
+# -- the Dovecot flavour's pools, with stand-in doveadm/doveconf programs ---------------------
+
+def flavour_with(tmp_path, doveadm: str, doveconf: str):
+    for name, body in (("doveadm", doveadm), ("doveconf", doveconf)):
+        (tmp_path / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tmp_path / name).chmod(0o755)
+    settings = Settings(state_dir=str(tmp_path / "state"))
+    settings.dovecot.doveadm, settings.dovecot.doveconf = str(tmp_path / "doveadm"), str(tmp_path / "doveconf")
+    return Dovecot(settings)
+
+
+def test_dovecot_pools_of_the_running_server(tmp_path):
+    flavour = flavour_with(tmp_path, f"cat <<'EOF'\n{REAL_23}\nEOF", "printf '143\\n993\\n'")
+    imap, login = flavour.pools(FakeSystemd({"dovecot.service": "active"}))
+    assert imap.ports == (143, 993) and login.processes == 3
+
+
+def test_dovecot_ports_fall_back_to_the_setting_and_a_failing_doveadm_is_an_error(tmp_path):
+    flavour = flavour_with(tmp_path, "echo 'Fatal: connect(/run/dovecot/stats) failed' >&2; exit 75",
+                           "echo 'Fatal: unknown setting' >&2; exit 89")
+    assert flavour.capacity_ports() == (143,)
+    with pytest.raises(ActionFailed, match="doveadm service status failed: Fatal: connect"):
+        flavour.pools(FakeSystemd({"dovecot.service": "active"}))
