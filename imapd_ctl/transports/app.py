@@ -3,7 +3,6 @@
 errors included, the InterWorx envelope."""
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 from typing import Callable
@@ -11,35 +10,15 @@ from typing import Callable
 from flask import Flask, Response, request
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
-from imapd_ctl.core.actions import CONTROLLER, METRICS_PERMISSION
-from imapd_ctl.core.errors import ApiError, Forbidden, NotFound
-from imapd_ctl.core.dispatch import Context, dispatch
+from imapd_ctl.core.actions import CONTROLLER
+from imapd_ctl.core.errors import ApiError, NotFound
+from imapd_ctl.core.dispatch import Context, check_metrics_reader, dispatch
 from imapd_ctl.core.request import Request, Result
 from imapd_ctl.transports import http, openapi, xmlrpc
 from imapd_ctl.transports.http import MAX_BODY, envelope
 
 
 Scrape = Callable[[], "tuple[bytes, str]"]   # /metrics: the body and its content type
-
-
-def _is_local(peer: str) -> bool:
-    if peer == "unix-socket":
-        return True
-    try:
-        return ipaddress.ip_address(peer).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_metrics_reader(ctx: Context, access: str, scrape: Scrape | None) -> None:
-    """Raise unless this request may read /metrics (settings.metrics_access)."""
-    if scrape is None or access == "off":
-        raise NotFound("/metrics is off on this daemon (metrics_access = \"off\")")
-    if access == "key":
-        ctx.keys.authenticate(http.bearer(), METRICS_PERMISSION)
-    elif not _is_local(http.peer()):
-        raise Forbidden(f"/metrics is readable from this host only (metrics_access = \"local\"); "
-                        f"{http.peer()} is not a loopback address")
 
 
 def create_app(ctx: Context, *, scrape: Scrape | None = None, metrics_access: str = "local") -> Flask:
@@ -94,7 +73,9 @@ def create_app(ctx: Context, *, scrape: Scrape | None = None, metrics_access: st
     @app.get("/metrics", provide_automatic_options=False)
     def metrics_route() -> Response:
         try:
-            _check_metrics_reader(ctx, metrics_access, scrape)
+            if scrape is None:
+                raise NotFound("/metrics is not served by this app")
+            check_metrics_reader(ctx, metrics_access, http.bearer, http.peer())
         except ApiError as exc:
             return envelope(exc.status, ctx.describe(exc))
         assert scrape is not None
