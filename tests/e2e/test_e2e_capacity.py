@@ -102,3 +102,29 @@ def test_a_stopped_server_is_reported_down_with_its_configured_limit(served):
     finally:
         assert daemon.call("start")[0] == 0
     assert port(reading(daemon.call), 143)["up"] is True
+
+
+def test_an_automatic_restart_is_a_signal(mailhost, daemon):
+    """Dovecot killed behind the daemon's back and restarted by systemd (Restart=on-failure in a
+    runtime drop-in): NRestarts shows in queryCapacity and in /metrics. Last in the module: the
+    unit keeps its count."""
+    dropin = "/run/systemd/system/dovecot.service.d/imapd-ctl-test-restart.conf"
+    mailhost.write_file(dropin, "[Service]\nRestart=on-failure\nRestartSec=200ms\n")
+    mailhost.systemctl("daemon-reload")
+    try:
+        main = mailhost.systemctl("show", "-p", "MainPID", "--value", "dovecot").stdout.strip()
+        mailhost.run(["kill", "-KILL", main])
+        deadline = time.monotonic() + 20
+        while True:
+            payload = reading(daemon.call)
+            if (payload["units"][0]["restarts"] == 1 and port(payload, 143)["up"]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert payload["units"][0]["restarts"] == 1 and port(payload, 143)["up"], payload
+        assert {"code": "restarted", "subject": "dovecot.service", "value": 1} in \
+            [{k: s[k] for k in ("code", "subject", "value")} for s in payload["signals"]]
+        body = daemon.http("GET", "/metrics")[1].decode()
+        assert 'imapd_ctl_unit_restarts{unit="dovecot.service"} 1.0' in body
+    finally:
+        mailhost.run(["rm", "-f", dropin])
+        mailhost.systemctl("daemon-reload")
