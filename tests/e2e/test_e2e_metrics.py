@@ -10,6 +10,7 @@ import urllib.parse
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from probes import bus_down
 
 pytestmark = pytest.mark.mailhost
 
@@ -61,6 +62,29 @@ def test_loopback_tcp_reads_metrics_without_a_key(daemon, mailhost):
     out = mailhost.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{content_type}",
                         "http://127.0.0.1:8143/metrics"]).stdout
     assert out.startswith("200 text/plain"), out
+
+
+def test_the_bus_going_away_is_said_and_reconnects_are_counted(daemon, mailhost):
+    reconnects = ("imapd_ctl_bus_reconnects_total", ())
+    for _ in range(6):                     # every worker holds a connection
+        assert daemon.call("isRunning") == (0, True)
+    before = scrape(daemon)[reconnects]
+    with bus_down(mailhost):
+        assert daemon.call("isRunning")[0] == 503
+        during = scrape(daemon)
+        assert during[("imapd_ctl_state_readable", ())] == 0
+        assert not any(name == "imapd_ctl_imap_up" for name, _ in during)   # no stale 1
+    deadline = time.monotonic() + WAIT
+    answered = 0
+    while answered < 6 and time.monotonic() < deadline:
+        if daemon.call("isRunning") == (0, True):
+            answered += 1
+        else:
+            answered = 0
+            time.sleep(0.05)
+    assert answered == 6
+    after = scrape(daemon)
+    assert after[reconnects] > before and after[("imapd_ctl_state_readable", ())] == 1
 
 
 @pytest.fixture(scope="module")
