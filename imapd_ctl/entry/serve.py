@@ -29,6 +29,7 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from imapd_ctl.adapters import metrics
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.entry.recovery import recover_in_child
 
@@ -198,9 +199,10 @@ def activation_binds(settings: Settings, inherited: list[Inherited]) -> list[str
 # ----------------------------------------------------------------- gunicorn
 
 class _Gunicorn(BaseApplication):
-    def __init__(self, settings: Settings, binds: list[str]):
+    def __init__(self, settings: Settings, binds: list[str], unfinished_recovery: str | None = None):
         self.settings = settings
         self.binds = binds
+        self.unfinished_recovery = unfinished_recovery
         super().__init__()
 
     def load_config(self) -> None:
@@ -233,7 +235,9 @@ class _Gunicorn(BaseApplication):
         from imapd_ctl.transports.app import create_app
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="[%(process)d] %(levelname)s %(name)s: %(message)s")
-        return create_app(wiring.build(self.settings).context())
+        services = wiring.build(self.settings, unfinished_recovery=self.unfinished_recovery)
+        return create_app(services.context(), scrape=services.scrape,
+                          metrics_access=self.settings.metrics_access)
 
 
 def run(settings: Settings) -> None:
@@ -252,6 +256,15 @@ def run(settings: Settings) -> None:
               " (under the packaged unit only /run/imapd-ctl, /var/lib/imapd-ctl and "
               "/var/log/imapd-ctl are writable: see ReadWritePaths=)", file=sys.stderr)
         raise SystemExit(EX_CONFIG) from None
+    # Every process (the recovery child, each worker) counts in the private metrics directory,
+    # emptied here: a scrape adds up the counts since this start (adapters.metrics).
+    try:
+        metrics.prepare_directory(settings.metrics_dir)
+    except OSError as exc:
+        print(f"imapd-ctl: cannot prepare metrics_dir {settings.metrics_dir}: "
+              f"{os.strerror(exc.errno or errno.EIO)}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
+    metrics.use_multiprocess(settings.metrics_dir)
     inherited = inherited_sockets()
     if inherited:
         try:
@@ -265,8 +278,10 @@ def run(settings: Settings) -> None:
     else:
         binds = [f"unix:{settings.socket}"] + list(settings.listen)
     # Finish or undo a change that a crash interrupted, in a child process so that the
-    # master never opens D-Bus (children forked from it would hang on that connection). A
-    # failure is reported and the daemon serves anyway: the next change retries it.
+    # master never opens D-Bus (children forked from it would hang on that connection), for
+    # at most recovery_timeout. A failure is reported and the daemon serves anyway: the next
+    # change retries it. One that overran is not retried by a change (it would hang again):
+    # changes are refused until `imapd-ctl recover` has finished it.
     outcome = recover_in_child(settings)
     print(f"imapd-ctl: recover: {'' if outcome.ok else 'FAILED: '}{outcome.message}", file=sys.stderr)
-    _Gunicorn(settings, binds).run()
+    _Gunicorn(settings, binds, None if outcome.finished else outcome.message).run()

@@ -44,7 +44,7 @@ def assert_seed_payloads(call, node_id: str) -> None:
 
 
 def exercise_every_action(call, node_id: str) -> dict:
-    """Run all 19 actions with their usual inputs through `call` (Daemon.call or .route),
+    """Run all 20 actions with their usual inputs through `call` (Daemon.call or .route),
     asserting each succeeds, and leave the server as it was: running, enabled at boot, with
     the limits it had. Returns those limits (queryUpdate before)."""
     from imapd_ctl.core.actions import ACTIONS
@@ -56,7 +56,7 @@ def exercise_every_action(call, node_id: str) -> dict:
         ("startOnBoot", {"mda_imap_startonboot": 0}), ("queryStartOnBoot", {}),
         ("startOnBoot", {"mda_imap_startonboot": 1}), ("queryStartOnBoot", {}),
         ("update", {"imap_max_connections": current["imap_max_connections"] + 1}),
-        ("update", current), ("queryUpdate", {}),
+        ("update", current), ("queryUpdate", {}), ("queryCapacity", {}),
         ("isRunning", {}), ("isRunningOnNode", {}), ("listServiceInfo", {}),
         *[(name, {}) for name in SEED_PAYLOADS],
     ]
@@ -128,9 +128,11 @@ class Daemon:
         """Run the imapd-ctl command inside the host with this daemon's config."""
         return self.host.run([IMAPD_CTL, "--config", self.config, *args], check=check, input=input)
 
-    def audit_lines(self) -> list[dict]:
+    def audit_lines(self, phase: str = "end") -> list[dict]:
+        """The audit lines of `phase` ("begin": a change about to run; "end": its result)."""
         text = self.host.read_file("/var/log/imapd-ctl/audit.log").decode()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [line for line in lines if line["phase"] == phase]
 
     def start(self, timeout: float = 30) -> None:
         """Run the daemon as a transient unit (gone once stopped: start() makes it again)."""

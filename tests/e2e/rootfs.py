@@ -40,6 +40,7 @@ TRIXIE_PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "iproute2", "procps", "curl", "openssl", "ca-certificates",
     "ssl-cert", "passwd", "dovecot-core", "dovecot-imapd", "python3", "python3-flask",
     "python3-werkzeug", "python3-gunicorn", "python3-psutil", "python3-pydbus", "python3-gi",
+    "python3-prometheus-client", "prometheus",   # /metrics, and the real Prometheus of its test
 )
 # Downloaded only (Courier conflicts with dovecot-imapd): the same transaction as courierhost.py.
 COURIER_APT = ("--no-install-recommends", "courier-imap", "dovecot-core-", "dovecot-imapd-")

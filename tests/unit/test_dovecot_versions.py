@@ -52,14 +52,6 @@ def test_protocols_of_both_versions(text, served):
     assert readings.protocols(text) == served
 
 
-def test_service_status_json_is_the_same_on_both():
-    out = ('[{"name":"imap-login","process_limit":"100"},{"name":"imap","process_count":"3",'
-           '"process_limit":"1024","client_limit":"1"}]')
-    assert readings.service_status(out, "imap")["process_limit"] == "1024"
-    assert readings.service_status(out, "pop3") is None
-    assert readings.service_status("name: imap\nprocess_limit: 1\n", "imap") is None   # table: no
-
-
 @pytest.mark.parametrize("first, version", [
     ("# 2.3.19.1 (9b53102964): /etc/dovecot/dovecot.conf\n", (2, 3)),
     ("# 2.4.1-4 (7d8c0e5759): /etc/dovecot/dovecot.conf\n", (2, 4)),

@@ -8,11 +8,10 @@ stdout is a file that already has content).
   unset     service vsz_limit: 2.3 `18446744073709551615 B`, 2.4 an empty line; service
             process_limit: 2.3 `0`, 2.4 an empty line (both mean: the default_* setting applies)
   protocols 2.3 ` imap pop3` (names); 2.4 one `NAME = yes|no` line per protocol
-`doveadm -f json service status` has the same keys on both; values are strings.
+(`doveadm -f json service status`, the same on both, is read by ..dovecot_status.)
 """
 from __future__ import annotations
 
-import json
 import re
 
 UNLIMITED = (1 << 64) - 1
@@ -67,17 +66,6 @@ def protocols(text: str) -> set[str]:
         else:
             served.update(line.split())
     return served
-
-
-def service_status(text: str, service: str) -> dict[str, str] | None:
-    """The row of `service` in `doveadm -f json service status` output, or None."""
-    try:
-        rows = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(rows, list):
-        return None
-    return next((r for r in rows if isinstance(r, dict) and r.get("name") == service), None)
 
 
 def version(text: str) -> tuple[int, int] | None:
