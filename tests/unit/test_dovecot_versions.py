@@ -138,3 +138,14 @@ def test_a_config_without_the_conf_d_include_is_refused_saying_what_to_add(flavo
 def test_version_of_this_machines_dovecot(flavour):  # noqa: F811
     assert flavour.version() in ((2, 3), (2, 4))
     assert shutil.which("doveconf")
+
+
+@needs_doveconf
+def test_a_symlinked_override_is_named_and_its_target_never_written(flavour, live, tmp_path):  # noqa: F811
+    target = tmp_path / "elsewhere.conf"
+    target.write_text("service imap {\n  process_limit = 7\n}\n")
+    (live / "conf.d" / "99-local.conf").symlink_to(target)
+    with pytest.raises(ConfigInvalid, match=f"{live}/conf.d/99-local.conf "):
+        flavour.validate(flavour.plan(SEED_VALUES))
+    assert target.read_text() == "service imap {\n  process_limit = 7\n}\n"
+    assert (live / "conf.d" / "99-local.conf").is_symlink()

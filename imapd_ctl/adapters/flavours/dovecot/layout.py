@@ -91,25 +91,34 @@ def later_files(config: Path, dropin: Path, rebase: tuple[str, str] = ("", "")) 
 def overriding(config: Path, dropin: Path, effective: Callable[[], object],
                rebase: tuple[str, str] = ("", "")) -> list[Path]:
     """The later files that override the drop-in, found with Dovecot's own parser: each candidate
-    of `later_files` is emptied in turn (in the caller's throw-away copy of the tree) and counts
-    if the effective values (`effective()`) then change. The main config cannot be emptied: it
-    is named when no other file explains the override."""
+    of `later_files` inside the caller's throw-away copy of the tree (rebase[1]) is emptied in
+    turn and counts if the effective values (`effective()`) then change. A symlink in the copy is
+    replaced, never written through (its target may be a live file); files outside the copy are
+    never touched. When no emptied file explains the override, the remaining candidates (the
+    main config, files outside the copy) are named."""
     baseline = effective()
     candidates = later_files(config, dropin, rebase)
+    copy = Path(rebase[1]) if rebase[1] else config.parent
     found: list[Path] = []
+    untested: list[Path] = []
     for path in candidates:
-        if path == config:
+        if path == config or copy not in path.parents:
+            untested.append(path)
             continue
-        saved = path.read_bytes()
+        link = os.readlink(path) if path.is_symlink() else None
+        saved = b"" if link is not None else path.read_bytes()
+        path.unlink()
         path.write_bytes(b"")
         try:
             changed = effective() != baseline
         except ConfigInvalid:   # the config needs the file: not the culprit
             changed = False
         finally:
-            path.write_bytes(saved)
+            path.unlink()
+            if link is not None:
+                os.symlink(link, path)
+            else:
+                path.write_bytes(saved)
         if changed:
             found.append(path)
-    if not found and config in candidates:
-        found.append(config)
-    return found
+    return found or untested
