@@ -41,6 +41,7 @@ TRIXIE_PACKAGES = (
     "ssl-cert", "passwd", "dovecot-core", "dovecot-imapd", "python3", "python3-flask",
     "python3-werkzeug", "python3-gunicorn", "python3-psutil", "python3-pydbus", "python3-gi",
     "python3-prometheus-client", "prometheus",   # /metrics, and the real Prometheus of its test
+    "man-db", "bash-completion", "zsh",          # the package test reads the man page, completes
 )
 # Downloaded only (Courier conflicts with dovecot-imapd): the same transaction as courierhost.py.
 COURIER_APT = ("--no-install-recommends", "courier-imap", "dovecot-core-", "dovecot-imapd-")
