@@ -29,6 +29,7 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from imapd_ctl.adapters.flavours import validation
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.entry.recovery import recover_in_child
 
@@ -252,6 +253,9 @@ def run(settings: Settings) -> None:
               " (under the packaged unit only /run/imapd-ctl, /var/lib/imapd-ctl and "
               "/var/log/imapd-ctl are writable: see ReadWritePaths=)", file=sys.stderr)
         raise SystemExit(EX_CONFIG) from None
+    # Validation scratch trees a killed worker left behind (and older versions' copies).
+    for path in validation.remove_stale(settings.state_dir):
+        print(f"imapd-ctl: removed a validation tree left behind: {path}", file=sys.stderr)
     inherited = inherited_sockets()
     if inherited:
         try:

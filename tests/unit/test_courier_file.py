@@ -347,7 +347,7 @@ def test_validate_accepts_the_plan_and_leaves_live_files_alone(tmp_path):
     flavour.validate(files)
     assert (conf / "imapd").read_bytes() == STOCK_IMAPD
     assert (conf / "imapd-ssl").read_bytes() == STOCK_SSL
-    assert os.listdir(tmp_path / "state") == []           # no temp dirs left behind
+    assert os.listdir(tmp_path / "state" / "validation") == []   # no scratch dirs left behind
 
 
 def test_syntax_error_is_refused_naming_the_live_file(tmp_path):

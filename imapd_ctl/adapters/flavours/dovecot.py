@@ -13,13 +13,13 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from imapd_ctl.core.actions import MEM_MAX, UPDATE_FIELDS
 from imapd_ctl.core.errors import ActionFailed, ConfigInvalid, ConfigWriteError
 from imapd_ctl.adapters import ports
+from imapd_ctl.adapters.flavours import validation
 from imapd_ctl.adapters.flavours.base import config_checks
 from imapd_ctl.core.protocols import Applied, Check, Files, Systemd, Values
 from imapd_ctl.core.settings import Settings
@@ -143,25 +143,14 @@ class Dovecot:
         try:
             self._validate(files)
         except OSError as exc:
-            # Copying the tree into the state dir failed (typically ENOSPC): nothing live was touched.
+            # Making the candidate tree in the state dir failed (typically ENOSPC): nothing live was touched.
             raise ConfigWriteError(f"cannot prepare the candidate configuration for validation in "
                                    f"{self.state_dir}: {_os_reason(exc)}; nothing was changed") from None
 
     def _validate(self, files: Files) -> None:
         conf_dir = Path(self.s.config).parent
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with tempfile.TemporaryDirectory(prefix="validate-", dir=self.state_dir,
-                                         ignore_cleanup_errors=True) as tmp:
-            tree = Path(tmp) / "conf"
-            shutil.copytree(conf_dir, tree, symlinks=True)
-            for path, data in files.items():
-                rel = Path(path).relative_to(conf_dir)
-                target = tree / rel
-                if data is None:
-                    target.unlink(missing_ok=True)
-                else:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(data)
+        # Symlinks to the live files plus the candidate drop-in: nothing (no key) is copied.
+        with validation.candidate_tree(self.state_dir, conf_dir, files) as tree:
             candidate = str(tree / Path(self.s.config).name)
             proc = self._run([self.s.doveconf, "-n", "-c", candidate], "run doveconf")
             if proc.returncode != 0:

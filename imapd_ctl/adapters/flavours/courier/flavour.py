@@ -14,14 +14,15 @@ returns what it restarted and verify() gets that back, nothing is kept in betwee
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from imapd_ctl.adapters import ports
+from imapd_ctl.adapters.flavours import validation
 from imapd_ctl.adapters.flavours.base import config_checks
 from imapd_ctl.adapters.flavours.courier import sourcing
 from imapd_ctl.adapters.flavours.courier.shellfile import (
@@ -131,13 +132,11 @@ class Courier:
         planned = {name: files.get(path) for name, path in self.paths.items()}
         live = self._read() if None in planned.values() else {}   # not planned: the live file
         by_name = {name: (live[name] or b"") if data is None else data for name, data in planned.items()}
-        tmp_dir = None
-        try:
+        with contextlib.ExitStack() as scratch:
             try:
-                self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-                tmp_dir = tempfile.TemporaryDirectory(prefix="validate-", dir=self.state_dir,
-                                                      ignore_cleanup_errors=True)
-                paths = {name: os.path.join(tmp_dir.name, name) for name in self.paths}
+                # A private (0700) scratch directory, removed however validation ends.
+                tmp_dir = scratch.enter_context(validation.scratch(self.state_dir))
+                paths = {name: os.path.join(tmp_dir, name) for name in self.paths}
                 for name, path in paths.items():
                     Path(path).write_bytes(by_name[name])
             except OSError as exc:
@@ -150,9 +149,6 @@ class Courier:
                     raise ConfigInvalid(f"{self.paths[name]} would not be valid shell for Courier's start "
                                         f"scripts: {problem}")
             got = sourcing.source(self.config_dir, paths, self.paths)
-        finally:
-            if tmp_dir is not None:
-                tmp_dir.cleanup()
         problems = []
         for name in (PLAIN, SSL):
             # After plan() each file sets both variables, and each daemon sources its own
