@@ -1,6 +1,7 @@
 """The cluster: other nodes' imapd-ctl daemons, called over HTTPS with certificate checks.
 
-The registry lives in the settings (`[[nodes]]`: id, url, key, ca). `*OnNode` forwards to one
+The registry lives in the settings (`[[nodes]]`: id, url, ca, and key_file: the file holding
+the key, read at each call; or the key inline). `*OnNode` forwards to one
 node; `cascade_to_nodes=1` replays an action on every node in parallel, each with its own
 timeout. A replay is sent with cascade_to_nodes=0, so it never cascades again.
 """
@@ -14,6 +15,7 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from imapd_ctl.adapters import secrets
 from imapd_ctl.core.actions import CONTROLLER
 from imapd_ctl.core.errors import NotFound
 from imapd_ctl.core.settings import Node
@@ -45,6 +47,11 @@ class Cluster:
     def call(self, node: Node, action: str, inputs: dict[str, Any]) -> tuple[int, Any]:
         """(status, payload) of one action on a node; failures to reach it are status 502
         with the reason (refused, timed out, certificate not trusted...)."""
+        try:
+            key = node.key or secrets.read_key(node.key_file)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return 502, f"node {node.id}: cannot read its key from {node.key_file}: {reason}"
         url = urllib.parse.urlsplit(node.url)
         try:
             conn = http.client.HTTPSConnection(url.hostname or "", url.port or 443, timeout=self.timeout,
@@ -52,7 +59,7 @@ class Cluster:
             try:
                 conn.request("POST", f"{url.path.rstrip('/')}{CONTROLLER}/{action}",
                              body=json.dumps(inputs),
-                             headers={"Authorization": f"Bearer {node.key}",
+                             headers={"Authorization": f"Bearer {key}",
                                       "Content-Type": "application/json"})
                 resp = conn.getresponse()
                 body = resp.read()

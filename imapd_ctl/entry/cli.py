@@ -103,6 +103,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{'ok  ' if check.ok else 'FAIL'} {check.what}: {check.detail}")
 
     report(Check("settings", True, s.source))
+    from imapd_ctl.adapters import secrets
+    for secret in s.secret_files():
+        problem = secrets.problem(secret, secrets.daemon_uid(s.state_dir))
+        report(Check(f"secret file private: {secret.holds}", problem is None, problem or f"{secret.path} (owner only)"))
     services = wiring.build(s)
     try:
         report(Check("systemd over D-Bus", True, f"systemd {services.systemd.ping()}"))

@@ -29,6 +29,7 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from imapd_ctl.adapters import secrets
 from imapd_ctl.adapters.flavours import validation
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.entry.recovery import recover_in_child
@@ -237,8 +238,17 @@ class _Gunicorn(BaseApplication):
         return create_app(wiring.build(self.settings).context())
 
 
+def check_secrets(settings: Settings) -> None:
+    """Refuse to start while a file holding secrets is open to group or others (or belongs to
+    someone else): each problem names the file and the mode to set."""
+    found = secrets.problems(settings.secret_files())
+    if found:
+        raise SystemExit("\n".join(f"imapd-ctl: refusing to start: {p}" for p in found))
+
+
 def run(settings: Settings) -> None:
     try:
+        check_secrets(settings)
         check_binds(settings)
     except SystemExit as exc:
         # A configuration error: say why, and exit with EX_CONFIG so systemd does not retry.

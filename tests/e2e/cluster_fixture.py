@@ -86,9 +86,15 @@ class Cluster3:
         keys = {(a.n, b.n): "ictl_" + secrets.token_urlsafe(32)
                 for a in self.nodes for b in self.nodes if a is not b}
         for node in self.nodes:
+            # Each peer key in its own owner-only file, apart from the settings.
+            for other in self.nodes:
+                if other is not node:
+                    key_file = node.share / f"{other.id}.key"
+                    key_file.write_text(keys[node.n, other.n] + "\n")
+                    key_file.chmod(0o600)
             registry = "".join(
                 f'\n[[nodes]]\nid = "{other.id}"\nurl = "https://{other.address}:{PORT}"\n'
-                f'key = "{keys[node.n, other.n]}"\nca = "{node.share / "ca.pem"}"\n'
+                f'key_file = "{node.share / f"{other.id}.key"}"\nca = "{node.share / "ca.pem"}"\n'
                 for other in self.nodes if other is not node)
             extra = (f'tls_cert = "{node.share / "server.pem"}"\ntls_key = "{node.share / "server.key"}"\n'
                      f"node_timeout = 20.0\n" + registry)
