@@ -120,14 +120,17 @@ def test_rpm_spec(tmp_path):
     with tarfile.open(top / "SOURCES" / "imapd-ctl-0.1.0.tar.gz", "w:gz") as tar:
         tar.add(src, arcname="imapd-ctl-0.1.0")
     stubs = tmp_path / "macros"
-    stubs.write_text("%systemd_post() echo %*\n%systemd_preun() echo %*\n%systemd_postun_with_restart() echo %*\n")
+    stubs.write_text("%systemd_post() echo %*\n%systemd_preun() echo %*\n%systemd_postun_with_restart() echo %*\n"
+                     "%_sysusersdir /usr/lib/sysusers.d\n")
     r = subprocess.run(["rpmbuild", "-bb", "--nodeps", "--define", f"_topdir {top}", "--load", str(stubs), str(SPEC)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rpm = next((top / "RPMS" / "noarch").glob("imapd-ctl-*.rpm"))
     listing = subprocess.run(["rpm", "-qlp", str(rpm)], capture_output=True, text=True, check=True).stdout.split()
     for path in ("/usr/bin/imapd-ctl", "/etc/imapd-ctl/imapd-ctl.toml", "/usr/lib/systemd/system/imapd-ctl.service",
-                 "/usr/lib/systemd/system/imapd-ctl.socket", "/var/lib/imapd-ctl",
+                 "/usr/lib/systemd/system/imapd-ctl.socket", "/var/lib/imapd-ctl", "/etc/imapd-ctl/nodes",
+                 "/usr/share/polkit-1/rules.d/50-imapd-ctl.rules", "/usr/lib/sysusers.d/imapd-ctl.conf",
+                 "/usr/lib/systemd/system/imapd-ctl-enable@.service", "/usr/libexec/imapd-ctl/own-config-files",
                  "/usr/lib/python3.11/site-packages/imapd_ctl/entry/serve.py"):
         assert path in listing
     r = subprocess.run(["rpmlint", "-r", str(REPO / "packaging" / "rpm" / "rpmlint-filters"), str(rpm)],
