@@ -20,9 +20,14 @@ SOCK = "/run/imapd-ctl/imapd-ctl.sock"
 def _use_checkout(h) -> None:
     """The packaged ExecStart is /usr/bin/imapd-ctl; here the checkout's venv. The checkout
     may live under /tmp or /root (CI clones anywhere), which PrivateTmp/ProtectHome hide from
-    the service: bind it back, read-only, as an installed package would be visible."""
+    the service: bind it back, read-only, as an installed package would be visible, and let
+    the service execute it (NoExecPaths=/). The daemon's user, as the package makes it; the
+    package's ExecStartPre= helper is not installed here."""
+    h.write_file("/etc/sysusers.d/imapd-ctl.conf", (REPO / "packaging" / "sysusers" / "imapd-ctl.conf").read_text())
+    h.run(["systemd-sysusers", "imapd-ctl.conf"])
     h.write_file("/etc/systemd/system/imapd-ctl.service.d/venv.conf",
-                 f"[Service]\nExecStart=\nExecStart={IMAPD_CTL} serve\nBindReadOnlyPaths={REPO}\n")
+                 f"[Service]\nExecStart=\nExecStart={IMAPD_CTL} serve\nBindReadOnlyPaths={REPO}\n"
+                 f"ExecPaths={REPO}\nExecStartPre=\n")
 
 
 def _install_units(h, key_name: str) -> str:
