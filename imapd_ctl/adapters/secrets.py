@@ -61,8 +61,14 @@ def problem(secret: SecretFile, euid: int | None = None) -> str | None:
         owner = "root" if euid == 0 else f"root or {_user(euid)}"
         return (f"{path} holds {secret.holds} but belongs to {_user(st.st_uid)}, who is not the "
                 f"daemon's user: give it to {owner} (chown root {path}), mode {PRIVATE_MODE:04o}")
-    if euid == os.geteuid() and not os.access(path, os.R_OK):
-        return f"{path} holds {secret.holds} but the daemon ({_user(euid)}) cannot read it"
+    if euid == os.geteuid():
+        # Opening, not os.access(): access() ignores capabilities (CAP_DAC_OVERRIDE) of a
+        # non-root user, which is how the packaged daemon reads root's 0600 files.
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            return f"{path} holds {secret.holds} but the daemon ({_user(euid)}) cannot read it: {exc.strerror}"
     return None
 
 

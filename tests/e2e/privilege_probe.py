@@ -50,9 +50,25 @@ def manager(method, signature, *args):
     return attempt
 
 
+WRITABLE = (STATE, "/var/log/imapd-ctl", "/etc/dovecot/conf.d", "/run/imapd-ctl", "/tmp", "/var/tmp", "/dev/shm")
+
+
+def executable_copies():
+    """A copy of /usr/bin/true in each directory it can write: none may run."""
+    made = {}
+    for directory in WRITABLE:
+        path = f"{directory}/true.imapd-ctl-probe"
+        try:
+            shutil.copy("/usr/bin/true", path)
+            os.chmod(path, 0o755)
+            made[directory] = path
+        except OSError:
+            pass
+    return made
+
+
 def main():
-    shutil.copy("/usr/bin/true", f"{STATE}/true.imapd-ctl-probe")
-    os.chmod(f"{STATE}/true.imapd-ctl-probe", 0o755)
+    copies = executable_copies()
     checks = {
         "identity": lambda: None,
         # Writing: its configuration paths and state yes, anything else no (even with
@@ -68,7 +84,7 @@ def main():
         # Executing: only what its job runs; nothing it can write.
         "exec /usr/bin/id": run(["/usr/bin/id"]),
         "exec /usr/bin/systemd-run": run(["/usr/bin/systemd-run", "--version"]),
-        "exec a file it wrote": run([f"{STATE}/true.imapd-ctl-probe"]),
+        **{f"exec a file it wrote in {d}": run([path]) for d, path in copies.items()},
         "exec doveconf": run(["/usr/bin/doveconf", "-h", "service/imap/process_limit"]),
         "exec doveadm service status": run(["/usr/bin/doveadm", "service", "status", "imap"]),
         # systemd: no transient units (systemd-run), no other unit, no unit files, no reload.
@@ -90,7 +106,8 @@ def main():
     result["identity"] = {"uid": os.getuid(), "euid": os.geteuid(),
                           "caps": [line.split()[1] for line in open("/proc/self/status")
                                    if line.startswith(("CapEff", "CapAmb", "CapBnd"))]}
-    os.unlink(f"{STATE}/true.imapd-ctl-probe")
+    for path in copies.values():
+        os.unlink(path)
     print("PROBE " + json.dumps(result), flush=True)
 
 
