@@ -142,11 +142,12 @@ def test_rpm_spec(tmp_path):
     assert {"/usr/share/bash-completion/completions/imapd-ctl", "/usr/share/zsh/site-functions/_imapd-ctl"} <= set(listing)
     # Modes and owners as the Debian package makes them: peer keys' directory root-only, state
     # and logs the daemon's user's, the settings (no secrets in them) world-readable.
-    attrs = {line.split()[-1]: line.split()[:4] for line in subprocess.run(
-        ["rpm", "-qlvp", str(rpm)], capture_output=True, text=True, check=True).stdout.splitlines()}
-    assert attrs["/etc/imapd-ctl/nodes"][0] == "drwx------" and attrs["/etc/imapd-ctl/nodes"][2:] == ["root", "root"]
-    assert attrs["/var/lib/imapd-ctl"][0] == "drwx------" and attrs["/var/lib/imapd-ctl"][2:] == ["imapd-ctl"] * 2
-    assert attrs["/var/log/imapd-ctl"][2:] == ["imapd-ctl"] * 2
+    query = "[%{FILENAMES} %{FILEMODES:perms} %{FILEUSERNAME} %{FILEGROUPNAME}\\n]"
+    attrs = {line.split()[0]: line.split()[1:] for line in subprocess.run(
+        ["rpm", "-qp", "--queryformat", query, str(rpm)], capture_output=True, text=True, check=True).stdout.splitlines()}
+    assert attrs["/etc/imapd-ctl/nodes"] == ["drwx------", "root", "root"]
+    assert attrs["/var/lib/imapd-ctl"] == ["drwx------", "imapd-ctl", "imapd-ctl"]
+    assert attrs["/var/log/imapd-ctl"] == ["drwxr-x---", "imapd-ctl", "imapd-ctl"]
     assert attrs["/etc/imapd-ctl/imapd-ctl.toml"][0] == "-rw-r--r--"
     assert attrs["/usr/libexec/imapd-ctl/own-config-files"][0] == "-rwxr-xr-x"
     r = subprocess.run(["rpmlint", "-r", str(REPO / "packaging" / "rpm" / "rpmlint-filters"), str(rpm)],
