@@ -37,6 +37,14 @@ def write(path):
     return attempt
 
 
+def read(path):
+    def attempt():
+        with open(path, "rb") as fh:
+            if not fh.read(64):
+                raise OSError(errno.ENODATA, "empty")      # what an InaccessiblePaths= file reads as
+    return attempt
+
+
 def run(argv):
     return lambda: subprocess.run(argv, capture_output=True, timeout=30, check=True)
 
@@ -81,6 +89,9 @@ def main():
         "create /usr/local/bin/x": write("/usr/local/bin/x"),
         "create in /etc/dovecot/conf.d": write("/etc/dovecot/conf.d/.x.imapd-ctl-probe"),
         "create in /var/lib/imapd-ctl": write(f"{STATE}/x.imapd-ctl-probe"),
+        # Reading: what its job reads yes; the secrets CAP_DAC_OVERRIDE would open, no.
+        "read /etc/dovecot/dovecot.conf": read("/etc/dovecot/dovecot.conf"),
+        "read /etc/shadow": read("/etc/shadow"),
         # Executing: only what its job runs; nothing it can write.
         "exec /usr/bin/id": run(["/usr/bin/id"]),
         "exec /usr/bin/systemd-run": run(["/usr/bin/systemd-run", "--version"]),
