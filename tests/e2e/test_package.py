@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from bodies import assert_bounded, assert_odd_paths_answer_the_envelope
 from mailhost import MailHost, machine_ready
 
 pytestmark = pytest.mark.mailhost
@@ -302,6 +303,16 @@ def test_curl_over_the_unix_socket_with_a_created_key(pkg):
     assert pkg.run("imapd-ctl", "call", "isRunning", env_key=pkg.key).stdout.strip() == "true"
     # The socket is systemd's, 0660 root:root.
     assert pkg.run("stat", "-c", "%a %U %G %F", SOCK).stdout.split() == ["660", "root", "root", "socket"]
+
+
+def test_bodies_are_bounded_and_odd_paths_enveloped_on_debian_modules(pkg):
+    """Werkzeug 2.2 reads any body whole by itself: the limit must hold below it (bodies.py)."""
+    main = pkg.show("imapd-ctl.service", "MainPID")
+    workers = [int(p) for p in pkg.run("pgrep", "-P", main).stdout.split()]
+    figures = assert_bounded(pkg.host, SOCK, pkg.key, workers)
+    print(f"\nDebian 12 modules: 512 MiB bodies: {figures}")
+    assert_odd_paths_answer_the_envelope(pkg.host, SOCK, pkg.key)
+    assert pkg.call("isRunning") == (0, True)
 
 
 def test_every_kind_of_action_works_under_the_hardening(pkg):

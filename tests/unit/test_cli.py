@@ -2,6 +2,7 @@
 parsing, key management on a scratch key store, `call` against a tiny server on a unix socket,
 `check` and `recover` on the fakes of fakes.py (conftest.py's fake_wiring patches wiring.build)."""
 import json
+import time
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -235,3 +236,17 @@ def test_recover_in_a_child_hands_back_its_result(config, fake_wiring, monkeypat
     monkeypatch.setattr("imapd_ctl.operations.controller.Controller.recover", boom)
     outcome = recovery.recover_in_child(settings)
     assert not outcome.ok and outcome.message == recovery.FAILED + "internal error: RuntimeError: a bug"
+
+
+def test_a_recovery_past_its_deadline_is_stopped(config, fake_wiring, monkeypatch):
+    """serve gives recovery recovery_timeout seconds; a hung one is killed and reported."""
+    settings = cli.settings_mod.load(config)
+    settings.recovery_timeout = 0.5
+
+    def hang(self):
+        time.sleep(120)
+    monkeypatch.setattr("imapd_ctl.operations.controller.Controller.recover", hang)
+    outcome = recovery.recover_in_child(settings)
+    assert not outcome.ok and not outcome.finished
+    assert outcome.message == (f"{recovery.UNFINISHED} it did not finish within recovery_timeout = "
+                               "0.5 s and was stopped")
