@@ -28,10 +28,11 @@ ONBOOT_HELPER = "imapd-ctl-{verb}@{unit}.service"
 
 class Systemd:
     def __init__(self, bus_address: str | None = None, job_timeout: float = 90.0,
-                 opener: Callable[[str | None], Any] = open_private, via_helpers: bool | None = None):
+                 opener: Callable[[str | None], Any] = open_private,
+                 on_reconnect: Callable[[], None] = lambda: None, via_helpers: bool | None = None):
         self.bus_address = bus_address or os.environ.get("IMAPD_CTL_SYSTEM_BUS")
         self.job_timeout = job_timeout
-        self.bus = Bus(self.bus_address, opener)
+        self.bus = Bus(self.bus_address, opener, on_reconnect)
         # Not root: polkit decides. It can allow jobs of the IMAP units only, but not unit-file
         # changes of some units only (systemd 252 tells it no unit), so startOnBoot starts the
         # packaged helper instance for that unit, the only ones the polkit rule allows.
@@ -62,6 +63,7 @@ class Systemd:
             main_pid=int(self._prop(name, SERVICE_IFACE, "MainPID", what)) if service else 0,
             unit_file_state=str(self._prop(name, UNIT_IFACE, "UnitFileState", what)),
             result=str(self._prop(name, SERVICE_IFACE, "Result", what)) if service else "",
+            n_restarts=int(self._prop(name, SERVICE_IFACE, "NRestarts", what)) if service else 0,
         )
 
     def journal_tail(self, name: str, lines: int = 10, since: float | None = None) -> str:
