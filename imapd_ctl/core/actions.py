@@ -58,8 +58,17 @@ class Input:
             return f"an integer from {self.minimum} to {self.maximum}"
         return f"a string matching {self.pattern}"
 
-    def parse(self, raw: Any) -> Any:
-        """Strictly convert one raw value (from JSON, a form, a query string or XML-RPC)."""
+    @property
+    def flag(self) -> bool:
+        """A 0/1 input (startOnBoot, cascade_to_nodes, dry_run)."""
+        return self.kind == "int" and (self.minimum, self.maximum) == (0, 1)
+
+    def parse(self, raw: Any, *, booleans: bool = False) -> Any:
+        """Strictly convert one raw value (from JSON, a form, a query string, XML-RPC or SOAP).
+        With `booleans` (a transport whose boolean is a type of its own and PHP's `true`), a
+        boolean is 1/0 for a flag; everywhere else a boolean is refused."""
+        if booleans and self.flag and isinstance(raw, bool):
+            return int(raw)
         if self.kind == "int":
             return self._parse_int(raw)
         return self._parse_str(raw)
@@ -114,10 +123,11 @@ class Action:
     def input(self, name: str) -> Input | None:
         return next((i for i in self.inputs if i.name == name), None)
 
-    def validate(self, raw: Mapping[str, Any], *, strict: bool = False) -> dict[str, Any]:
+    def validate(self, raw: Mapping[str, Any], *, strict: bool = False, booleans: bool = False) -> dict[str, Any]:
         """Parse the inputs this action knows; others are ignored (InterWorx clients send
         extra keys such as ``perms``) unless ``strict`` (the CLI, where a typo must not
-        pass silently). Absent inputs get their default (None = keep current)."""
+        pass silently). Absent inputs get their default (None = keep current). `booleans`:
+        see Input.parse."""
         if strict:
             unknown = sorted(set(raw) - {i.name for i in self.inputs})
             if unknown:
@@ -125,7 +135,7 @@ class Action:
                 raise BadInput(f"{', '.join(unknown)}: not an input of {self.name} (inputs: {known})")
         values: dict[str, Any] = {}
         for spec in self.inputs:
-            values[spec.name] = spec.parse(raw[spec.name]) if spec.name in raw else spec.default
+            values[spec.name] = spec.parse(raw[spec.name], booleans=booleans) if spec.name in raw else spec.default
         return values
 
 

@@ -59,7 +59,7 @@ def dispatch(request: Request, ctx: Context) -> Result:
             raw = {}
         if not isinstance(raw, dict):
             raise BadInput(f"input: must be a struct/object of named inputs, got {type(raw).__name__}")
-        values = action.validate(raw)
+        values = action.validate(raw, booleans=request.booleans)
         result = Result(0, ctx.render(ctx.runner.run(action, values)))
     except ApiError as exc:
         result = Result(exc.status, ctx.describe(exc))

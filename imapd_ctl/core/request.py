@@ -1,4 +1,4 @@
-"""One API call as the core sees it, whatever carried it (HTTP JSON, XML-RPC; SOAP next).
+"""One API call as the core sees it, whatever carried it (HTTP JSON, XML-RPC, SOAP).
 
 A transport turns its bytes into a `Request` and a `Result` back into bytes; everything in
 between (authentication, lookup, validation, running, audit) is `core.dispatch`, once for all
@@ -21,7 +21,7 @@ def _no_inputs() -> Any:
 
 @dataclass(frozen=True)
 class Request:
-    transport: str                  # "http" | "xmlrpc": for the audit trail
+    transport: str                  # "http" | "xmlrpc" | "soap": for the audit trail
     peer: str                       # the client's address, or "unix-socket"
     action: Any                     # the action's name as sent (XML-RPC may send any value)
     read_key: Callable[[], str | None]
@@ -30,6 +30,8 @@ class Request:
     """The raw inputs (a dict, None for none, anything else is refused); may raise BadInput."""
     controller: Any = CONTROLLER    # XML-RPC names it in every call; HTTP routes only ours
     method: str | None = None       # the HTTP method, checked against the action's; None: no check
+    booleans: bool = False
+    """A typed boolean (XML-RPC, SOAP) is 1/0 for a 0/1 input; JSON and forms: refused."""
 
 
 @dataclass(frozen=True)
