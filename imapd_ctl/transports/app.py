@@ -1,5 +1,5 @@
 """The Flask app (factory, as in Flask's tutorial): mounts the transports (HTTP JSON under
-/nodeworx/mail/imap, XML-RPC at /xmlrpc), /healthz and /openapi.json, and gives every reply,
+/nodeworx/mail/imap, XML-RPC at /xmlrpc, SOAP at /soap and /nodeworx/soap), /healthz and /openapi.json, and gives every reply,
 errors included, the InterWorx envelope."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 from imapd_ctl.core.actions import CONTROLLER
 from imapd_ctl.core.dispatch import Context, dispatch
 from imapd_ctl.core.request import Request, Result
-from imapd_ctl.transports import http, openapi, xmlrpc
+from imapd_ctl.transports import http, openapi, soap, xmlrpc
 from imapd_ctl.transports.http import MAX_BODY, envelope
 
 
@@ -51,10 +51,20 @@ def create_app(ctx: Context) -> Flask:
     def action_route(action: str) -> Response:
         return http.handle(action, run)
 
+    def soap_route() -> Response:
+        if request.method != "POST":    # GET (?wsdl, as clients ask; any query) and HEAD
+            return Response(soap.wsdl(request.base_url), content_type="text/xml; charset=utf-8")
+        body, status, ctype = soap.handle(request.get_data(), request.content_type, http.peer(), run)
+        return Response(body, status=status, content_type=ctype)
+
     @app.post("/xmlrpc", provide_automatic_options=False)
     def xmlrpc_route() -> Response:
         body = xmlrpc.handle(request.get_data(), http.peer(), run)
         return Response(body, mimetype="text/xml")
+
+    for path in soap.PATHS:
+        app.add_url_rule(path, f"soap:{path}", soap_route, methods=["GET", "POST"],
+                         provide_automatic_options=False)
 
     @app.get("/healthz", provide_automatic_options=False)
     def healthz() -> Response:
@@ -66,6 +76,10 @@ def create_app(ctx: Context) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
+        if request.path in soap.PATHS:    # a SOAP client reads a Fault, not our JSON
+            body, status, ctype = soap.fault(soap.version_of(request.content_type),
+                                             f"{exc.name}: {exc.description}", exc.code)
+            return Response(body, status=status, content_type=ctype)
         return envelope(exc.code or 500, f"{exc.name}: {exc.description}")
 
     @app.errorhandler(Exception)
