@@ -75,8 +75,10 @@ def cmd_key(args: argparse.Namespace) -> int:
             print(secret)
             print(f"key {args.name!r} created; it is shown only this once", file=sys.stderr)
         elif args.key_cmd == "import":
-            secret = args.value if args.value is not None else sys.stdin.readline()
-            store.import_key(args.name, secret, args.perm or [PERMISSION])
+            given = _key_to_import(args)
+            if given is None:
+                return 2
+            store.import_key(args.name, given, args.perm or [PERMISSION])
             print(f"key {args.name!r} imported", file=sys.stderr)
         elif args.key_cmd == "list":
             for e in store.entries():
@@ -90,6 +92,26 @@ def cmd_key(args: argparse.Namespace) -> int:
         print(f"imapd-ctl: {exc.message}", file=sys.stderr)
         return 2
     return 0
+
+
+def _key_to_import(args: argparse.Namespace) -> str | None:
+    """The key (or InterWorx key block) from --file or stdin, read whole; never from argv,
+    where every user sees it (ps, /proc) and the shell history keeps it."""
+    if args.value is not None:
+        print("imapd-ctl: --value is refused: a key on the command line is visible to every user "
+              "of the host (ps) and kept in shell history; pipe the key or its InterWorx block "
+              "on stdin, or give --file PATH", file=sys.stderr)
+        return None
+    if args.file is not None:
+        try:
+            with open(args.file, encoding="ascii", errors="surrogateescape") as f:
+                return f.read(64 * 1024)
+        except OSError as exc:
+            print(f"imapd-ctl: --file: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+            return None
+    if sys.stdin.isatty():
+        print("paste the key or the InterWorx key block, then Ctrl-D:", file=sys.stderr)
+    return sys.stdin.read(64 * 1024)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -170,12 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("key", help="manage API keys")
     ksub = k.add_subparsers(dest="key_cmd", required=True)
     for name, helptext in (("create", "create a key and print it once"),
-                           ("import", "store an existing key (e.g. from InterWorx), read from stdin")):
+                           ("import", "store an existing key (e.g. an InterWorx key block) read "
+                                      "from stdin or --file")):
         kp = ksub.add_parser(name, help=helptext)
         kp.add_argument("name")
         kp.add_argument("--perm", action="append", help=f"permission (repeatable; default {PERMISSION})")
         if name == "import":
-            kp.add_argument("--value", help="the key (default: first line of stdin)")
+            kp.add_argument("--file", help="read the key or InterWorx key block from this file "
+                            "(default: stdin, read whole)")
+            kp.add_argument("--value", help=argparse.SUPPRESS)   # refused, with what to use instead
     ksub.add_parser("list", help="list key names and permissions")
     kr = ksub.add_parser("revoke", help="revoke a key by name")
     kr.add_argument("name")
