@@ -4,6 +4,7 @@ route(...) in PHP's shape, and a reader of the daemon's replies and Faults. Used
 tests, the hostile-input tests (unit and e2e) and the e2e tests."""
 from __future__ import annotations
 
+import base64
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,10 @@ def value(tag: str, v, version: str = "1.1") -> str:
         return f'<{tag} xsi:type="xsd:boolean">{"true" if v else "false"}</{tag}>'
     if isinstance(v, int):
         return f'<{tag} xsi:type="xsd:int">{v}</{tag}>'
-    if isinstance(v, float):
-        return f'<{tag} xsi:type="xsd:float">{v!r}</{tag}>'
+    if isinstance(v, float):   # XSD's lexical forms of the specials
+        return f'<{tag} xsi:type="xsd:float">{ {"inf": "INF", "-inf": "-INF", "nan": "NaN"}.get(repr(v), repr(v))}</{tag}>'
+    if isinstance(v, bytes):
+        return f'<{tag} xsi:type="xsd:base64Binary">{base64.b64encode(v).decode()}</{tag}>'
     if isinstance(v, str):
         return f'<{tag} xsi:type="xsd:string">{esc(v)}</{tag}>'
     if isinstance(v, dict):
