@@ -105,6 +105,14 @@ class Daemon:
                                            "/nodeworx/mail/imap", action, inputs)
         return reply["status"], reply["payload"]
 
+    def php(self, client: str, path: str, calls: list, version: str = "1.1") -> list[dict]:
+        """PHP's own API client ("soap": SoapClient through the WSDL at `path`; "xmlrpc": ext/xmlrpc
+        POSTing to `path`) making `calls` (route's parameters) from inside the host, over TCP to
+        127.0.0.1:8143; one dict per call (tests/e2e/php_client.php)."""
+        request = {"client": client, "url": f"http://127.0.0.1:8143{path}", "version": version, "calls": calls}
+        out = self.host.run(["php", str(REPO / "tests" / "e2e" / "php_client.php")], input=json.dumps(request)).stdout
+        return json.loads(out)
+
     def ctl(self, *args: str, check: bool = True, input: str | None = None):
         """Run the imapd-ctl command inside the host with this daemon's config."""
         return self.host.run([IMAPD_CTL, "--config", self.config, *args], check=check, input=input)

@@ -10,7 +10,6 @@ IMAPD_CTL_SOAP_CAPTURE=1 (then review the diff and commit it).
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -21,17 +20,8 @@ from imapd_ctl.core.actions import CONTROLLER
 
 pytestmark = pytest.mark.mailhost
 
-PHP_CLIENT = str(REPO / "tests" / "e2e" / "php_client.php")
 FIXTURES = REPO / "tests" / "unit" / "fixtures" / "soap"
-BASE = "http://127.0.0.1:8143"
 CAPTURE = os.environ.get("IMAPD_CTL_SOAP_CAPTURE") == "1"
-
-
-def php(daemon, client: str, url: str, calls: list, version: str = "1.1") -> list[dict]:
-    """Run php_client.php inside the daemon's host; one dict per call."""
-    request = {"client": client, "url": url, "version": version, "calls": calls}
-    out = daemon.host.run(["php", PHP_CLIENT], input=json.dumps(request)).stdout
-    return json.loads(out)
 
 
 UPDATE = {"imap_mem_limit": 268435456, "imap_max_connections": 61, "imap_secure_mem_limit": 201326592,
@@ -92,7 +82,7 @@ def test_php_soapclient_through_the_wsdl(daemon, version, path):
     current = daemon.call("queryUpdate")[1]
     assert current != UPDATE
     calls = walk(daemon.key, current)
-    entries = php(daemon, "soap", f"{BASE}{path}?wsdl", [params for _, params in calls], version)
+    entries = daemon.php("soap", f"{path}?wsdl", [params for _, params in calls], version)
     check_same_as_xmlrpc(daemon, calls, entries)
     ctype = "text/xml" if version == "1.1" else "application/soap+xml"
     for entry in entries:
@@ -119,7 +109,7 @@ def test_php_xmlrpc_extension_with_array_input(daemon):
     <array>), true for a flag (<boolean>1</boolean>), null (an empty <string/>)."""
     current = daemon.call("queryUpdate")[1]
     calls = walk(daemon.key, current)
-    entries = php(daemon, "xmlrpc", f"{BASE}/xmlrpc", [params for _, params in calls])
+    entries = daemon.php("xmlrpc", "/xmlrpc", [params for _, params in calls])
     sent = dict(zip((label for label, _ in calls), (e["request"] for e in entries)))
     assert "<array>" in sent["isRunning"] and "<data/>" in sent["isRunning"]
     assert "<boolean>1</boolean>" in sent["startOnBoot-true"]
