@@ -105,6 +105,17 @@ class Daemon:
                                            "/nodeworx/mail/imap", action, inputs)
         return reply["status"], reply["payload"]
 
+    def soap(self, action: str, inputs=None, *, key=None, version: str = "1.1"):
+        """route over SOAP, in the envelope PHP's SoapClient sends (tests/e2e/soapwire.py); no
+        input is PHP's array(), an empty SOAP-ENC:Array."""
+        import soapwire
+        body = soapwire.envelope([self.key if key is None else key, "/nodeworx/mail/imap", action,
+                                  [] if inputs is None else inputs], version)
+        status, reply = self.http("POST", "/soap", body=body, headers={"Content-Type": soapwire.CTYPE[version]})
+        answer = soapwire.read(reply)
+        assert status == 200 and answer.fault is None, (status, answer)
+        return answer.result["status"], answer.result["payload"]
+
     def php(self, client: str, path: str, calls: list, version: str = "1.1") -> list[dict]:
         """PHP's own API client ("soap": SoapClient through the WSDL at `path`; "xmlrpc": ext/xmlrpc
         POSTing to `path`) making `calls` (route's parameters) from inside the host, over TCP to

@@ -51,10 +51,10 @@ def test_xmlrpc_key_and_input_forms(daemon):
                              {"mda_imap_startonboot": 1, "perms": "x"})["status"] == 0
 
 
-@pytest.mark.parametrize("transport", ["http", "xmlrpc"])
+@pytest.mark.parametrize("transport", ["http", "xmlrpc", "soap"])
 def test_every_action_runs(daemon, mailhost, transport):
     """All 19 actions, each with its usual inputs, succeed through the real stack."""
-    call = daemon.call if transport == "http" else daemon.route
+    call = {"http": daemon.call, "xmlrpc": daemon.route, "soap": daemon.soap}[transport]
     exercise_every_action(call, daemon.node_id)
     assert mailhost.listening(143)
 
