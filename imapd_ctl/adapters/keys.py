@@ -81,7 +81,7 @@ class KeyStore:
         """Return who is calling, or raise Unauthorized (no/unknown key) or Forbidden."""
         if not isinstance(secret, str) or not secret:
             raise Unauthorized("an API key is required (HTTP: 'Authorization: Bearer KEY'; "
-                               "XML-RPC: the key string or {'apikey': KEY} as first argument)")
+                               "XML-RPC, SOAP: the key string or {'apikey': KEY} as first argument)")
         self._load()
         # Looking up the hash (not the key) leaks nothing useful through timing.
         key = canonical(secret) if len(secret) <= RAW_MAX_LEN else ""
