@@ -11,7 +11,7 @@ from test_hostile_input import Ctx
 from imapd_ctl.core.actions import ACTIONS
 
 # Cases over all actions together (the e2e test runs each action's own).
-EXAMPLES = int(os.environ.get("IMAPD_CTL_HOSTILE_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("IMAPD_CTL_HOSTILE_EXAMPLES", "100"))
 
 
 def test_hostile_soap_calls_are_refused_and_change_nothing(env):
