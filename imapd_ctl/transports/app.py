@@ -1,6 +1,7 @@
 """The Flask app (factory, as in Flask's tutorial): mounts the transports (HTTP JSON under
-/nodeworx/mail/imap, XML-RPC at /xmlrpc, SOAP at /soap and /nodeworx/soap), /healthz and /openapi.json, and gives every reply,
-errors included, the InterWorx envelope."""
+/nodeworx/mail/imap, XML-RPC at /xmlrpc, SOAP at /soap and /nodeworx/soap), /healthz and
+/openapi.json, and gives every reply, errors included, the InterWorx envelope (on the SOAP
+paths: a SOAP Fault)."""
 from __future__ import annotations
 
 import json

@@ -11,12 +11,15 @@ binding says so), 400 (Sender) in SOAP 1.2. The codec is transports.soapcodec.
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable
 from xml.sax.saxutils import quoteattr
 
 from imapd_ctl.core.request import Request, Result
 from imapd_ctl.transports import rpc, soapcodec
 from imapd_ctl.transports.soapcodec import ENC11, ENC12, TNS, Malformed
+
+log = logging.getLogger(__name__)
 
 PATHS = ("/soap", "/nodeworx/soap")
 CONTENT_TYPES = {"1.1": "text/xml; charset=utf-8", "1.2": "application/soap+xml; charset=utf-8"}
@@ -74,11 +77,11 @@ def version_of(content_type: str | None) -> str:
     return "1.2" if (content_type or "").split(";")[0].strip().lower() == "application/soap+xml" else "1.1"
 
 
-def fault(version: str, reason: str, status: int | None = None) -> tuple[bytes, int, str]:
-    """(body, HTTP status, Content-Type) of a Fault of the caller's making; `status` overrides
-    the version's own (HTTP errors met before the envelope: 413, 405)."""
-    own = 500 if version == "1.1" else 400
-    return soapcodec.fault(version, reason), status or own, CONTENT_TYPES[version]
+def fault(version: str, reason: str, status: int | None = None, *, client: bool = True) -> tuple[bytes, int, str]:
+    """(body, HTTP status, Content-Type) of a Fault, of the caller's making (`client`) or ours;
+    `status` overrides the version's own (HTTP errors met before the envelope: 413, 405)."""
+    own = 400 if version == "1.2" and client else 500
+    return soapcodec.fault(version, reason, client), status or own, CONTENT_TYPES[version]
 
 
 def handle(body: bytes, content_type: str | None, peer: str,
@@ -88,5 +91,8 @@ def handle(body: bytes, content_type: str | None, peer: str,
         version, params, repeated = soapcodec.parse(body)
     except Malformed as exc:
         return fault(version_of(content_type), f"cannot read the SOAP call: {exc}")
+    except Exception:   # a bug in the codec: still a Fault for the client, the traceback in the log
+        log.exception("reading a SOAP call failed unexpectedly")
+        return fault(version_of(content_type), "internal error in imapd-ctl reading the call", client=False)
     answer = rpc.route("soap", params, repeated, peer, dispatch)
     return soapcodec.reply(version, answer), 200, CONTENT_TYPES[version]

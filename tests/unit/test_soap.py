@@ -213,3 +213,13 @@ def test_the_wsdl_describes_route_at_the_url_it_was_fetched_from(env, path):
     assert locations == {"https://panel.example:2443" + path.partition("?")[0]}
     bodies = [b for b in doc.iter() if b.tag.endswith("}body")]
     assert len(bodies) == 4 and all(b.get("use") == "encoded" for b in bodies)
+
+
+@pytest.mark.parametrize("version, code", [("1.1", "SOAP-ENV:Server"), ("1.2", "SOAP-ENV:Receiver")])
+def test_a_codec_bug_is_a_server_fault_and_logged(env, monkeypatch, caplog, version, code):
+    def broken(body):
+        raise RuntimeError("bug")
+    monkeypatch.setattr(soapcodec, "parse", broken)
+    reply, answer = post(env, envelope([env.key, CONTROLLER, "isRunning", []], version), version)
+    assert reply.status_code == 500 and answer.fault[0] == code
+    assert "reading a SOAP call failed unexpectedly" in caplog.text
