@@ -1,5 +1,5 @@
-"""Audit trail of mutating calls: one JSON line each (key name, peer, transport, action,
-inputs, result). Keys themselves are never logged."""
+"""Audit trail of mutating calls: one JSON line each (key name, peer, transport, controller,
+action, inputs, result). Keys themselves are never logged."""
 from __future__ import annotations
 
 import json
@@ -41,13 +41,13 @@ class AuditLog:
             self._handler.close()
             self._handler = None
 
-    def record(self, *, who: str, peer: str, transport: str, action: str, inputs: dict[str, Any],
-               status: int, payload: Any) -> None:
+    def record(self, *, who: str, peer: str, transport: str, controller: str, action: str,
+               inputs: dict[str, Any], status: int, payload: Any) -> None:
         text = payload if isinstance(payload, str) else json.dumps(payload, default=str)
         if len(text) > _PAYLOAD_MAX:
             text = text[:_PAYLOAD_MAX] + "..."
         log.info(json.dumps({
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "key": who, "peer": peer,
-            "transport": transport, "action": action, "inputs": inputs, "status": status,
+            "transport": transport, "controller": controller, "action": action, "inputs": inputs, "status": status,
             "result": text,
         }, sort_keys=False))

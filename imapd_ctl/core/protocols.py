@@ -69,6 +69,7 @@ class Flavour(Protocol):
     name: str
     units: tuple[str, ...]      # every unit that serves IMAP, in start order
     primary_unit: str           # the unit that listens on settings.port
+    secure_unit: str | None     # the unit that listens on settings.ssl_port (993); None: none does
 
     def unit_ports(self) -> dict[str, int]:
         """{unit: the port it serves}; start/restart wait until each listens."""
@@ -116,5 +117,5 @@ class KeyStore(Protocol):
 
 
 class Audit(Protocol):
-    def record(self, *, who: str, peer: str, transport: str, action: str, inputs: dict[str, Any],
-               status: int, payload: Any) -> None: ...
+    def record(self, *, who: str, peer: str, transport: str, controller: str, action: str,
+               inputs: dict[str, Any], status: int, payload: Any) -> None: ...

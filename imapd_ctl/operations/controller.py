@@ -3,6 +3,7 @@ name in HANDLERS below, and taking the action's inputs as named parameters. The 
 never call these directly but go through core.dispatch (auth, validation, audit)."""
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ from imapd_ctl.core.waiting import wait_until
 from imapd_ctl.adapters.cluster import Cluster
 from imapd_ctl.adapters.journal import Journal
 from imapd_ctl.adapters.lock import TransactionLock
-from imapd_ctl.core.actions import ACTIONS, CONTROLLER, PERMISSION, Action
+from imapd_ctl.core.actions import ACTIONS, IMAP, PERMISSION, Action, Service
 from imapd_ctl.core.errors import ActionFailed, ApiError, NodeFailed, Relayed
 from imapd_ctl.core.protocols import Flavour, Systemd
 from imapd_ctl.core.settings import Settings
@@ -22,16 +23,16 @@ from imapd_ctl.operations import transaction
 
 log = logging.getLogger(__name__)
 
-SERVICE_ID = "imap4"
-GENERAL_NAME = "##LG_IMAP##"
-SERVICE_PAGE = "/nodeworx/mail/mda"
 LISTEN_INTERVAL = 0.05
 
 
 class Controller:
     """The handlers and what they share. Built by entry.wiring, which passes every part and,
     for the flavour, `detect`: the flavour is found on first use, in a worker (never in
-    gunicorn's master: detection needs D-Bus). Tests pass a `flavour` directly."""
+    gunicorn's master: detection needs D-Bus). Tests pass a `flavour` directly.
+
+    `service` is the table's controller the handlers answer for (actions.IMAP or SIMAP): it
+    picks the port and the units (`port`, `unit_ports`); `run` answers for the one asked."""
 
     def __init__(self, settings: Settings, systemd: Systemd, flavour: Flavour | None = None, *,
                  detect: Callable[[], Flavour] | None = None, lock: TransactionLock,
@@ -40,7 +41,9 @@ class Controller:
             raise TypeError("Controller needs a flavour or a way to detect it")
         self.settings = settings
         self.systemd = systemd
-        self._flavour = flavour
+        self.service: Service = IMAP
+        # A list, shared with the copies serving() makes: the flavour is detected once.
+        self._flavour: list[Flavour] = [flavour] if flavour is not None else []
         self._detect = detect
         self.lock = lock
         self.journal = journal
@@ -49,16 +52,28 @@ class Controller:
     @property
     def flavour(self) -> Flavour:
         # Detected on first use in each worker (never in gunicorn's master: it needs D-Bus).
-        if self._flavour is None:
+        if not self._flavour:
             assert self._detect is not None     # __init__ checked: one of the two is given
-            self._flavour = self._detect()
-        return self._flavour
+            self._flavour.append(self._detect())
+        return self._flavour[0]
 
-    def run(self, action: Action, values: dict[str, Any]) -> Any:
+    def serving(self, service: Service) -> Controller:
+        """This controller answering for `service`: the same parts and flavour."""
+        if service == self.service:
+            return self
+        other = copy.copy(self)
+        other.service = service
+        return other
+
+    def run(self, action: Action, values: dict[str, Any], service: Service = IMAP) -> Any:
+        return self.serving(service)._run(action, values)
+
+    def _run(self, action: Action, values: dict[str, Any]) -> Any:
         if action.local_action:  # *OnNode: this node, or forward the plain action to that node
             node_id = values["node_id"]
             if node_id is not None and node_id != self.settings.node_id:
-                status, payload = self.cluster.call(self.cluster.node(node_id), action.local_action, {})
+                status, payload = self.cluster.call(self.cluster.node(node_id), action.local_action, {},
+                                                    self.service.path)
                 if status:
                     raise Relayed(status, payload)
                 return payload
@@ -74,7 +89,7 @@ class Controller:
         node, not the sum. The payload is every node's outcome, this node first; the status is
         502 if any failed."""
         with ThreadPoolExecutor(max_workers=1) as pool:
-            others = pool.submit(self.cluster.replay, action.name, values)
+            others = pool.submit(self.cluster.replay, action.name, values, self.service.path)
             try:
                 here = {"id": self.settings.node_id, "status": 0, "payload": self._run_here(action, values)}
             except ApiError as exc:
@@ -99,50 +114,73 @@ class Controller:
             transaction.recover(self.flavour, self.systemd, self.journal)
             return handler(self, **inputs)
 
+    # -- which port and units this controller answers for ------------------------------
+    @property
+    def port(self) -> int:
+        return self.settings.ssl_port if self.service.secure else self.settings.port
+
+    def unit_ports(self) -> dict[str, int]:
+        """{unit: port} this controller acts on, in start order, the one isRunning checks first.
+        imap: every IMAP unit (on Courier both daemons, as InterWorx's imap drives the whole
+        server); simap: the unit that serves 993 (Courier's SSL daemon; Dovecot's one unit)."""
+        if not self.service.secure:
+            return self.flavour.unit_ports()
+        unit = self.flavour.secure_unit
+        if unit is None:
+            raise ActionFailed(f"no unit of this host's IMAP server ({self.flavour.name}) serves IMAP over "
+                               f"TLS on port {self.port}; installed: {', '.join(self.flavour.units)}")
+        return {unit: self.port}
+
+    def _acted(self, verb: str, units: list[str], what: str = "") -> str:
+        """The reply of a service action; on simap says when the unit serves 143 as well."""
+        shared = self.service.secure and self.flavour.primary_unit in units
+        return f"{verb} {', '.join(units)}{what}" + (
+            f" (it serves ports {self.settings.port} and {self.port}: IMAP on both is affected)" if shared else "")
+
     # -- read-only -------------------------------------------------------------------
     def is_running(self) -> bool:
         """Active AND listening. With no supported IMAP server installed this is an error
         (NoFlavour, 500), not False: False reads as "installed but stopped, press Start", which
         cannot work; listServiceInfo follows it. Only the constant list* actions answer then."""
-        unit = self.flavour.primary_unit
+        unit = next(iter(self.unit_ports()))
         if self.systemd.active_state(unit) != "active":
             return False
-        return ports.unit_listens(self.systemd.main_pid(unit), self.settings.port)
+        return ports.unit_listens(self.systemd.main_pid(unit), self.port)
 
     def list_general_name(self) -> str:
-        return GENERAL_NAME
+        return self.service.general_name
 
     def list_port_numbers(self) -> str:
-        return str(self.settings.port)
+        return str(self.port)
 
     def list_port_numbers_array(self) -> list[int]:
-        return [self.settings.port]
+        return [self.port]
 
     def list_required_permissions(self) -> list[str]:
         return [PERMISSION]
 
     def list_service_name(self) -> str:
-        return SERVICE_ID
+        return self.service.service_id
 
     def list_service_page(self) -> str:
-        return SERVICE_PAGE
+        return self.service.page
 
     def list_service_info(self) -> dict[str, Any]:
-        return {"id": SERVICE_ID, "name": GENERAL_NAME, "ports": str(self.settings.port),
-                "page": SERVICE_PAGE, "ctrl": CONTROLLER, "is_running": int(self.is_running())}
+        return {"id": self.service.service_id, "name": self.service.general_name, "ports": str(self.port),
+                "page": self.service.page, "ctrl": self.service.path, "is_running": int(self.is_running())}
 
     def query_update(self) -> dict[str, int]:
         return self.flavour.current_values()
 
     def query_start_on_boot(self) -> dict[str, int]:
-        state = self.systemd.unit(self.flavour.primary_unit).unit_file_state
+        state = self.systemd.unit(next(iter(self.unit_ports()))).unit_file_state
         return {"mda_imap_startonboot": int(state in ("enabled", "enabled-runtime"))}
 
     # -- service control -------------------------------------------------------------
     def _wait_listening(self, verb: str) -> None:
         """Bounded wait until every unit listens on its port (Courier: 143 and 993)."""
         deadline = time.monotonic() + self.settings.listen_timeout
-        for unit, port in self.flavour.unit_ports().items():
+        for unit, port in self.unit_ports().items():
             if not wait_until(lambda: ports.unit_listens(self.systemd.main_pid(unit), port),
                               deadline - time.monotonic(), LISTEN_INTERVAL):
                 raise ActionFailed(
@@ -151,27 +189,31 @@ class Controller:
                     f"last journal lines:\n{self.systemd.journal_tail(unit)}")
 
     def start(self) -> str:
-        for unit in self.flavour.units:
+        units = list(self.unit_ports())
+        for unit in units:
             self.systemd.start(unit)
         self._wait_listening("start")
-        return f"started {', '.join(self.flavour.units)}"
+        return self._acted("started", units)
 
     def stop(self) -> str:
-        for unit in reversed(self.flavour.units):
+        units = list(self.unit_ports())
+        for unit in reversed(units):
             self.systemd.stop(unit)
-        return f"stopped {', '.join(self.flavour.units)}"
+        return self._acted("stopped", units)
 
     def restart(self) -> str:
-        for unit in self.flavour.units:
+        units = list(self.unit_ports())
+        for unit in units:
             self.systemd.restart(unit)
         self._wait_listening("restart")
-        return f"restarted {', '.join(self.flavour.units)}"
+        return self._acted("restarted", units)
 
     def start_on_boot(self, mda_imap_startonboot: int) -> str:
         enable = mda_imap_startonboot == 1
-        for unit in self.flavour.units:
+        units = list(self.unit_ports())
+        for unit in units:
             (self.systemd.enable if enable else self.systemd.disable)(unit)
-        return f"{'enabled' if enable else 'disabled'} {', '.join(self.flavour.units)} at boot"
+        return self._acted("enabled" if enable else "disabled", units, " at boot")
 
     # -- configuration ---------------------------------------------------------------
     def update(self, imap_mem_limit: int | None, imap_max_connections: int | None,

@@ -1,5 +1,5 @@
-"""The Flask app (factory, as in Flask's tutorial): mounts the transports (HTTP JSON under
-/nodeworx/mail/imap, XML-RPC at /xmlrpc), /healthz and /openapi.json, and gives every reply,
+"""The Flask app (factory, as in Flask's tutorial): mounts the transports (HTTP JSON under each
+controller of the table, /nodeworx/mail/imap and /nodeworx/mail/simap; XML-RPC at /xmlrpc), /healthz and /openapi.json, and gives every reply,
 errors included, the InterWorx envelope."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
-from imapd_ctl.core.actions import CONTROLLER
+from imapd_ctl.core.actions import CONTROLLERS
 from imapd_ctl.core.dispatch import Context, dispatch
 from imapd_ctl.core.request import Request, Result
 from imapd_ctl.transports import http, openapi, xmlrpc
@@ -46,10 +46,14 @@ def create_app(ctx: Context) -> Flask:
         if request.content_length is not None and len(data) < request.content_length:
             raise BadRequest(f"the body ended after {len(data)} of its {request.content_length} bytes")
 
+    def action_route(controller: str, action: str) -> Response:
+        return http.handle(controller, action, run)
+
     # No automatic OPTIONS: its empty 200 would be the one reply without the envelope.
-    @app.route(f"{CONTROLLER}/<action>", methods=["GET", "POST"], provide_automatic_options=False)
-    def action_route(action: str) -> Response:
-        return http.handle(action, run)
+    for path in CONTROLLERS:
+        app.add_url_rule(f"{path}/<action>", endpoint=f"action:{path}", view_func=action_route,
+                         defaults={"controller": path}, methods=["GET", "POST"],
+                         provide_automatic_options=False)
 
     @app.post("/xmlrpc", provide_automatic_options=False)
     def xmlrpc_route() -> Response:

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from imapd_ctl.core.actions import ACTIONS, CONTROLLER, UPDATE_FIELDS
+from imapd_ctl.core.actions import ACTIONS, CONTROLLER, CONTROLLERS, UPDATE_FIELDS
 from imapd_ctl.transports.http import MAX_BODY
 
 MUTATING = sorted(n for n, a in ACTIONS.items() if a.mutating)
@@ -257,12 +257,16 @@ def test_openapi_lists_every_action(env):
     reply = env.client.get("/openapi.json")
     assert reply.status_code == 200
     doc = reply.get_json()
-    assert set(doc["paths"]) == {f"{CONTROLLER}/{name}" for name in ACTIONS}
-    for name, action in ACTIONS.items():
-        item = doc["paths"][f"{CONTROLLER}/{name}"]
+    assert set(doc["paths"]) == {f"{c}/{name}" for c in CONTROLLERS for name in ACTIONS}
+    op_ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
+    assert len(op_ids) == len(set(op_ids))
+    for path, name in ((c, name) for c in CONTROLLERS for name in ACTIONS):
+        action = ACTIONS[name]
+        item = doc["paths"][f"{path}/{name}"]
         assert set(item) == ({"post"} if action.mutating else {"get", "post"})
         props = item["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
         assert list(props) == [i.name for i in action.inputs]
+    assert doc["paths"][f"{CONTROLLER}/isRunning"]["get"]["operationId"] == "isRunningGet"
 
 
 # --- audit ------------------------------------------------------------------------------------
