@@ -108,6 +108,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         report(Check("systemd over D-Bus", True, f"systemd {services.systemd.ping()}"))
         flavour = services.flavour
         report(Check("IMAP server", True, f"{flavour.name} ({', '.join(flavour.units)})"))
+        # A host may serve 143 only: not a failure, but /nodeworx/mail/simap then answers 500.
+        report(Check("IMAP over TLS (simap)", True, f"{flavour.secure_unit} on port {s.ssl_port}"
+                     if flavour.secure_unit else f"no unit serves port {s.ssl_port}"))
         for check in flavour.checks():
             report(check)
     except ApiError as exc:

@@ -72,6 +72,7 @@ def test_detection_picks_courier(daemon, host):
     assert host.systemctl("show", "-p", "LoadState", "--value", "dovecot").stdout.strip() == "not-found"
     out = daemon.ctl("check").stdout
     assert f"IMAP server: courier ({PLAIN_UNIT}, {SSL_UNIT})" in out, out
+    assert f"IMAP over TLS (simap): {SSL_UNIT} on port 993" in out, out
     assert "FAIL" not in out, out
     # Debian's package: forking units whose MainPID is courierlogger; couriertcpd listens.
     for unit, port in PORTS.items():
