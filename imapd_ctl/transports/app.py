@@ -1,6 +1,6 @@
 """The Flask app (factory, as in Flask's tutorial): mounts the transports (HTTP JSON under each
-controller of the table, /nodeworx/mail/imap and /nodeworx/mail/simap; XML-RPC at /xmlrpc), /healthz and /openapi.json, and gives every reply,
-errors included, the InterWorx envelope."""
+controller of the table, /nodeworx/mail/imap and /nodeworx/mail/simap; XML-RPC at /xmlrpc),
+/healthz and /openapi.json, and gives every reply, errors included, the InterWorx envelope."""
 from __future__ import annotations
 
 import json
