@@ -108,3 +108,24 @@ def test_an_unknown_controller_names_the_ones_served(ctx):
     result = dispatch(request(controller="/nodeworx/mail/pop3")[0], ctx)
     assert result == Result(404, "unknown controller '/nodeworx/mail/pop3'; this server serves "
                                  "/nodeworx/mail/imap, /nodeworx/mail/simap")
+
+
+def test_a_change_is_refused_when_its_audit_line_cannot_be_written(ctx):
+    """Fails closed: no begin line, no change; the reply says why, read-only calls go on."""
+    ctx = Context(keys=ctx.keys, audit=FakeAudit(broken=True), runner=ctx.runner)
+    result = dispatch(request(inputs={"cascade_to_nodes": "0"})[0], ctx)
+    assert result.status == 503 and "audit log cannot be written" in result.payload
+    assert ctx.runner.ran == []
+    assert dispatch(request(action="isRunning")[0], ctx).status == 0
+    assert [name for name, _ in ctx.runner.ran] == ["isRunning"]
+
+
+def test_a_change_is_announced_before_it_runs(ctx):
+    class Announcing(Runner):
+        def run(self, action, values, service=IMAP):
+            assert ctx.audit.begun and ctx.audit.begun[-1]["action"] == action.name
+            return super().run(action, values, service)
+    ctx = Context(keys=ctx.keys, audit=ctx.audit, runner=Announcing())
+    assert dispatch(request()[0], ctx).status == 0
+    assert ctx.audit.begun == [{"who": "panel", "peer": "here", "transport": "test", "controller": CONTROLLER,
+                                "action": "restart", "inputs": {"cascade_to_nodes": 0}}]
