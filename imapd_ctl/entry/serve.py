@@ -29,6 +29,7 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from imapd_ctl.adapters import metrics
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.entry.recovery import recover_in_child
 
@@ -234,7 +235,9 @@ class _Gunicorn(BaseApplication):
         from imapd_ctl.transports.app import create_app
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="[%(process)d] %(levelname)s %(name)s: %(message)s")
-        return create_app(wiring.build(self.settings, unfinished_recovery=self.unfinished_recovery).context())
+        services = wiring.build(self.settings, unfinished_recovery=self.unfinished_recovery)
+        return create_app(services.context(), scrape=services.scrape,
+                          metrics_access=self.settings.metrics_access)
 
 
 def run(settings: Settings) -> None:
@@ -253,6 +256,15 @@ def run(settings: Settings) -> None:
               " (under the packaged unit only /run/imapd-ctl, /var/lib/imapd-ctl and "
               "/var/log/imapd-ctl are writable: see ReadWritePaths=)", file=sys.stderr)
         raise SystemExit(EX_CONFIG) from None
+    # Every process (the recovery child, each worker) counts in the private metrics directory,
+    # emptied here: a scrape adds up the counts since this start (adapters.metrics).
+    try:
+        metrics.prepare_directory(settings.metrics_dir)
+    except OSError as exc:
+        print(f"imapd-ctl: cannot prepare metrics_dir {settings.metrics_dir}: "
+              f"{os.strerror(exc.errno or errno.EIO)}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
+    metrics.use_multiprocess(settings.metrics_dir)
     inherited = inherited_sockets()
     if inherited:
         try:

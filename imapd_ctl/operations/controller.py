@@ -3,36 +3,40 @@ name in HANDLERS below, and taking the action's inputs as named parameters. The 
 never call these directly but go through core.dispatch (auth, validation, audit)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from imapd_ctl.adapters import ports
-from imapd_ctl.operations.outcomes import ChangeOutcome, Recovery
+from imapd_ctl.operations import capacity
+from imapd_ctl.operations.outcomes import ChangeFailed, ChangeOutcome, Recovery
 from imapd_ctl.core.waiting import wait_until
 from imapd_ctl.adapters.cluster import Cluster
 from imapd_ctl.adapters.journal import Journal
 from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.core.actions import ACTIONS, IMAP, PERMISSION, Action, Service
 from imapd_ctl.core.errors import ActionFailed, ApiError, ChangesRefused, NodeFailed, Relayed
-from imapd_ctl.core.protocols import Flavour, Systemd
+from imapd_ctl.core.capacity import Capacity
+from imapd_ctl.core.protocols import Flavour, Systemd, Telemetry, Untold
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.operations import transaction
+from imapd_ctl.operations.serving import Serving
 
 log = logging.getLogger(__name__)
 
 LISTEN_INTERVAL = 0.05
 
 
-class Controller:
+class Controller(Serving):
     """The handlers and what they share. Built by entry.wiring, which passes every part and,
     for the flavour, `detect`: the flavour is found on first use, in a worker (never in
     gunicorn's master: detection needs D-Bus). Tests pass a `flavour` directly.
 
-    `service` is the table's controller the handlers answer for (actions.IMAP or SIMAP): it
-    picks the port and the units (`port`, `unit_ports`); `run` answers for the one asked.
+    `service`: the table's controller the handlers answer for (actions.IMAP, SIMAP): it picks
+    the port and the units (operations.serving: `port`, `unit_ports`).
 
     `unfinished_recovery`: why the recovery at serve start did not finish (it overran its
     deadline); while the journal it left is pending, changes are refused with that reason
@@ -40,38 +44,35 @@ class Controller:
 
     def __init__(self, settings: Settings, systemd: Systemd, flavour: Flavour | None = None, *,
                  detect: Callable[[], Flavour] | None = None, lock: TransactionLock,
-                 journal: Journal, cluster: Cluster, unfinished_recovery: str | None = None):
+                 journal: Journal, cluster: Cluster, telemetry: Telemetry = Untold(),
+                 unfinished_recovery: str | None = None):
         if flavour is None and detect is None:
             raise TypeError("Controller needs a flavour or a way to detect it")
         self.settings = settings
         self.systemd = systemd
         self.service: Service = IMAP
-        # A list, shared with the copies serving() makes: the flavour is detected once.
+        # A list, shared with the copies run() makes: the flavour is detected once.
         self._flavour: list[Flavour] = [flavour] if flavour is not None else []
         self._detect = detect
         self.lock = lock
         self.journal = journal
         self.cluster = cluster
         self.unfinished_recovery = unfinished_recovery
+        self.telemetry = telemetry
 
     @property
-    def flavour(self) -> Flavour:
+    def flavour(self) -> Flavour:  # overrides Serving's stand-in
         # Detected on first use in each worker (never in gunicorn's master: it needs D-Bus).
         if not self._flavour:
             assert self._detect is not None     # __init__ checked: one of the two is given
             self._flavour.append(self._detect())
         return self._flavour[0]
 
-    def serving(self, service: Service) -> Controller:
-        """This controller answering for `service`: the same parts and flavour."""
-        if service == self.service:
-            return self
-        other = copy.copy(self)
-        other.service = service
-        return other
-
     def run(self, action: Action, values: dict[str, Any], service: Service = IMAP) -> Any:
-        return self.serving(service)._run(action, values)
+        """Run for `service` (a copy answering for it shares every part, the flavour too)."""
+        runner = self if service == self.service else copy.copy(self)
+        runner.service = service
+        return runner._run(action, values)
 
     def _run(self, action: Action, values: dict[str, Any]) -> Any:
         if action.local_action:  # *OnNode: this node, or forward the plain action to that node
@@ -114,34 +115,11 @@ class Controller:
         self._refuse_while_unrecovered(action)
         # Every change, service control included, holds the one lock across all workers, so
         # a restart cannot land in the middle of an update's reload-and-verify.
-        with self.lock.hold(timeout=self.settings.lock_timeout):
+        with self._locked():
             # A worker killed mid-change leaves a journal; whoever takes the lock next
             # finishes or undoes it before doing anything else.
-            transaction.recover(self.flavour, self.systemd, self.journal)
+            self._count_recovery(transaction.recover(self.flavour, self.systemd, self.journal))
             return handler(self, **inputs)
-
-    # -- which port and units this controller answers for ------------------------------
-    @property
-    def port(self) -> int:
-        return self.settings.ssl_port if self.service.secure else self.settings.port
-
-    def unit_ports(self) -> dict[str, int]:
-        """{unit: port} this controller acts on, in start order, the one isRunning checks first.
-        imap: every IMAP unit (on Courier both daemons, as InterWorx's imap drives the whole
-        server); simap: the unit that serves 993 (Courier's SSL daemon; Dovecot's one unit)."""
-        if not self.service.secure:
-            return self.flavour.unit_ports()
-        unit = self.flavour.secure_unit
-        if unit is None:
-            raise ActionFailed(f"no unit of this host's IMAP server ({self.flavour.name}) serves IMAP over "
-                               f"TLS on port {self.port}; installed: {', '.join(self.flavour.units)}")
-        return {unit: self.port}
-
-    def _acted(self, verb: str, units: list[str], what: str = "") -> str:
-        """The reply of a service action; on simap says when the unit serves 143 as well."""
-        shared = self.service.secure and self.flavour.primary_unit in units
-        return f"{verb} {', '.join(units)}{what}" + (
-            f" (it serves ports {self.settings.port} and {self.port}: IMAP on both is affected)" if shared else "")
 
     def _refuse_while_unrecovered(self, action: Action) -> None:
         entry = self.journal.pending() if self.unfinished_recovery else None
@@ -150,6 +128,26 @@ class Controller:
                 f"{action.name} refused: {self.unfinished_recovery} (change {entry.txn_id}, "
                 f"{entry.action}, interrupted at step '{entry.step}'). Changes are refused until "
                 "`imapd-ctl recover` has finished it; read-only actions still answer")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The change lock; how long it was waited for is told to telemetry (acquired, or
+        given up: Busy)."""
+        started, acquired = time.monotonic(), False
+        try:
+            with self.lock.hold(timeout=self.settings.lock_timeout):
+                acquired = True
+                self.telemetry.lock_wait(time.monotonic() - started, acquired=True)
+                yield
+        except Exception:
+            if not acquired:
+                self.telemetry.lock_wait(time.monotonic() - started, acquired=False)
+            raise
+
+    def _count_recovery(self, done: Recovery | None) -> Recovery | None:
+        if done is not None and done.rollback is not None:
+            self.telemetry.change("rolled_back")
+        return done
 
     # -- read-only -------------------------------------------------------------------
     def is_running(self) -> bool:
@@ -186,6 +184,10 @@ class Controller:
     def query_update(self) -> dict[str, int]:
         return self.flavour.current_values()
 
+    def query_capacity(self) -> Capacity:
+        """The typed reading (prose.render makes the reply's payload of it)."""
+        return capacity.read(self.flavour, self.systemd)
+
     def query_start_on_boot(self) -> dict[str, int]:
         state = self.systemd.unit(next(iter(self.unit_ports()))).unit_file_state
         return {"mda_imap_startonboot": int(state in ("enabled", "enabled-runtime"))}
@@ -207,27 +209,27 @@ class Controller:
         for unit in units:
             self.systemd.start(unit)
         self._wait_listening("start")
-        return self._acted("started", units)
+        return self.acted("started", units)
 
     def stop(self) -> str:
         units = list(self.unit_ports())
         for unit in reversed(units):
             self.systemd.stop(unit)
-        return self._acted("stopped", units)
+        return self.acted("stopped", units)
 
     def restart(self) -> str:
         units = list(self.unit_ports())
         for unit in units:
             self.systemd.restart(unit)
         self._wait_listening("restart")
-        return self._acted("restarted", units)
+        return self.acted("restarted", units)
 
     def start_on_boot(self, mda_imap_startonboot: int) -> str:
         enable = mda_imap_startonboot == 1
         units = list(self.unit_ports())
         for unit in units:
             (self.systemd.enable if enable else self.systemd.disable)(unit)
-        return self._acted("enabled" if enable else "disabled", units, " at boot")
+        return self.acted("enabled" if enable else "disabled", units, " at boot")
 
     # -- configuration ---------------------------------------------------------------
     def update(self, imap_mem_limit: int | None, imap_max_connections: int | None,
@@ -238,15 +240,22 @@ class Controller:
         requested = {"imap_mem_limit": imap_mem_limit, "imap_max_connections": imap_max_connections,
                      "imap_secure_mem_limit": imap_secure_mem_limit,
                      "imap_secure_max_connections": imap_secure_max_connections}
-        outcome = transaction.change(self.flavour, requested, systemd=self.systemd,
-                                     journal=self.journal, dry_run=bool(dry_run))
+        try:
+            outcome = transaction.change(self.flavour, requested, systemd=self.systemd,
+                                         journal=self.journal, dry_run=bool(dry_run))
+        except ChangeFailed as exc:
+            if not exc.rollback.journal_kept:   # else the recovery that finishes it counts it
+                self.telemetry.change("rolled_back")
+            raise
+        if outcome.changed and not dry_run:
+            self.telemetry.change("applied")
         return outcome.diff if dry_run else outcome
 
     # -- not an action: finishing a change a crash interrupted (serve, `imapd-ctl recover`) --
     def recover(self) -> Recovery | None:
         """What recovery did (prose renders it), or None if nothing was pending."""
-        with self.lock.hold(timeout=self.settings.lock_timeout):
-            return transaction.recover(self.flavour, self.systemd, self.journal)
+        with self._locked():
+            return self._count_recovery(transaction.recover(self.flavour, self.systemd, self.journal))
 
 
 # Each action of the table (but the *OnNode ones, which run their local_action) and the code
@@ -267,4 +276,5 @@ HANDLERS: dict[str, Callable[..., Any]] = {
     "update": Controller.update,
     "queryUpdate": Controller.query_update,
     "queryStartOnBoot": Controller.query_start_on_boot,
+    "queryCapacity": Controller.query_capacity,
 }

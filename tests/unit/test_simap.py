@@ -39,6 +39,12 @@ def courier_like(env):
 BOTH = pytest.mark.parametrize("transport", ["http", "xmlrpc"])
 
 
+@pytest.fixture(autouse=True)
+def serving_993(env):
+    """The fake flavour's unit listens on 993 too (as Dovecot's does)."""
+    env.ports.ports = {143, 993}
+
+
 @BOTH
 def test_list_actions_describe_the_secure_service(env, transport):
     assert call(env, transport, "listServiceName") == (0, "imap4-ssl")

@@ -23,10 +23,11 @@ __all__ = ["Systemd", "NoSuchUnit", "JobFailed", "map_error", "UnitState"]
 
 class Systemd:
     def __init__(self, bus_address: str | None = None, job_timeout: float = 90.0,
-                 opener: Callable[[str | None], Any] = open_private):
+                 opener: Callable[[str | None], Any] = open_private,
+                 on_reconnect: Callable[[], None] = lambda: None):
         self.bus_address = bus_address or os.environ.get("IMAPD_CTL_SYSTEM_BUS")
         self.job_timeout = job_timeout
-        self.bus = Bus(self.bus_address, opener)
+        self.bus = Bus(self.bus_address, opener, on_reconnect)
 
     # -- properties ----------------------------------------------------------------
     def _prop(self, name: str, iface: str, prop: str, what: str) -> Any:
@@ -53,6 +54,7 @@ class Systemd:
             main_pid=int(self._prop(name, SERVICE_IFACE, "MainPID", what)) if service else 0,
             unit_file_state=str(self._prop(name, UNIT_IFACE, "UnitFileState", what)),
             result=str(self._prop(name, SERVICE_IFACE, "Result", what)) if service else "",
+            n_restarts=int(self._prop(name, SERVICE_IFACE, "NRestarts", what)) if service else 0,
         )
 
     def journal_tail(self, name: str, lines: int = 10, since: float | None = None) -> str:

@@ -45,9 +45,12 @@ class Bus:
     """One process's connection to the manager. `opener(address)` makes a connection
     (a pydbus bus: .get(), .con); the fast tests pass a fake one."""
 
-    def __init__(self, address: str | None = None, opener: Callable[[str | None], Any] = open_private):
+    def __init__(self, address: str | None = None, opener: Callable[[str | None], Any] = open_private,
+                 on_reconnect: Callable[[], None] = lambda: None):
         self.address = address
         self.opener = opener
+        self.on_reconnect = on_reconnect      # told each connection after this process's first
+        self._connected_in: int | None = None  # the pid that made a connection before
         self.removed: dict[str, str] = {}     # job path -> result, filled by JobRemoved
         self.unit_paths: dict[str, str] = {}  # unit name -> object path (per connection)
         self._pid: int | None = None
@@ -86,6 +89,9 @@ class Bus:
                 _close(bus)
             raise map_error(exc, "connect to the system bus") from None
         self._bus, self._manager, self._pid = bus, manager, os.getpid()
+        if self._connected_in == self._pid:
+            self.on_reconnect()
+        self._connected_in = self._pid
         return manager
 
     def _on_job_removed(self, _id: int, job: str, _unit: str, result: str) -> None:
