@@ -1,7 +1,10 @@
-"""The action table: every action of /nodeworx/mail/imap, declared once.
+"""The action table: every action of the controllers served (/nodeworx/mail/imap and its
+secure-IMAP sibling /nodeworx/mail/simap), declared once.
 
 HTTP routing, input validation, XML-RPC dispatch, /openapi.json and `imapd-ctl call`
-are all derived from ACTIONS; nothing else lists actions or inputs.
+are all derived from ACTIONS and CONTROLLERS; nothing else lists actions, inputs or controllers.
+Every controller has every action: they differ only in the service they describe and act on
+(`Service`: which port, and so which units).
 """
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ from typing import Any, Mapping
 
 from imapd_ctl.core.errors import BadInput, NotFound
 
-CONTROLLER = "/nodeworx/mail/imap"
 PERMISSION = "EMAIL"
 METRICS_PERMISSION = "METRICS"    # reads /metrics when metrics_access = "key"
 
@@ -207,8 +209,34 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
 )}
 
 
-def lookup(name: Any) -> Action:
+@dataclass(frozen=True)
+class Service:
+    """One InterWorx service controller. `secure`: it is the IMAP-over-TLS service (port 993,
+    settings.ssl_port, the units serving it); otherwise plain IMAP (143, settings.port)."""
+    path: str            # the controller, as HTTP routes it and XML-RPC/SOAP name it (ctrl_name)
+    title: str           # InterWorx's controller class name
+    service_id: str      # listServiceName, listServiceInfo's id
+    general_name: str    # listGeneralName: InterWorx's language token
+    page: str            # listServicePage
+    secure: bool
+
+
+IMAP = Service("/nodeworx/mail/imap", "MailImap", "imap4", "##LG_IMAP##", "/nodeworx/mail/mda", secure=False)
+SIMAP = Service("/nodeworx/mail/simap", "MailSimap", "imap4-ssl", "##LG_SIMAP##", "/nodeworx/mail/mda",
+                secure=True)
+CONTROLLERS: dict[str, Service] = {c.path: c for c in (IMAP, SIMAP)}
+CONTROLLER = IMAP.path      # the default controller (a Request that names none; the CLI)
+
+
+def controller(path: Any) -> Service:
+    service = CONTROLLERS.get(path) if isinstance(path, str) else None
+    if service is None:
+        raise NotFound(f"unknown controller {brief(path, 60)}; this server serves {', '.join(CONTROLLERS)}")
+    return service
+
+
+def lookup(name: Any, service: Service = IMAP) -> Action:
     action = ACTIONS.get(name) if isinstance(name, str) else None
     if action is None:
-        raise NotFound(f"unknown action {brief(name, 60)} for {CONTROLLER}; actions: {', '.join(ACTIONS)}")
+        raise NotFound(f"unknown action {brief(name, 60)} for {service.path}; actions: {', '.join(ACTIONS)}")
     return action

@@ -1,4 +1,4 @@
-"""The `imapd-ctl` command: serve, call, key, check, recover."""
+"""The `imapd-ctl` command: serve, call, key, node, tls, check, recover."""
 from __future__ import annotations
 
 import argparse
@@ -87,6 +87,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         report(Check("systemd over D-Bus", True, f"systemd {services.systemd.ping()}"))
         flavour = services.flavour
         report(Check("IMAP server", True, f"{flavour.name} ({', '.join(flavour.units)})"))
+        # A host may serve 143 only: not a failure, but /nodeworx/mail/simap then answers 500.
+        report(Check("IMAP over TLS (simap)", True, f"{flavour.secure_unit} on port {s.ssl_port}"
+                     if flavour.secure_unit else f"no unit serves port {s.ssl_port}"))
         for check in flavour.checks():
             report(check)
     except ApiError as exc:
@@ -120,6 +123,39 @@ def cmd_node(args: argparse.Namespace) -> int:
     if not cluster.nodes:
         print("no other nodes are configured ([[nodes]] in the settings)")
     return 1 if failed else 0
+
+
+def cmd_tls(args: argparse.Namespace) -> int:
+    """`tls selfsigned`: a self-signed pair for the HTTPS listeners (e.g. port 2443, where
+    InterWorx clients call); `tls fingerprint`: a certificate's SHA-256, for panels that pin it.
+    The fingerprint goes to stdout, everything else to stderr."""
+    from imapd_ctl.adapters import tls
+    s = _settings(args)
+    cert = args.cert or s.tls_cert or tls.DEFAULT_CERT
+    try:
+        if args.tls_cmd == "fingerprint":
+            with open(cert, "rb") as fh:
+                print(f"SHA256 Fingerprint={tls.fingerprint(fh.read())}")
+            return 0
+        key = args.key or s.tls_key or tls.DEFAULT_KEY
+        made = tls.make_selfsigned(cert, key, args.name or tls.default_names(), args.days, force=args.force)
+    except OSError as exc:
+        print(f"imapd-ctl: cannot read {cert}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ApiError as exc:
+        print(f"imapd-ctl: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"SHA256 Fingerprint={made.fingerprint}")
+    configured = (s.tls_cert, s.tls_key) == (made.cert, made.key)
+    print(f"made {made.cert} (0644) and {made.key} (0600): self-signed for {', '.join(made.names)}, valid "
+          f"{made.days} days.", file=sys.stderr)
+    if not configured:
+        print(f"To serve it where InterWorx clients call (https://HOST:2443), in {s.source}:\n"
+              f'  listen = ["127.0.0.1:8143", "0.0.0.0:2443"]\n  tls_cert = "{made.cert}"\n  tls_key = "{made.key}"',
+              file=sys.stderr)
+    print("Then: systemctl restart imapd-ctl. Panels that pin the certificate take the fingerprint above.",
+          file=sys.stderr)
+    return 0
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -162,6 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     nsub.add_parser("list", help="show the node registry")
     nsub.add_parser("check", help="call every node (HTTPS, verified) and show which answer")
     n.set_defaults(fn=cmd_node)
+
+    t = sub.add_parser("tls", help="the HTTPS listeners' certificate")
+    tsub = t.add_subparsers(dest="tls_cmd", required=True)
+    ts = tsub.add_parser("selfsigned", help="make a self-signed key pair and print its SHA-256 fingerprint")
+    ts.add_argument("--name", action="append", help="DNS name or IP address the panels call (repeatable; "
+                    "default: this host's names)")
+    ts.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
+    ts.add_argument("--force", action="store_true", help="replace existing files")
+    ts.add_argument("--key", help="key file (default: tls_key of the settings, else /etc/imapd-ctl/tls/imapd-ctl.key)")
+    for tp in (ts, tsub.add_parser("fingerprint", help="print a certificate's SHA-256 fingerprint")):
+        tp.add_argument("--cert", help="certificate file (default: tls_cert of the settings, else "
+                        "/etc/imapd-ctl/tls/imapd-ctl.pem)")
+    t.set_defaults(fn=cmd_tls)
 
     sub.add_parser("check", help="check D-Bus, the IMAP server, config and validator").set_defaults(fn=cmd_check)
     sub.add_parser("recover", help="finish or undo a change a crash interrupted").set_defaults(fn=cmd_recover)

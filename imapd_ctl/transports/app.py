@@ -1,7 +1,7 @@
-"""The Flask app (factory, as in Flask's tutorial): mounts the transports (HTTP JSON under
-/nodeworx/mail/imap, XML-RPC at /xmlrpc, SOAP at /soap and /nodeworx/soap), /healthz and
-/openapi.json, and gives every reply, errors included, the InterWorx envelope (on the SOAP
-paths: a SOAP Fault)."""
+"""The Flask app (factory, as in Flask's tutorial): mounts the transports (HTTP JSON under each
+controller of the table, /nodeworx/mail/imap and /nodeworx/mail/simap; XML-RPC at /xmlrpc; SOAP
+at /soap and /nodeworx/soap), /healthz and /openapi.json, and gives every reply, errors
+included, the InterWorx envelope (on the SOAP paths: a SOAP Fault)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import NotFound as NoRoute
 
-from imapd_ctl.core.actions import CONTROLLER
+from imapd_ctl.core.actions import CONTROLLERS
 from imapd_ctl.core.errors import ApiError, NotFound
 from imapd_ctl.core.dispatch import Context, check_metrics_reader, dispatch
 from imapd_ctl.core.request import Request, Result
@@ -53,10 +53,14 @@ def create_app(ctx: Context, *, scrape: Scrape | None = None, metrics_access: st
         if "//" in request.environ.get("PATH_INFO", ""):
             raise NoRoute("the path has an empty segment (//)")
 
+    def action_route(controller: str, action: str) -> Response:
+        return http.handle(controller, action, run)
+
     # No automatic OPTIONS: its empty 200 would be the one reply without the envelope.
-    @app.route(f"{CONTROLLER}/<action>", methods=["GET", "POST"], provide_automatic_options=False)
-    def action_route(action: str) -> Response:
-        return http.handle(action, run)
+    for path in CONTROLLERS:
+        app.add_url_rule(f"{path}/<action>", endpoint=f"action:{path}", view_func=action_route,
+                         defaults={"controller": path}, methods=["GET", "POST"],
+                         provide_automatic_options=False)
 
     def soap_route() -> Response:
         if request.method != "POST":    # GET (?wsdl, as clients ask; any query) and HEAD

@@ -220,6 +220,7 @@ def test_check_reports_the_flavours_checks(config, fake_wiring, capsys, monkeypa
     assert run(config, "check") == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1:] == ["ok   systemd over D-Bus: systemd 252 (fake)", "ok   IMAP server: fake (fake-imapd.service)",
+                       "ok   IMAP over TLS (simap): fake-imapd.service on port 993",
                        "ok   config writable: /etc/fake", f"ok   state dir writable: {os.path.dirname(config)}/state",
                        "ok   no interrupted change: none"]
     monkeypatch.setattr(fake_wiring["Flavour"], "checks", lambda self: [Check("validator", False, "/usr/bin/fakeconf")])

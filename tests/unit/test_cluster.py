@@ -136,3 +136,11 @@ def test_replay_runs_on_every_node_in_parallel_without_cascading_again(server, p
     assert took < 1.0, f"{took:.2f} s: the nodes were called one after the other"
     assert [body for _, _, body in server.seen] == [{"imap_max_connections": 50, "cascade_to_nodes": 0}] * 3
     assert Cluster("mail1", [], timeout=5).replay("update", {}) == []
+
+
+def test_calls_and_replays_go_to_the_controller_named(server, pki):
+    server.seen.clear()
+    cluster = Cluster("mail1", [node(server, pki)], timeout=5)
+    assert cluster.call(cluster.node("mail2"), "isRunning", {}, "/nodeworx/mail/simap") == (0, True)
+    assert cluster.replay("stop", {}, "/nodeworx/mail/simap")[0]["status"] == 0
+    assert [path for path, _, _ in server.seen] == ["/nodeworx/mail/simap/isRunning", "/nodeworx/mail/simap/stop"]

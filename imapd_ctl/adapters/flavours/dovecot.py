@@ -80,6 +80,9 @@ class Dovecot:
         self.state_dir = Path(settings.state_dir)
         self.units: tuple[str, ...] = (self.s.unit,)
         self.primary_unit = self.s.unit
+        # One unit serves 143 and 993 (one master, one `service imap`): the secure-IMAP
+        # controller acts on it too, and so on both ports (README: "Two controllers").
+        self.secure_unit: str | None = self.s.unit
 
     # -- helpers -----------------------------------------------------------------
     def _run(self, argv: list[str], what: str) -> subprocess.CompletedProcess:
