@@ -134,13 +134,18 @@ class Daemon:
         assert status == 200 and answer.fault is None, (status, answer)
         return answer.result["status"], answer.result["payload"]
 
-    def php(self, client: str, path: str, calls: list, version: str = "1.1") -> list[dict]:
+    def php(self, client: str, path: str, calls: list, version: str = "1.1", *,
+            base: str = "http://127.0.0.1:8143", cafile: str | None = None, check: bool = True):
         """PHP's own API client ("soap": SoapClient through the WSDL at `path`; "xmlrpc": ext/xmlrpc
-        POSTing to `path`) making `calls` (route's parameters) from inside the host, over TCP to
-        127.0.0.1:8143; one dict per call (tests/e2e/php_client.php)."""
-        request = {"client": client, "url": f"http://127.0.0.1:8143{path}", "version": version, "calls": calls}
-        out = self.host.run(["php", str(REPO / "tests" / "e2e" / "php_client.php")], input=json.dumps(request)).stdout
-        return json.loads(out)
+        POSTing to `path`) making `calls` (route's parameters) from inside the host to `base`
+        (HTTPS: verified against `cafile`, a path inside the host); one dict per call
+        (tests/e2e/php_client.php). With check=False: the CompletedProcess, for a failing run."""
+        request = {"client": client, "url": base + path, "version": version, "calls": calls}
+        if cafile is not None:
+            request["cafile"] = cafile
+        run = self.host.run(["php", str(REPO / "tests" / "e2e" / "php_client.php")], input=json.dumps(request),
+                            check=check)
+        return json.loads(run.stdout) if check else run
 
     def ctl(self, *args: str, check: bool = True, input: str | None = None):
         """Run the imapd-ctl command inside the host with this daemon's config."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from daemon import REPO
-from imapd_ctl.core.actions import CONTROLLER
+from imapd_ctl.core.actions import CONTROLLER, CONTROLLERS
 
 pytestmark = pytest.mark.mailhost
 
@@ -28,23 +28,23 @@ UPDATE = {"imap_mem_limit": 268435456, "imap_max_connections": 61, "imap_secure_
           "imap_secure_max_connections": 41}
 
 
-def walk(key: str, current: dict) -> list[tuple[str, list]]:
+def walk(key: str, current: dict, ctrl: str = CONTROLLER) -> list[tuple[str, list]]:
     """(label, route's parameters as PHP passes them) for the panels' calls, leaving the host as
     it was: update with numbers as strings, startOnBoot 0 and 1 (PHP's true), restart."""
     return [
-        ("isRunning", [key, CONTROLLER, "isRunning", {}]),           # {} is PHP's array()
-        ("listServiceInfo", [key, CONTROLLER, "listServiceInfo", {}]),
-        ("queryUpdate", [key, CONTROLLER, "queryUpdate", {}]),
-        ("update", [key, CONTROLLER, "update", {n: str(v) for n, v in UPDATE.items()}]),
-        ("queryUpdate-raised", [key, CONTROLLER, "queryUpdate", {}]),
-        ("update-back", [key, CONTROLLER, "update", {n: str(v) for n, v in current.items()}]),
-        ("startOnBoot-0", [key, CONTROLLER, "startOnBoot", {"mda_imap_startonboot": "0"}]),
-        ("queryStartOnBoot-0", [key, CONTROLLER, "queryStartOnBoot", {}]),
-        ("startOnBoot-true", [key, CONTROLLER, "startOnBoot", {"mda_imap_startonboot": True, "perms": ["EMAIL"]}]),
-        ("queryStartOnBoot-1", [key, CONTROLLER, "queryStartOnBoot", {}]),
-        ("restart", [key, CONTROLLER, "restart", {}]),
-        ("apikey-map-nil-input", [{"apikey": key}, CONTROLLER, "listPortNumbersArray", None]),
-        ("wrong-key", ["wrong-" + key, CONTROLLER, "isRunning", {}]),
+        ("isRunning", [key, ctrl, "isRunning", {}]),           # {} is PHP's array()
+        ("listServiceInfo", [key, ctrl, "listServiceInfo", {}]),
+        ("queryUpdate", [key, ctrl, "queryUpdate", {}]),
+        ("update", [key, ctrl, "update", {n: str(v) for n, v in UPDATE.items()}]),
+        ("queryUpdate-raised", [key, ctrl, "queryUpdate", {}]),
+        ("update-back", [key, ctrl, "update", {n: str(v) for n, v in current.items()}]),
+        ("startOnBoot-0", [key, ctrl, "startOnBoot", {"mda_imap_startonboot": "0"}]),
+        ("queryStartOnBoot-0", [key, ctrl, "queryStartOnBoot", {}]),
+        ("startOnBoot-true", [key, ctrl, "startOnBoot", {"mda_imap_startonboot": True, "perms": ["EMAIL"]}]),
+        ("queryStartOnBoot-1", [key, ctrl, "queryStartOnBoot", {}]),
+        ("restart", [key, ctrl, "restart", {}]),
+        ("apikey-map-nil-input", [{"apikey": key}, ctrl, "listPortNumbersArray", None]),
+        ("wrong-key", ["wrong-" + key, ctrl, "isRunning", {}]),
     ]
 
 
@@ -76,12 +76,13 @@ def fixture_text(envelope: str, key: str) -> str:
 CAPTURED = ("isRunning", "update", "startOnBoot-true", "apikey-map-nil-input")
 
 
+@pytest.mark.parametrize("ctrl", list(CONTROLLERS))
 @pytest.mark.parametrize("path", ["/soap", "/nodeworx/soap"])
 @pytest.mark.parametrize("version", ["1.1", "1.2"])
-def test_php_soapclient_through_the_wsdl(daemon, version, path):
+def test_php_soapclient_through_the_wsdl(daemon, version, path, ctrl):
     current = daemon.call("queryUpdate")[1]
     assert current != UPDATE
-    calls = walk(daemon.key, current)
+    calls = walk(daemon.key, current, ctrl)
     entries = daemon.php("soap", f"{path}?wsdl", [params for _, params in calls], version)
     check_same_as_xmlrpc(daemon, calls, entries)
     ctype = "text/xml" if version == "1.1" else "application/soap+xml"
@@ -91,7 +92,7 @@ def test_php_soapclient_through_the_wsdl(daemon, version, path):
     assert daemon.call("queryUpdate") == (0, current)
     assert daemon.host.systemctl("is-enabled", "dovecot.service").stdout.strip() == "enabled"
     # The envelopes PHP sent are the codec's unit-test fixtures.
-    if path != "/soap":
+    if path != "/soap" or ctrl != CONTROLLER:
         return
     for label, entry in zip((label for label, _ in calls), entries):
         if label not in CAPTURED:
@@ -104,11 +105,12 @@ def test_php_soapclient_through_the_wsdl(daemon, version, path):
         assert (FIXTURES / name).read_text() == text, f"PHP now sends another {name}: IMAPD_CTL_SOAP_CAPTURE=1"
 
 
-def test_php_xmlrpc_extension_with_array_input(daemon):
+@pytest.mark.parametrize("ctrl", list(CONTROLLERS))
+def test_php_xmlrpc_extension_with_array_input(daemon, ctrl):
     """PHP ext/xmlrpc as InterWorx's documentation shows it: array() for no input (an empty
     <array>), true for a flag (<boolean>1</boolean>), null (an empty <string/>)."""
     current = daemon.call("queryUpdate")[1]
-    calls = walk(daemon.key, current)
+    calls = walk(daemon.key, current, ctrl)
     entries = daemon.php("xmlrpc", "/xmlrpc", [params for _, params in calls])
     sent = dict(zip((label for label, _ in calls), (e["request"] for e in entries)))
     assert "<array>" in sent["isRunning"] and "<data/>" in sent["isRunning"]

@@ -102,6 +102,24 @@ def test_curl_with_cacert_and_xmlrpc_clients_call_https_host_2443_unchanged(daem
     assert daemon.call("isRunning") == (0, True)
 
 
+@pytest.mark.parametrize("version", ["1.1", "1.2"])
+def test_php_soapclient_calls_https_2443_verifying_the_test_ca(daemon, mailhost, pki, version):
+    """As ClientExec does: new SoapClient('https://HOST:2443/soap?wsdl') with the certificate
+    verified (here against the test's CA only); the WSDL names the HTTPS endpoint it came from."""
+    for ca in ("ca", "other"):
+        mailhost.write_file(f"/run/php-{ca}.pem", (pki / f"{ca}.pem").read_bytes())
+    base = f"https://{mailhost.address}:{PORT}"
+    calls = [[daemon.key, ctrl, "listServiceInfo", {}] for ctrl in ("/nodeworx/mail/imap", "/nodeworx/mail/simap")]
+    calls.append(["wrong-" + daemon.key, "/nodeworx/mail/imap", "isRunning", {}])
+    entries = daemon.php("soap", "/soap?wsdl", calls, version, base=base, cafile="/run/php-ca.pem")
+    assert [e["result"]["payload"]["ports"] for e in entries[:2]] == ["143", "993"], entries
+    assert all(e["result"]["payload"]["is_running"] == 1 for e in entries[:2])
+    assert entries[2]["result"] == {"status": 401, "payload": "unknown API key"}
+    assert f"Host: {mailhost.address}:{PORT}" in entries[0]["request_headers"]
+    refused = daemon.php("soap", "/soap?wsdl", calls[:1], version, base=base, cafile="/run/php-other.pem", check=False)
+    assert refused.returncode != 0 and "Parsing WSDL" in refused.stdout + refused.stderr, refused
+
+
 def test_selfsigned_command_fingerprint_is_what_the_client_sees(daemon, mailhost, pki):
     addr = mailhost.address
     where = "/etc/imapd-ctl/selfsigned"          # made by the command
