@@ -238,17 +238,24 @@ class Dovecot:
         """imap and imap-login as the running Dovecot reports them; while it is stopped, imap
         with the configured process_limit."""
         if systemd.active_state(self.s.unit) != "active":
-            limit = self.effective()[0]
-            return (Pool(name="imap", unit=self.s.unit, ports=self.capacity_ports(), processes=0,
-                         process_limit=limit or None),)
+            return self._configured_pools()
         proc = self._run([self.s.doveadm, "-f", "json", "service", "status", "imap", "imap-login"],
                          "ask the running Dovecot")
         if proc.returncode != 0:
+            # Restarting (systemd calls it active before its master socket answers) or just
+            # stopped: no process can be serving, so the configured pool is the truth.
+            if "net_connect_unix" in proc.stderr or systemd.active_state(self.s.unit) != "active":
+                return self._configured_pools()
             raise ActionFailed(f"doveadm service status failed: {proc.stderr.strip() or proc.returncode}")
         try:
             return dovecot_status.pools(proc.stdout, self.s.unit, self.capacity_ports())
         except dovecot_status.StatusError as exc:
             raise ActionFailed(str(exc)) from None
+
+    def _configured_pools(self) -> tuple[Pool, ...]:
+        limit = self.effective()[0]
+        return (Pool(name="imap", unit=self.s.unit, ports=self.capacity_ports(), processes=0,
+                     process_limit=limit or None),)
 
     def running_process_limit(self) -> int | None:
         proc = self._run([self.s.doveadm, "service", "status", "imap"], "ask the running Dovecot")
