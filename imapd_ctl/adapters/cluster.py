@@ -44,8 +44,9 @@ class Cluster:
             raise NotFound(f"node_id: unknown node {node_id!r}; known nodes: {self.known()}")
         return node
 
-    def call(self, node: Node, action: str, inputs: dict[str, Any]) -> tuple[int, Any]:
-        """(status, payload) of one action on a node; failures to reach it are status 502
+    def call(self, node: Node, action: str, inputs: dict[str, Any],
+             controller: str = CONTROLLER) -> tuple[int, Any]:
+        """(status, payload) of one action of `controller` on a node; failures to reach it are status 502
         with the reason (refused, timed out, certificate not trusted...)."""
         try:
             key = node.key or secrets.read_key(node.key_file)
@@ -57,7 +58,7 @@ class Cluster:
             conn = http.client.HTTPSConnection(url.hostname or "", url.port or 443, timeout=self.timeout,
                                                context=_context(node.ca))
             try:
-                conn.request("POST", f"{url.path.rstrip('/')}{CONTROLLER}/{action}",
+                conn.request("POST", f"{url.path.rstrip('/')}{controller}/{action}",
                              body=json.dumps(inputs),
                              headers={"Authorization": f"Bearer {key}",
                                       "Content-Type": "application/json"})
@@ -77,13 +78,13 @@ class Cluster:
         except (ValueError, KeyError, TypeError):
             return 502, f"node {node.id}: not an imapd-ctl reply (HTTP {resp.status})"
 
-    def replay(self, action: str, inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        """Run the action on every other node at once; one outcome per node, by id."""
+    def replay(self, action: str, inputs: dict[str, Any], controller: str = CONTROLLER) -> list[dict[str, Any]]:
+        """Run the action (of `controller`) on every other node at once; one outcome per node, by id."""
         inputs = {k: v for k, v in inputs.items() if v is not None}   # None: "keep current"
         inputs["cascade_to_nodes"] = 0
         nodes = sorted(self.nodes.values(), key=lambda n: n.id)
         if not nodes:
             return []
         with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
-            results = list(pool.map(lambda n: self.call(n, action, inputs), nodes))
+            results = list(pool.map(lambda n: self.call(n, action, inputs, controller), nodes))
         return [{"id": n.id, "status": s, "payload": p} for n, (s, p) in zip(nodes, results)]

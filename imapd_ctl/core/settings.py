@@ -63,7 +63,8 @@ class Settings:
     workers: int = 2
     audit_log: str = "/var/log/imapd-ctl/audit.log"
     flavour: str = "auto"          # auto | dovecot | courier
-    port: int = 143                # the port isRunning checks and list* report
+    port: int = 143                # the port isRunning checks and list* report (/nodeworx/mail/imap)
+    ssl_port: int = 993            # the same for IMAP over TLS (/nodeworx/mail/simap)
     lock_timeout: float = 10.0     # seconds a change waits for another before 409
     job_timeout: float = 90.0      # seconds to wait for a systemd job
     listen_timeout: float = 15.0   # seconds to wait for the port after start/restart

@@ -101,7 +101,7 @@ class Cluster3:
             node.daemon = launch(node.host, node.share, node_id=node.id, workers=self.workers,
                                  extra_config=extra, listen=("127.0.0.1:8143", f"{node.address}:{PORT}"))
         for (caller, callee), key in keys.items():
-            self.nodes[callee - 1].daemon.ctl("key", "import", f"from-node{caller}", "--value", key)
+            self.nodes[callee - 1].daemon.ctl("key", "import", f"from-node{caller}", input=key + "\n")
         return self
 
     def reissue_cert(self, node: Node, *, rogue: bool) -> None:

@@ -78,7 +78,7 @@ def test_deb_is_reproducible_and_uses_debian_python(tmp_path):
     info = subprocess.run(["dpkg-deb", "-f", str(a)], capture_output=True, text=True, check=True).stdout
     depends = re.search(r"^Depends: (.*)$", info, re.M).group(1)
     for pkg in ("python3-flask", "python3-gunicorn", "python3-psutil", "python3-pydbus", "python3-gi",
-                "python3-prometheus-client"):
+                "python3-prometheus-client", "python3-defusedxml"):
         assert pkg in depends
     files = subprocess.run(["dpkg-deb", "-c", str(a)], capture_output=True, text=True, check=True).stdout
     for path in ("./usr/bin/imapd-ctl", "./usr/lib/python3/dist-packages/imapd_ctl/entry/serve.py",
@@ -500,14 +500,15 @@ def test_man_page_status_and_completion_as_debian_finds_them(pkg):
 
 
 def test_tls_listener_beside_the_plain_unix_socket(pkg):
+    """HTTPS where InterWorx clients call (port 2443), with the pair the packaged
+    `imapd-ctl tls selfsigned` makes, under the hardened unit."""
     original = pkg.config()
     addr = pkg.host.address
-    pkg.run("install", "-d", "-m", "0700", "/etc/imapd-ctl/tls")
-    pkg.run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={addr}",
-            "-addext", f"subjectAltName=IP:{addr}", "-keyout", "/etc/imapd-ctl/tls/key.pem",
-            "-out", "/etc/imapd-ctl/tls/cert.pem")
+    made = pkg.run("imapd-ctl", "tls", "selfsigned", "--name", addr, "--cert", "/etc/imapd-ctl/tls/cert.pem",
+                   "--key", "/etc/imapd-ctl/tls/key.pem")
+    assert made.stdout.startswith("SHA256 Fingerprint="), made.stderr
     try:
-        pkg.set_config(re.sub(r"(?m)^listen = .*$", f'listen = ["127.0.0.1:8143", "{addr}:8443"]', original)
+        pkg.set_config(re.sub(r"(?m)^listen = .*$", f'listen = ["127.0.0.1:8143", "{addr}:2443"]', original)
                        .replace('tls_cert = ""', 'tls_cert = "/etc/imapd-ctl/tls/cert.pem"')
                        .replace('tls_key = ""', 'tls_key = "/etc/imapd-ctl/tls/key.pem"'))
         # The earlier tests restarted it often: clear systemd's start rate limit (5 in 10 s).
@@ -519,7 +520,7 @@ def test_tls_listener_beside_the_plain_unix_socket(pkg):
             # From outside the host, over its network, checking the certificate.
             r = subprocess.run(["curl", "-sS", "--max-time", "20", "--cacert", ca.name,
                                 "-H", f"Authorization: Bearer {pkg.key}",
-                                f"https://{addr}:8443/nodeworx/mail/imap/isRunning"],
+                                f"https://{addr}:2443/nodeworx/mail/simap/isRunning"],
                                capture_output=True, text=True)
         assert json.loads(r.stdout) == {"status": 0, "payload": True}, r.stderr
         # Local operators on the unix socket keep plain HTTP.

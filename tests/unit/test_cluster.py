@@ -149,3 +149,11 @@ def test_the_key_is_read_from_its_key_file_at_each_call(server, pki, tmp_path):
     key_file.unlink()
     assert cluster.call(cluster.node("mail2"), "isRunning", {}) == \
         (502, f"node mail2: cannot read its key from {key_file}: No such file or directory")
+
+
+def test_calls_and_replays_go_to_the_controller_named(server, pki):
+    server.seen.clear()
+    cluster = Cluster("mail1", [node(server, pki)], timeout=5)
+    assert cluster.call(cluster.node("mail2"), "isRunning", {}, "/nodeworx/mail/simap") == (0, True)
+    assert cluster.replay("stop", {}, "/nodeworx/mail/simap")[0]["status"] == 0
+    assert [path for path, _, _ in server.seen] == ["/nodeworx/mail/simap/isRunning", "/nodeworx/mail/simap/stop"]

@@ -79,6 +79,9 @@ class Dovecot:
         self.state_dir = Path(settings.state_dir)
         self.units: tuple[str, ...] = (self.s.unit,)
         self.primary_unit = self.s.unit
+        # One unit serves 143 and 993 (one master, one `service imap`): the secure-IMAP
+        # controller acts on it too, and so on both ports (README: "Two controllers").
+        self.secure_unit: str | None = self.s.unit
 
     # -- helpers -----------------------------------------------------------------
     def _run(self, argv: list[str], what: str) -> subprocess.CompletedProcess:
@@ -223,17 +226,24 @@ class Dovecot:
         """imap and imap-login as the running Dovecot reports them; while it is stopped, imap
         with the configured process_limit."""
         if systemd.active_state(self.s.unit) != "active":
-            limit = self.effective()[0]
-            return (Pool(name="imap", unit=self.s.unit, ports=self.capacity_ports(), processes=0,
-                         process_limit=limit or None),)
+            return self._configured_pools()
         proc = self._run([self.s.doveadm, "-f", "json", "service", "status", "imap", "imap-login"],
                          "ask the running Dovecot")
         if proc.returncode != 0:
+            # Restarting (systemd calls it active before its master socket answers) or just
+            # stopped: no process can be serving, so the configured pool is the truth.
+            if "net_connect_unix" in proc.stderr or systemd.active_state(self.s.unit) != "active":
+                return self._configured_pools()
             raise ActionFailed(f"doveadm service status failed: {proc.stderr.strip() or proc.returncode}")
         try:
             return dovecot_status.pools(proc.stdout, self.s.unit, self.capacity_ports())
         except dovecot_status.StatusError as exc:
             raise ActionFailed(str(exc)) from None
+
+    def _configured_pools(self) -> tuple[Pool, ...]:
+        limit = self.effective()[0]
+        return (Pool(name="imap", unit=self.s.unit, ports=self.capacity_ports(), processes=0,
+                     process_limit=limit or None),)
 
     def running_process_limit(self) -> int | None:
         proc = self._run([self.s.doveadm, "service", "status", "imap"], "ask the running Dovecot")

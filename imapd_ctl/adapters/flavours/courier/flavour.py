@@ -38,7 +38,6 @@ from imapd_ctl.core.waiting import wait_until
 log = logging.getLogger(__name__)
 
 CONFIG_DIRS = ("/etc/courier", "/etc/courier-imap")   # Debian, RHEL-style
-DEFAULT_SSL_PORT = 993
 VERIFY_INTERVAL = 0.05
 
 
@@ -60,6 +59,7 @@ class Courier:
         out when systemd does not know it); None: the configured ones."""
         self.s = settings.courier
         self.port: int = settings.port
+        self.ssl_port: int = settings.ssl_port
         self.listen_timeout: float = settings.listen_timeout
         self.state_dir = Path(settings.state_dir)
         self.config_dir: str = find_config_dir(self.s.config_dir) or self.s.config_dir or CONFIG_DIRS[0]
@@ -69,6 +69,8 @@ class Courier:
             units = [u for u in (self.s.unit, self.s.ssl_unit) if u]
         self.units: tuple[str, ...] = tuple(units)
         self.primary_unit: str = self.s.unit
+        # The SSL daemon has its own unit: the secure-IMAP controller acts on it alone.
+        self.secure_unit: str | None = self.s.ssl_unit if self.s.ssl_unit in self.units else None
 
     # -- reading -------------------------------------------------------------------------
     def _read(self) -> Files:
@@ -180,10 +182,11 @@ class Courier:
         return Applied(restarted=tuple(running), idle=tuple(u for u in affected if u not in running))
 
     def unit_ports(self, effective: sourcing.Effective | None = None) -> dict[str, int]:
-        """{unit: the port it must listen on}: settings.port for the 143 unit, SSLPORT for SSL."""
+        """{unit: the port it must listen on}: settings.port for the 143 unit, SSLPORT for SSL
+        (settings.ssl_port when not read from the files)."""
         result = {self.s.unit: self.port}
         if self.s.ssl_unit in self.units:
-            ssl_port = DEFAULT_SSL_PORT
+            ssl_port = self.ssl_port
             if effective is not None:
                 # SSLPORT may be "993" or "ip.port,..." lists; the first entry's port.
                 m = re.fullmatch(r"(?:[^,]*\.)?([0-9]{1,5})(?:,.*)?", effective[SSL]["PORT"].strip())
