@@ -42,6 +42,8 @@ TRIXIE_PACKAGES = (
     "python3-werkzeug", "python3-gunicorn", "python3-psutil", "python3-pydbus", "python3-gi",
     "python3-prometheus-client", "prometheus",   # /metrics, and the real Prometheus of its test
     "man-db", "bash-completion", "zsh",          # the package test reads the man page, completes
+    "python3-defusedxml", "polkitd",             # the .deb's XML parsing and unit control
+    "php-cli", "php-soap", "php-xmlrpc",         # PHP's SoapClient and ext/xmlrpc call the daemon
 )
 # Downloaded only (Courier conflicts with dovecot-imapd): the same transaction as courierhost.py.
 COURIER_APT = ("--no-install-recommends", "courier-imap", "dovecot-core-", "dovecot-imapd-")

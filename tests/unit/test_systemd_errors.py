@@ -83,6 +83,15 @@ class FakeManager:
         self.conn.check()
         self.conn.enabled += names
 
+    def StartUnit(self, name, mode):
+        """A job that finishes at once (JobRemoved delivered before the caller waits)."""
+        self.conn.check()
+        self.conn.started.append(name)
+        job = f"/org/freedesktop/systemd1/job/{len(self.conn.started)}"
+        for handler in self.JobRemoved.handlers:
+            handler(len(self.conn.started), job, name, "done")
+        return job
+
 
 class FakeCon:
     def __init__(self, bus):
@@ -111,6 +120,7 @@ class FakeBus:
         self.world = world
         self.con = FakeCon(self)
         self.enabled = []
+        self.started = []
         self.props = world.props
         self.manager = FakeManager(self)
 
@@ -166,7 +176,7 @@ def test_unreachable_drops_the_connection_and_the_next_call_reconnects():
 
 def test_systemd_errors_keep_the_connection():
     world = World()
-    sd = Systemd(bus_address="unix:path=/nonexistent", opener=world.opener)
+    sd = Systemd(bus_address="unix:path=/nonexistent", opener=world.opener, via_helpers=False)
     sd.active_state("dovecot.service")
     world.fail = dbus_error("org.freedesktop.systemd1.NoSuchUnit", "Unit x.service not found.")
     with pytest.raises(NoSuchUnit):
@@ -242,3 +252,15 @@ def test_a_job_result_arrives_through_job_removed(monkeypatch):
         sd.start("dovecot.service")
     assert ei.value.message == ("start dovecot.service failed: systemd job result 'failed'; last journal lines "
                                 "of dovecot.service:\ndovecot: Fatal: bad config")
+
+
+@pytest.mark.parametrize("verb", ["enable", "disable"])
+def test_without_root_start_on_boot_goes_through_the_packaged_helper_unit(verb):
+    """polkit cannot limit unit-file changes to some units (systemd 252 names none), so a
+    daemon that is not root starts the one-shot helper instance for that unit instead."""
+    world = World()
+    sd = Systemd(bus_address="unix:path=/nonexistent", opener=world.opener, via_helpers=True)
+    getattr(sd, verb)("dovecot.service")
+    [bus] = world.connects
+    assert bus.started == [f"imapd-ctl-{verb}@dovecot.service.service"]
+    assert bus.enabled == []                            # no EnableUnitFiles / DisableUnitFiles
