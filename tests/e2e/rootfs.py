@@ -42,9 +42,12 @@ TRIXIE_PACKAGES = (
     "python3-werkzeug", "python3-gunicorn", "python3-psutil", "python3-pydbus", "python3-gi",
     "python3-prometheus-client", "prometheus",   # /metrics, and the real Prometheus of its test
     "man-db", "bash-completion", "zsh",          # the package test reads the man page, completes
-    "python3-defusedxml", "polkitd",             # the .deb's XML parsing and unit control
+    "python3-defusedxml",                        # the .deb's XML parsing
     "php-cli", "php-soap", "php-xmlrpc",         # PHP's SoapClient and ext/xmlrpc call the daemon
 )
+# Installed after debootstrap, with /proc mounted (polkitd's postinst fails in debootstrap's
+# bare chroot): the .deb's unit control through polkit.
+LATER_PACKAGES = ("polkitd",)
 # Downloaded only (Courier conflicts with dovecot-imapd): the same transaction as courierhost.py.
 COURIER_APT = ("--no-install-recommends", "courier-imap", "dovecot-core-", "dovecot-imapd-")
 RECIPE = 1   # bump when the build steps below change
@@ -69,7 +72,7 @@ def wanted_dists() -> tuple[str, ...]:
 
 
 def recipe_hash() -> str:
-    text = repr((RECIPE, "trixie", TRIXIE_PACKAGES, COURIER_APT))
+    text = repr((RECIPE, "trixie", TRIXIE_PACKAGES, LATER_PACKAGES, COURIER_APT))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -135,8 +138,14 @@ def _build(path: str) -> None:
             _run(["debootstrap", "--variant=minbase", f"--include={','.join(TRIXIE_PACKAGES)}",
                   "trixie", tmp, mirror()], log, 1800)
             chroot = ["chroot", tmp]
-            _run([*chroot, "apt-get", "clean"], log, 120)
             _run([*chroot, "apt-get", "-q", "update"], log, 600)
+            _run(["mount", "-t", "proc", "proc", os.path.join(tmp, "proc")], log, 30)
+            try:
+                _run([*chroot, "apt-get", "install", "-y", "-q", "--no-install-recommends", *LATER_PACKAGES],
+                     log, 600)
+            finally:
+                _run(["umount", os.path.join(tmp, "proc")], log, 30)
+            _run([*chroot, "apt-get", "clean"], log, 120)
             _run([*chroot, "apt-get", "install", "-y", "-q", "--download-only", *COURIER_APT], log, 600)
             # No man-db triggers inside the hosts (as courierhost.py does on Debian 12).
             for leftover in ("var/lib/man-db/auto-update", "etc/machine-id"):
