@@ -31,7 +31,7 @@ def _use_checkout(h) -> None:
                  (REPO / "packaging" / "libexec" / "own-config-files").read_text(), mode=0o755)
     h.write_file("/etc/systemd/system/imapd-ctl.service.d/venv.conf",
                  f"[Service]\nExecStart=\nExecStart={IMAPD_CTL} serve\nBindReadOnlyPaths={REPO}\n"
-                 f"ExecPaths={REPO}\n")
+                 f"ExecPaths={REPO} {IMAPD_CTL}\n")   # the checkout's launcher (daemon.install_project)
 
 
 def _install_units(h, key_name: str) -> str:
