@@ -1,8 +1,10 @@
 """A Go InterWorx API client against the real daemon on a real Dovecot host: github.com/kolo/xmlrpc
-(Debian's golang-github-kolo-xmlrpc-dev), as InterWorx integrations written in Go use it, driven
-by tests/e2e/go_client (built once for the module) inside the host: route(apikey, ctrl_name,
-action, input) with the input a Go map, an empty slice for no input, numbers as Go ints or as
-strings. Each reply must be the one Python's xmlrpc.client gets for the same call.
+(Debian's golang-github-kolo-xmlrpc-dev), as InterWorx integrations written in Go use it
+(jakdept/iworxApi), driven by tests/e2e/go_client (built once for the module) inside the host:
+https://HOST:2443/xmlrpc without verifying the certificate (here the pair `imapd-ctl tls
+selfsigned` makes), route({"apikey": KEY}, ctrl_name, action, input) with the input a Go map, an
+empty slice for no input, numbers as Go ints or as strings. Each reply must be the one Python's
+xmlrpc.client gets for the same call.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import tempfile
 
 import pytest
 
-from daemon import REPO
+from daemon import IMAPD_CTL, REPO, launch
 from imapd_ctl.core.actions import CONTROLLERS
 from panel_walk import UPDATE, check_same_as_xmlrpc, walk
 
@@ -21,7 +23,20 @@ pytestmark = pytest.mark.mailhost
 
 SOURCE = REPO / "tests" / "e2e" / "go_client"
 GOPATH = "/usr/share/gocode"          # where Debian's golang-*-dev packages put their source
-PHP_ONLY = {"apikey-map-nil-input"}   # a map as the key: PHP's SoapClient callers, not Go's
+PHP_ONLY = {"apikey-map-nil-input"}   # Go's client sends every key as that map; a nil input: PHP's
+PORT = 2443
+
+
+@pytest.fixture(scope="module")
+def daemon(mailhost):
+    """The daemon serving HTTPS on 2443 too, with the pair `imapd-ctl tls selfsigned` makes (what
+    an operator does for panels that do not verify the certificate, as Go's do not)."""
+    cert, key = "/etc/imapd-ctl/tls/go.pem", "/etc/imapd-ctl/tls/go.key"
+    mailhost.run([IMAPD_CTL, "tls", "selfsigned", "--name", mailhost.address, "--cert", cert, "--key", key])
+    d = launch(mailhost, mailhost.share, listen=("127.0.0.1:8143", f"0.0.0.0:{PORT}"),
+               extra_config=f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
+    yield d
+    d.stop()
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +60,12 @@ def test_go_kolo_xmlrpc_client_walk(daemon, go_client, numbers, tag, ctrl):
     current = daemon.call("queryUpdate")[1]
     assert current != UPDATE
     calls = [c for c in walk(daemon.key, current, ctrl, numbers=numbers, no_input=[]) if c[0] not in PHP_ONLY]
-    entries = daemon.go(go_client, "/xmlrpc", [params for _, params in calls])
+    entries = daemon.go(go_client, "/xmlrpc", [params for _, params in calls],
+                        base=f"https://{daemon.host.address}:{PORT}")
     sent = dict(zip((label for label, _ in calls), (e["request"] for e in entries)))
-    # What the Go client put on the wire: an empty <array> for no input, numbers as asked.
+    # What the Go client put on the wire: the key in a struct, an empty <array> for no input,
+    # numbers as asked.
+    assert f"<member><name>apikey</name><value><string>{daemon.key}</string></value></member>" in sent["isRunning"]
     assert "<param><value><array><data></data></array></value></param>" in sent["isRunning"]
     assert f"<value><{tag}>61</{tag}></value>" in sent["update"]
     assert "<boolean>1</boolean>" in sent["startOnBoot-true"]

@@ -1,5 +1,7 @@
 // A Go InterWorx API client, driven by the e2e tests (tests/e2e/test_e2e_go.py), calling as Go
-// integrations do: github.com/kolo/xmlrpc's client, route(apikey, ctrl_name, action, input).
+// integrations do (jakdept/iworxApi): github.com/kolo/xmlrpc's client over an http.Transport that
+// skips certificate verification, route(auth, ctrl_name, action, input) with auth the map
+// {"apikey": APIKEY}.
 //
 //	go_client URL APIKEY CTRL_NAME ACTION < input.json
 //
@@ -12,6 +14,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,7 +25,10 @@ import (
 )
 
 // recorder keeps the request body the client sends, then sends it unchanged.
-type recorder struct{ body []byte }
+type recorder struct {
+	next http.RoundTripper
+	body []byte
+}
 
 func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 	body, err := io.ReadAll(req.Body)
@@ -31,7 +37,7 @@ func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	r.body = body
 	req.Body = io.NopCloser(bytes.NewReader(body))
-	return http.DefaultTransport.RoundTrip(req)
+	return r.next.RoundTrip(req)
 }
 
 // goValue turns decoded JSON (numbers as json.Number) into the values a Go caller builds.
@@ -83,7 +89,7 @@ func main() {
 		os.Exit(2)
 	}
 
-	rec := &recorder{}
+	rec := &recorder{next: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	client, err := xmlrpc.NewClient(url, rec)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -92,7 +98,7 @@ func main() {
 	defer client.Close()
 	var reply interface{}
 	out := map[string]interface{}{}
-	if err := client.Call("iworx.route", []interface{}{key, ctrl, action, input}, &reply); err != nil {
+	if err := client.Call("iworx.route", []interface{}{map[string]string{"apikey": key}, ctrl, action, input}, &reply); err != nil {
 		out["fault"] = err.Error()
 	} else {
 		_, isMap := reply.(map[string]interface{})
