@@ -204,6 +204,11 @@ def write_config(share: Path, node_id: str, workers: int = 2, extra: str = "",
     return str(path)
 
 
+def tls_settings(cert: str, key: str) -> str:
+    """The settings lines (TOML) that make the daemon serve TLS on its TCP listeners."""
+    return f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
+
+
 def launch(host, share: Path, *, node_id: str = "node1", workers: int = 2, timeout: float = 30,
            extra_config: str = "", listen: tuple[str, ...] = ("127.0.0.1:8143",)) -> Daemon:
     """Create keys and start the daemon inside `host`; return when /healthz answers."""
