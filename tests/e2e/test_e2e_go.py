@@ -52,8 +52,9 @@ def go_client(mailhost) -> str:
     with tempfile.TemporaryDirectory(prefix="imapd-ctl-gocache-") as cache:
         env = {**os.environ, "GO111MODULE": "off", "GOPATH": GOPATH, "GOCACHE": cache, "GOPROXY": "off",
                "GOFLAGS": ""}
-        subprocess.run(["go", "build", "-o", str(binary), "."], cwd=SOURCE, env=env, check=True,
-                       capture_output=True, text=True, timeout=600)
+        built = subprocess.run(["go", "build", "-o", str(binary), "."], cwd=SOURCE, env=env,
+                               capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, f"go build failed:\n{built.stdout}{built.stderr}"
     return str(binary)
 
 
