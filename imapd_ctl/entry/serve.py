@@ -37,6 +37,16 @@ log = logging.getLogger(__name__)
 SD_LISTEN_FDS_START = 3
 EX_CONFIG = 78          # sysexits.h; the unit has RestartPreventExitStatus=78
 BACKLOG = 2048          # gunicorn's default
+THREADS = 32            # requests running at once per worker process (reads take microseconds)
+CONNECTIONS = 4096      # open connections per worker process (idle ones are cut after CLIENT_TIMEOUT)
+CLIENT_TIMEOUT = 10     # seconds a client has to send a whole request (TLS handshake included)
+HEARTBEAT_TIMEOUT = 30  # seconds gunicorn waits for a worker's event loop before killing it
+
+
+def longest_action(s: Settings) -> int:
+    """Seconds the longest action may take: the change lock, then a job (a reload in a change,
+    or a restart, or an undo after a failed one: two), then the port."""
+    return int(s.lock_timeout + 2 * (s.job_timeout + s.listen_timeout))
 
 
 def _host_of(bind: str) -> str:
@@ -208,12 +218,18 @@ class _Gunicorn(BaseApplication):
         options = {
             "bind": self.binds,
             "workers": s.workers,
-            # gunicorn's sync worker, but unix-socket connections stay plain HTTP when TLS is
-            # configured for TCP (gunicorn alone would wrap those in TLS too).
+            # One event loop reading requests, a pool of threads running them (entry.worker;
+            # README "Serving model"). TLS is used on TCP only.
             "worker_class": "imapd_ctl.entry.worker.Worker",
-            # A start/restart may wait job_timeout for systemd plus listen_timeout for the port.
-            "timeout": int(s.job_timeout + s.listen_timeout + 30),
-            "graceful_timeout": 30,
+            "threads": THREADS,
+            "worker_connections": CONNECTIONS,
+            "keepalive": int(CLIENT_TIMEOUT),
+            # The loop reports to the arbiter whatever the threads do: this only catches a
+            # stuck loop, never a long action.
+            "timeout": HEARTBEAT_TIMEOUT,
+            # A stop or reload lets running actions finish: the longest is a change that
+            # waited for the lock, then for a job and the port.
+            "graceful_timeout": longest_action(s) + 10,
             "umask": 0o117,          # the unix socket is rw for root and the socket's group only
             "errorlog": "-",
             "loglevel": "info",
@@ -223,6 +239,8 @@ class _Gunicorn(BaseApplication):
         }
         if s.tls_cert and s.tls_key:
             options.update(certfile=s.tls_cert, keyfile=s.tls_key)
+        from imapd_ctl.entry.worker import Worker
+        Worker.client_timeout = float(CLIENT_TIMEOUT)
         for key, value in options.items():
             if key in self.cfg.settings:  # older gunicorn (e.g. Debian's) lacks some settings
                 self.cfg.set(key, value)
