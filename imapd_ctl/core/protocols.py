@@ -22,6 +22,7 @@ class UnitState:
     main_pid: int
     unit_file_state: str   # enabled | disabled | static | ...
     result: str            # the service's last result: success | exit-code | ...
+    n_restarts: int = 0    # automatic restarts by systemd since the unit was last started by hand
 
     @property
     def active(self) -> bool:

@@ -7,7 +7,9 @@ D-Bus connection (workers forked from it would hang on it).
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 from imapd_ctl.adapters.audit import AuditLog
 from imapd_ctl.adapters.cluster import Cluster
@@ -16,11 +18,37 @@ from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.adapters.flavours import detect
 from imapd_ctl.adapters.keys import KeyStore
 from imapd_ctl.adapters.systemd import Systemd as DBusSystemd
-from imapd_ctl.core.dispatch import Context
+from imapd_ctl.core.actions import Action
+from imapd_ctl.core.dispatch import Context, Runner
+from imapd_ctl.core.errors import Busy
 from imapd_ctl.core.protocols import Audit, Flavour, Systemd
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.operations.controller import Controller
 from imapd_ctl.transports import prose
+
+
+CHANGES_AT_ONCE = 8   # actions that change the server, running at once in one process
+
+
+class Admission:
+    """Actions that change the server may wait minutes (the change lock, a systemd job);
+    at most `limit` of them hold a request thread at once, so reads always find one free.
+    One more is told 409 at once, as if it had lost the race for the change lock."""
+
+    def __init__(self, runner: Runner, limit: int = CHANGES_AT_ONCE):
+        self.runner = runner
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def run(self, action: Action, values: dict[str, Any]) -> Any:
+        if not action.mutating:
+            return self.runner.run(action, values)
+        if not self._slots.acquire(blocking=False):
+            raise Busy(f"{self.limit} changes are already in progress or waiting; try again")
+        try:
+            return self.runner.run(action, values)
+        finally:
+            self._slots.release()
 
 
 @dataclass(frozen=True)
@@ -44,7 +72,7 @@ class Services:
         without it is not an option), not when the graph is built."""
         if isinstance(self.audit, AuditLog):
             self.audit.open()
-        return Context(keys=self.keys, audit=self.audit, runner=self.controller,
+        return Context(keys=self.keys, audit=self.audit, runner=Admission(self.controller),
                        render=prose.render, describe=prose.payload_of)
 
 

@@ -1,5 +1,6 @@
 """The systemd adapter without systemd: D-Bus errors (real GLib.Error objects) mapped to typed
-errors, and the connection's drop-and-reconnect logic with a fake pydbus connection."""
+errors, the connection's drop-and-reconnect logic, and the unit state kept from signals, with
+a fake link (what bus.Link does over Gio)."""
 import os
 
 import pytest
@@ -53,192 +54,187 @@ def test_anything_else_is_unavailable(error):
                                  "Connection refused"))
 
 
-# --- reconnecting ---------------------------------------------------------------------------
+# --- the state kept from signals, reconnecting -----------------------------------------------
 
-class FakeSignal:
-    def __init__(self):
-        self.handlers = []
-
-    def connect(self, fn):
-        self.handlers.append(fn)
+DOVECOT = "dovecot.service"
+PATH = "/org/freedesktop/systemd1/unit/dovecot_2eservice"
 
 
-class FakeManager:
-    def __init__(self, conn):
-        self.conn = conn
-        self.JobRemoved = FakeSignal()
-        self.subscribed = False
+class FakeLink:
+    """One connection: method calls answered from `world`, signals sent by the test."""
 
-    def Subscribe(self):
-        self.subscribed = True
-
-    def LoadUnit(self, name):
-        self.conn.check()
-        return f"/org/freedesktop/systemd1/unit/{name.replace('.', '_2e')}"
-
-    def Reload(self):
-        self.conn.check()
-
-    def EnableUnitFiles(self, names, runtime, force):
-        self.conn.check()
-        self.conn.enabled += names
-
-
-class FakeCon:
-    def __init__(self, bus):
-        self.bus = bus
+    def __init__(self, world, on_signal, on_closed):
+        self.world, self.on_signal, self.on_closed = world, on_signal, on_closed
         self.closed = False
+        self.matches = []
+        self.calls = []
 
-    def is_closed(self):
-        return self.closed
-
-    def close_sync(self, _cancellable):
-        self.closed = True
-
-    def set_exit_on_close(self, flag):
-        self.exit_on_close = flag
-
-    def call_sync(self, bus_name, path, iface, method, params, reply_type, flags, timeout, cancellable):
-        self.bus.check()
-        prop = params.unpack()[1]
-        return GLib.Variant("(v)", (GLib.Variant("s", self.bus.props.get((path, prop), "active")),))
-
-
-class FakeBus:
-    """What pydbus.connect() returns: .con and .get(); `fail` makes the next calls raise."""
-
-    def __init__(self, world):
-        self.world = world
-        self.con = FakeCon(self)
-        self.enabled = []
-        self.props = world.props
-        self.manager = FakeManager(self)
-
-    def check(self):
+    def call(self, dest, path, iface, method, signature, args, reply):
         if self.world.fail is not None:
             raise self.world.fail
+        self.calls.append(method)
+        if method == "LoadUnit":
+            return (f"/org/freedesktop/systemd1/unit/{args[0].replace('.', '_2e')}",)
+        if method == "GetAll":
+            return (dict(self.world.props[args[0]]),)
+        if method == "Get":
+            return ("254",)
+        if method in self.world.jobs:
+            return (self.world.jobs[method](args[0]),)
+        return ()
 
-    def get(self, bus_name, path):
-        self.check()
-        return self.manager
+    def add_match(self, rule):
+        if self.world.fail is not None:
+            raise self.world.fail
+        self.matches.append(rule)
+
+    def close(self):
+        self.closed = True
+
+    def emit(self, path, iface, member, args):
+        self.on_signal(path, iface, member, args)
 
 
 class World:
     def __init__(self):
         self.fail = None
-        self.connects = []
-        self.props = {}
+        self.down = False
+        self.links = []
+        self.jobs = {}
+        self.props = {
+            "org.freedesktop.systemd1.Unit": {"LoadState": "loaded", "ActiveState": "active",
+                                              "SubState": "running", "UnitFileState": "enabled"},
+            "org.freedesktop.systemd1.Service": {"MainPID": 42, "Result": "success", "NRestarts": 0},
+        }
 
-    def opener(self, address):
-        if self.world_down:
+    def opener(self, address, on_signal, on_closed):
+        if self.down:
             raise GLib.Error("Could not connect: No such file or directory")
-        bus = FakeBus(self)
-        self.connects.append(bus)
-        return bus
+        link = FakeLink(self, on_signal, on_closed)
+        self.links.append(link)
+        return link
 
-    world_down = False
+    def systemd(self, **kw):
+        return Systemd(bus_address="unix:path=/nonexistent", opener=self.opener, **kw)
+
+    def set(self, **props):
+        for iface in self.props.values():
+            for k, v in props.items():
+                if k in iface:
+                    iface[k] = v
+
+    def changed(self):
+        self.links[-1].emit(PATH, "org.freedesktop.DBus.Properties", "PropertiesChanged",
+                            ("org.freedesktop.systemd1.Unit", {}, ["ActiveState"]))
 
 
-def test_connects_lazily_once_and_subscribes():
+def test_connects_lazily_and_asks_only_for_the_watched_units_signals():
     world = World()
-    sd = Systemd(bus_address="unix:path=/nonexistent", opener=world.opener)
-    assert world.connects == []                        # nothing at construction (gunicorn's master)
-    assert sd.active_state("dovecot.service") == "active"
-    sd.active_state("dovecot.service")
-    [bus] = world.connects
-    assert bus.manager.subscribed and bus.manager.JobRemoved.handlers
+    sd = world.systemd()
+    assert world.links == []                           # nothing at construction (gunicorn's master)
+    assert sd.unit(DOVECOT).main_pid == 42
+    [link] = world.links
+    assert "Subscribe" in link.calls
+    assert any("member='JobRemoved'" in r and "arg2='dovecot.service'" in r for r in link.matches)
+    assert any(f"path='{PATH}'" in r and "PropertiesChanged" in r for r in link.matches)
+    assert not any("JobRemoved" in r and "arg2" not in r for r in link.matches)  # never every job
 
 
-def test_unreachable_drops_the_connection_and_the_next_call_reconnects():
+def test_reads_come_from_memory_and_follow_the_signals():
     world = World()
-    sd = Systemd(bus_address="unix:path=/nonexistent", opener=world.opener)
-    sd.active_state("dovecot.service")
-    first = world.connects[0]
+    sd = world.systemd()
+    assert sd.active_state(DOVECOT) == "active"
+    calls = len(world.links[0].calls)
+    for _ in range(100):
+        assert sd.active_state(DOVECOT) == "active" and sd.main_pid(DOVECOT) == 42
+    assert len(world.links[0].calls) == calls           # no round trip per read
+    world.set(ActiveState="inactive", MainPID=0, NRestarts=3)
+    world.changed()
+    assert sd.active_state(DOVECOT) == "inactive" and sd.unit(DOVECOT).n_restarts == 3
+    world.set(UnitFileState="disabled")                  # no change signal of its own
+    world.links[0].emit("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
+                        "UnitFilesChanged", ())
+    assert sd.unit(DOVECOT).unit_file_state == "disabled"
+
+
+def test_unreachable_drops_the_connection_and_the_next_read_reads_afresh():
+    world = World()
+    sd = world.systemd()
+    sd.active_state(DOVECOT)
+    first = world.links[0]
+    world.set(ActiveState="inactive")                    # changed while nobody was told
+    first.on_closed()                                    # the bus went away
+    world.down = True
+    with pytest.raises(Unavailable):                     # 503, never the stale "active"
+        sd.active_state(DOVECOT)
+    assert first.closed
+    world.down = False
+    assert sd.active_state(DOVECOT) == "inactive"
+    assert len(world.links) == 2
+
+
+def test_a_failed_call_that_means_unreachable_drops_the_link():
+    world = World()
+    sd = world.systemd()
+    sd.active_state(DOVECOT)
     world.fail = dbus_error("org.freedesktop.DBus.Error.NoReply", "Did not receive a reply")
     with pytest.raises(Unavailable):
-        sd.active_state("dovecot.service")
-    assert first.con.closed                             # dropped (and closed)
-    assert sd.bus.unit_paths == {}                      # unit paths belong to the old connection
+        sd.ping()
+    assert world.links[0].closed
     world.fail = None
-    assert sd.active_state("dovecot.service") == "active"
-    assert len(world.connects) == 2 and world.connects[1] is not first
+    assert sd.ping() == "254" and len(world.links) == 2
 
 
 def test_systemd_errors_keep_the_connection():
     world = World()
-    sd = Systemd(bus_address="unix:path=/nonexistent", opener=world.opener)
-    sd.active_state("dovecot.service")
+    sd = world.systemd()
+    sd.active_state(DOVECOT)
     world.fail = dbus_error("org.freedesktop.systemd1.NoSuchUnit", "Unit x.service not found.")
     with pytest.raises(NoSuchUnit):
         sd.active_state("x.service")
     world.fail = None
-    sd.enable("dovecot.service")
-    assert len(world.connects) == 1 and not world.connects[0].con.closed
-    assert world.connects[0].enabled == ["dovecot.service"]
-
-
-def test_no_bus_at_all_is_unavailable_and_retried():
-    world = World()
-    world.world_down = True
-    sd = Systemd(bus_address="unix:path=/nonexistent", opener=world.opener)
-    with pytest.raises(Unavailable, match="connect to the system bus"):
-        sd.ping()
-    world.world_down = False
-    assert sd.ping() == "active"
+    sd.enable(DOVECOT)
+    assert len(world.links) == 1 and not world.links[0].closed
+    assert "EnableUnitFiles" in world.links[0].calls
 
 
 def test_a_connection_inherited_across_fork_is_replaced_not_closed(monkeypatch):
     world = World()
-    sd = Systemd(bus_address="unix:path=/nonexistent", opener=world.opener)
-    sd.active_state("dovecot.service")
-    parent = world.connects[0]
+    sd = world.systemd()
+    sd.active_state(DOVECOT)
+    parent = world.links[0]
     monkeypatch.setattr(os, "getpid", lambda: -1)       # "we are the child now"
-    sd.active_state("dovecot.service")
-    assert len(world.connects) == 2
-    assert not parent.con.closed                        # the parent's connection is left alone
+    sd.active_state(DOVECOT)
+    assert len(world.links) == 2
+    assert not parent.closed                            # the parent's connection is left alone
 
 
-def test_a_job_that_never_ends_times_out_and_a_lost_bus_is_unavailable(monkeypatch):
+def test_job_results_arrive_through_job_removed_and_stay_bounded(monkeypatch):
     world = World()
-    sd = Systemd(bus_address="unix:path=/nonexistent", job_timeout=0.05, opener=world.opener)
-    def restart(name, mode):
-        return "/org/freedesktop/systemd1/job/1"
+    sd = world.systemd(job_timeout=0.2)
 
-    sd.bus.manager()
-    world.connects[0].manager.RestartUnit = restart
-    with pytest.raises(JobFailed, match="no result from systemd after 0 s"):
-        sd.restart("dovecot.service")
-    # the bus goes away while waiting
-    world.connects[0].con.closed = True
-    monkeypatch.setattr(type(sd.bus), "manager", lambda self: world.connects[0].manager)
-    with pytest.raises(Unavailable, match="lost the D-Bus connection"):
-        sd.restart("dovecot.service")
+    def job(result, n):
+        def run(name):
+            link = world.links[-1]
+            world.set(ActiveState="active", MainPID=100 + n)
+            link.emit("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "JobRemoved",
+                      (n, f"/job/{n}", name, result))
+            return f"/job/{n}"
+        return run
 
-
-def test_a_job_result_arrives_through_job_removed(monkeypatch):
-    world = World()
-    sd = Systemd(bus_address="unix:path=/nonexistent", opener=world.opener)
-    sd.bus.manager()
-    manager = world.connects[0].manager
-
-    def reload(name, mode):
-        for handler in manager.JobRemoved.handlers:
-            handler(1, "/job/7", name, "done")
-        return "/job/7"
-
-    manager.ReloadUnit = reload
-    sd.reload("dovecot.service")
-    assert "/job/7" not in sd.bus.removed
-
-    def start(name, mode):
-        for handler in manager.JobRemoved.handlers:
-            handler(2, "/job/8", name, "failed")
-        return "/job/8"
-
-    manager.StartUnit = start
-    world.props[("/org/freedesktop/systemd1/unit/dovecot_2eservice", "Result")] = "exit-code"
+    world.jobs["RestartUnit"] = job("done", 7)
+    sd.restart(DOVECOT)
+    assert sd.main_pid(DOVECOT) == 107                  # the state the job left, at once
+    assert sd.state.results == {}
+    world.jobs["StartUnit"] = job("failed", 8)
+    world.set(Result="exit-code")
     monkeypatch.setattr(jobs, "failure_tail", lambda name, since: "dovecot: Fatal: bad config")
-    with pytest.raises(JobFailed) as ei:
-        sd.start("dovecot.service")
-    assert ei.value.message == ("start dovecot.service failed: systemd job result 'failed'; last journal lines "
-                                "of dovecot.service:\ndovecot: Fatal: bad config")
+    with pytest.raises(JobFailed, match="(?s)result 'failed'.*Fatal: bad config"):
+        sd.start(DOVECOT)
+    for n in range(1000):                               # jobs nobody waits for stay bounded
+        world.links[-1].emit("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
+                             "JobRemoved", (n, f"/job/x{n}", DOVECOT, "done"))
+    assert len(sd.state.results) <= 64
+    world.jobs["StopUnit"] = lambda name: "/job/never"
+    with pytest.raises(JobFailed, match="no result from systemd after 0 s"):
+        sd.stop(DOVECOT)
