@@ -68,10 +68,10 @@ class Worker(BaseWorker):
     client_timeout = 10.0   # set from the settings by entry.serve
 
     def init_process(self) -> None:
-        self.setup()
+        self.prepare()
         super().init_process()
 
-    def setup(self) -> None:
+    def prepare(self) -> None:
         """What the loop needs (in the worker process, after fork)."""
         # This process is ours alone: gunicorn's error page becomes the envelope for good
         # (threads make a per-call swap unsafe).

@@ -105,7 +105,7 @@ class Controller:
         (NoFlavour, 500), not False: False reads as "installed but stopped, press Start", which
         cannot work; listServiceInfo follows it. Only the constant list* actions answer then."""
         unit = self.flavour.primary_unit
-        if self.systemd.active_state(unit) != "active":
+        if self.systemd.active_state(unit) not in SERVING:
             return False
         return ports.unit_listens(self.systemd.main_pid(unit), self.settings.port)
 
@@ -191,6 +191,10 @@ class Controller:
         """What recovery did (prose renders it), or None if nothing was pending."""
         with self.lock.hold(timeout=self.settings.lock_timeout):
             return transaction.recover(self.flavour, self.systemd, self.journal)
+
+
+# Dovecot keeps serving while it reloads (an update's reload may take a while).
+SERVING = ("active", "reloading")
 
 
 # Each action of the table (but the *OnNode ones, which run their local_action) and the code

@@ -91,6 +91,9 @@ class FakeLink:
     def close(self):
         self.closed = True
 
+    def idle(self, fn):
+        fn()            # the loop thread, at once
+
     def emit(self, path, iface, member, args):
         self.on_signal(path, iface, member, args)
 
@@ -123,9 +126,11 @@ class World:
                 if k in iface:
                     iface[k] = v
 
-    def changed(self):
+    def changed(self, **values):
+        """PropertiesChanged as systemd sends it: the new values; the rest invalidated."""
+        self.set(**values)
         self.links[-1].emit(PATH, "org.freedesktop.DBus.Properties", "PropertiesChanged",
-                            ("org.freedesktop.systemd1.Unit", {}, ["ActiveState"]))
+                            ("org.freedesktop.systemd1.Unit", values, []))
 
 
 def test_connects_lazily_and_asks_only_for_the_watched_units_signals():
@@ -148,9 +153,13 @@ def test_reads_come_from_memory_and_follow_the_signals():
     for _ in range(100):
         assert sd.active_state(DOVECOT) == "active" and sd.main_pid(DOVECOT) == 42
     assert len(world.links[0].calls) == calls           # no round trip per read
-    world.set(ActiveState="inactive", MainPID=0, NRestarts=3)
-    world.changed()
+    world.changed(ActiveState="inactive", MainPID=0, NRestarts=3)
     assert sd.active_state(DOVECOT) == "inactive" and sd.unit(DOVECOT).n_restarts == 3
+    assert len(world.links[0].calls) == calls           # the signal carried the values
+    world.set(SubState="dead")
+    world.links[0].emit(PATH, "org.freedesktop.DBus.Properties", "PropertiesChanged",
+                        ("org.freedesktop.systemd1.Unit", {}, ["SubState"]))
+    assert sd.unit(DOVECOT).sub_state == "dead"          # invalidated: read again
     world.set(UnitFileState="disabled")                  # no change signal of its own
     world.links[0].emit("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
                         "UnitFilesChanged", ())
@@ -216,7 +225,7 @@ def test_job_results_arrive_through_job_removed_and_stay_bounded(monkeypatch):
     def job(result, n):
         def run(name):
             link = world.links[-1]
-            world.set(ActiveState="active", MainPID=100 + n)
+            world.changed(ActiveState="active", MainPID=100 + n)
             link.emit("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "JobRemoved",
                       (n, f"/job/{n}", name, result))
             return f"/job/{n}"

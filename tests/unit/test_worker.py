@@ -47,7 +47,7 @@ def serving(tmp_path):
     w.notify = lambda: None
     w.wsgi = app
     app.release = threading.Event()
-    w.setup()
+    w.prepare()
     w.alive = True
     loop = threading.Thread(target=w.run, daemon=True)
     loop.start()

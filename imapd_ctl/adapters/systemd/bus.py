@@ -80,6 +80,16 @@ class Link:
                                     CALL_TIMEOUT_MS, None)
         return tuple(result.unpack()) if result is not None else ()
 
+    def idle(self, fn: Callable[[], None]) -> None:
+        """Run fn on the loop thread once the events queued before it are handled."""
+        def once(*_: Any) -> bool:
+            fn()
+            return False    # the source is removed
+
+        source = self._glib.idle_source_new()
+        source.set_callback(once)
+        source.attach(self.context)
+
     def add_match(self, rule: str) -> None:
         self.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
                   "AddMatch", "(s)", (rule,), None)
@@ -188,6 +198,11 @@ class Bus:
     def manager_call(self, what: str, method: str, signature: str | None = None,
                      args: tuple = (), reply: str | None = None) -> tuple:
         return self.call(what, MANAGER_PATH, MANAGER_IFACE, method, signature, args, reply)
+
+    def idle(self, fn: Callable[[], None]) -> None:
+        link = self._link
+        if link is not None and self._pid == os.getpid():
+            link.idle(fn)
 
     def add_match(self, what: str, match: str) -> None:
         link = self.link()

@@ -1,11 +1,12 @@
 """Unit state pushed by systemd: what the IMAP units are now, kept in memory.
 
 A unit is watched from the first time it is asked for: the bus daemon is asked for its
-PropertiesChanged and its JobRemoved signals, then its properties are read. Every signal
-about it makes the loop thread read them again (one GetAll per interface: values of an
-earlier signal can never overwrite a later read, and invalidated properties are covered),
-and JobRemoved does so before the job's waiter is woken, so a job's caller sees the state
-the job left. Reads take the latest snapshot; no D-Bus round trip.
+PropertiesChanged and its JobRemoved signals, then its properties are read. The values a
+PropertiesChanged carries are applied at once on the loop thread (systemd sends them before
+the JobRemoved of the job that caused them, so a job's caller sees the state the job left);
+invalidated properties, unit-file changes and the manager's reloads make the loop read the
+unit again (one GetAll per interface, once per burst). Reads take the latest snapshot: no
+D-Bus round trip.
 
 Races: reads and writes of a unit's snapshot are one reference swap; all refreshes of a unit
 are serialised, so the last stored is the freshest. When the connection drops, everything
@@ -13,6 +14,7 @@ is forgotten: the next read reconnects and reads afresh, or answers 503, never s
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import OrderedDict
@@ -27,6 +29,11 @@ log = logging.getLogger(__name__)
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
 SERVICE_IFACE = "org.freedesktop.systemd1.Service"
 MAX_RESULTS = 64        # JobRemoved results kept for waiters (only our units' jobs arrive)
+# D-Bus property -> UnitState field, and how its value is read.
+FIELDS = {"ActiveState": "active_state", "SubState": "sub_state", "LoadState": "load_state",
+          "UnitFileState": "unit_file_state", "MainPID": "main_pid", "Result": "result",
+          "NRestarts": "n_restarts"}
+CASTS: dict[str, Any] = {k: (int if k in ("MainPID", "NRestarts") else str) for k in FIELDS}
 
 
 class UnitCache:
@@ -38,6 +45,7 @@ class UnitCache:
         self.jobs = threading.Condition()
         self._refresh_locks: dict[str, threading.Lock] = {}
         self._watch_lock = threading.Lock()
+        self._dirty: set[str] = set()
         self.generation = 0                         # bumped on every drop
         bus.listeners.append(self._signal)
         bus.on_drop.append(self._forget)
@@ -66,7 +74,11 @@ class UnitCache:
             if generation != self.generation:   # the rules went to a connection since dropped
                 raise Unavailable(f"systemd is unreachable over D-Bus while trying to {what}: "
                                   "the connection was lost")
-            return self.refresh(name, path)
+            state = self.refresh(name, path)
+            # A signal sent before that read may be handled after it: read once more after
+            # the signals queued by now (on the loop thread), so the last word is a read.
+            self._refresh_soon(name)
+            return state
 
     def refresh(self, name: str, path: str) -> UnitState:
         lock = self._refresh_locks.setdefault(name, threading.Lock())
@@ -94,24 +106,40 @@ class UnitCache:
     def _signal(self, path: str, iface: str, member: str, args: tuple) -> None:
         if member == "PropertiesChanged" and iface == PROPS_IFACE:
             name = self.paths.get(path)
-            if name is not None and name in self.units:
-                self._refresh_quietly(name, path)
+            state = self.units.get(name) if name is not None else None
+            if name is None or state is None:
+                return
+            _iface, changed, invalidated = args
+            values = {FIELDS[k]: CASTS[k](v) for k, v in changed.items() if k in FIELDS}
+            if values:      # systemd sends the new values: applied at once, no round trip
+                self.units[name] = dataclasses.replace(state, **values)
+            if any(k in FIELDS for k in invalidated):
+                self._refresh_soon(name)
         elif member == "JobRemoved" and iface == MANAGER_IFACE and path == MANAGER_PATH:
-            _id, job, unit, result = args
-            if unit in self.units:
-                self._refresh_quietly(unit, self.bus.unit_paths.get(unit, ""))
+            _id, job, _unit, result = args
+            # systemd sends a unit's PropertiesChanged before its job's JobRemoved: the waiter
+            # woken here sees the state the job left.
             with self.jobs:
                 self.results[job] = result
                 while len(self.results) > MAX_RESULTS:
                     self.results.popitem(last=False)
                 self.jobs.notify_all()
         elif member in ("UnitFilesChanged", "Reloading") and iface == MANAGER_IFACE:
-            for path, name in list(self.paths.items()):
-                if name in self.units:
-                    self._refresh_quietly(name, path)
+            for name in list(self.units):       # UnitFileState has no change signal
+                self._refresh_soon(name)
 
-    def _refresh_quietly(self, name: str, path: str) -> None:
-        if not path:
+    def _refresh_soon(self, name: str) -> None:
+        """Read the unit again once the signals already queued are handled (one read per
+        burst), on the loop thread."""
+        if name in self._dirty:
+            return
+        self._dirty.add(name)
+        self.bus.idle(lambda: self._refresh_queued(name))
+
+    def _refresh_queued(self, name: str) -> None:
+        self._dirty.discard(name)
+        path = self.bus.unit_paths.get(name)
+        if path is None or name not in self.units:
             return
         try:
             self.refresh(name, path)
