@@ -22,6 +22,8 @@ from conftest import booted_host
 from daemon import launch
 from probes import bus_down
 
+from imapd_ctl.entry import client
+
 CALL_BOUND = 2.0           # seconds; the issue's "each within 2 s"
 LONG_CONFIG = "job_timeout = 180.0\nlock_timeout = 10.0\nlisten_timeout = 15.0\n"
 
@@ -48,7 +50,7 @@ open(share + "/held", "w").close()
 answers = []
 while time.monotonic() < stop:       # the keyed client, over TCP
     try:
-        with socket.create_connection(ADDR, timeout=%(bound)s) as c:
+        with socket.create_connection(ADDR, timeout=BOUND) as c:
             c.sendall(b"GET /nodeworx/mail/imap/isRunning HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                       b"Authorization: Bearer " + key.encode() + b"\r\n\r\n")
             data = b""
@@ -56,7 +58,7 @@ while time.monotonic() < stop:       # the keyed client, over TCP
                 data += chunk
         answers.append(data.partition(b"\r\n\r\n")[2].decode())
     except OSError as exc:
-        answers.append("no answer: %%s" %% exc)
+        answers.append(f"no answer: {exc}")
     time.sleep(0.2)
 open(share + "/released", "w").close()
 closed = 0
@@ -66,7 +68,7 @@ for s in idle:                       # the server cuts them (recv gives EOF), no
     except OSError:
         closed += 1
 print(json.dumps({"answers": answers, "idle_closed_by_server": closed}))
-""" % {"bound": CALL_BOUND}
+""".replace("BOUND", str(CALL_BOUND))
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +88,12 @@ def is_running(live, **kw):
     return live.call("isRunning", **kw)
 
 
-def bounded_call(live, action="isRunning", inputs=None):
-    from imapd_ctl.entry import client
-    return client.call(live.socket, live.key, action, inputs, timeout=CALL_BOUND)
+def bounded_call(live, action="isRunning"):
+    """(status, payload) of one call over the unix socket that must answer within the bound."""
+    status, body = client.request(live.socket, "POST", f"/nodeworx/mail/imap/{action}", key=live.key,
+                                  conn=client.UnixHTTPConnection(live.socket, CALL_BOUND))
+    reply = json.loads(body)
+    return reply["status"], reply["payload"]
 
 
 def test_idle_and_slow_clients_do_not_change_a_keyed_clients_answers(live, host):
@@ -179,9 +184,9 @@ def test_long_actions_answer_while_reads_keep_answering(live, host):
 
 
 JOBS_SCRIPT = r"""
-import sys
+import sys, time
 from gi.repository import Gio, GLib
-n = int(sys.argv[1])
+n, end = int(sys.argv[1]), time.monotonic() + 300
 bus = Gio.bus_get_sync(Gio.BusType.SYSTEM, None)
 seen = [0]
 bus.signal_subscribe("org.freedesktop.systemd1", "org.freedesktop.systemd1.Manager", "JobRemoved",
@@ -190,13 +195,11 @@ call = lambda m, *a: bus.call_sync("org.freedesktop.systemd1", "/org/freedesktop
     "org.freedesktop.systemd1.Manager", m, GLib.Variant("(ss)", a) if a else None, None, 0, 30000, None)
 call("Subscribe")
 ctx = GLib.MainContext.default()
-for i in range(n):
+while seen[0] < n and time.monotonic() < end:     # one job at a time: none is merged away
+    before = seen[0]
     call("RestartUnit", "imapd-ctl-noise.target", "replace")
-    while ctx.pending():
-        ctx.iteration(False)
-end = GLib.get_monotonic_time() + 30_000_000
-while seen[0] < n and GLib.get_monotonic_time() < end:
-    ctx.iteration(True)
+    while seen[0] == before and time.monotonic() < end:
+        ctx.iteration(False) or time.sleep(0.0005)
 print(seen[0])
 """
 
