@@ -237,7 +237,7 @@ def test_a_stop_behind_the_daemons_back_is_seen_also_across_a_bus_restart(live, 
     assert is_running(live) == (0, True)
     host.systemctl("stop", "dovecot")
     assert is_running(live) == (0, False)
-    host.systemctl("start", "dovecot")
+    host.start_dovecot()                                      # (returns once 143 listens)
     assert is_running(live) == (0, True)
     with bus_down(host):
         assert is_running(live)[0] == 503                    # never a stale answer
