@@ -4,6 +4,8 @@ rejects itself, keep-alive, and how the loop sizes a request (imapd_ctl.entry.co
 import json
 import os
 import socket
+import ssl
+import subprocess
 import threading
 import time
 
@@ -32,6 +34,27 @@ def app(environ, start_response):
     return [reply]
 
 
+def start_worker(listener, cfg):
+    """A Worker serving `app` on `listener`, its loop in a thread."""
+    w = Worker(age=1, ppid=os.getppid(), sockets=[listener], app=None, timeout=30, cfg=cfg, log=_Log())
+    w.client_timeout = 0.5
+    w.notify = lambda: None
+    w.wsgi = app
+    app.release = threading.Event()
+    w.prepare()
+    w.alive = True
+    loop = threading.Thread(target=w.run, daemon=True)
+    loop.start()
+    return w, loop
+
+
+def stop_worker(w, loop, listener):
+    app.release.set()
+    w.alive = False
+    loop.join(5)
+    listener.close()
+
+
 @pytest.fixture
 def serving(tmp_path):
     """A Worker serving `app` on a unix socket, its loop in a thread; yields (worker, path)."""
@@ -42,20 +65,35 @@ def serving(tmp_path):
     cfg = Config()
     cfg.set("threads", 2)
     cfg.set("worker_connections", 50)
-    w = Worker(age=1, ppid=os.getppid(), sockets=[listener], app=None, timeout=30, cfg=cfg, log=_Log())
-    w.client_timeout = 0.5
-    w.notify = lambda: None
-    w.wsgi = app
-    app.release = threading.Event()
-    w.prepare()
-    w.alive = True
-    loop = threading.Thread(target=w.run, daemon=True)
-    loop.start()
+    w, loop = start_worker(listener, cfg)
     yield w, path
-    app.release.set()
-    w.alive = False
-    loop.join(5)
-    listener.close()
+    stop_worker(w, loop, listener)
+
+
+def test_tls_on_tcp_a_stalled_handshake_is_cut_and_a_real_client_served(tmp_path):
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                    "-keyout", key, "-out", cert, "-days", "1"], check=True, capture_output=True)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    cfg = Config()
+    cfg.set("threads", 1)
+    cfg.set("certfile", str(cert))
+    cfg.set("keyfile", str(key))
+    w, loop = start_worker(listener, cfg)
+    try:
+        stalled = socket.create_connection(listener.getsockname(), timeout=5)
+        stalled.sendall(b"\x16\x03\x01")                # the start of a ClientHello, no more
+        ctx = ssl.create_default_context(cafile=str(cert))
+        with ctx.wrap_socket(socket.create_connection(listener.getsockname(), timeout=5),
+                             server_hostname="localhost") as s:
+            s.sendall(b"GET /tls HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert read_all(s).endswith(b"/tls 0")
+        assert stalled.recv(10) == b""                  # cut by the server
+        stalled.close()
+    finally:
+        stop_worker(w, loop, listener)
 
 
 def connect(path):
