@@ -88,10 +88,11 @@ def is_running(live, **kw):
     return live.call("isRunning", **kw)
 
 
-def bounded_call(live, action="isRunning"):
-    """(status, payload) of one call over the unix socket that must answer within the bound."""
+def bounded_call(live, action="isRunning", inputs=None, within=CALL_BOUND):
+    """(status, payload) of one call over the unix socket that must answer within `within` s."""
     status, body = client.request(live.socket, "POST", f"/nodeworx/mail/imap/{action}", key=live.key,
-                                  conn=client.UnixHTTPConnection(live.socket, CALL_BOUND))
+                                  body=json.dumps(inputs or {}).encode(), content_type="application/json",
+                                  conn=client.UnixHTTPConnection(live.socket, within))
     reply = json.loads(body)
     return reply["status"], reply["payload"]
 
@@ -152,7 +153,7 @@ def test_long_actions_answer_while_reads_keep_answering(live, host):
     try:
         current = live.call("queryUpdate")[1]
         wanted = dict(current, imap_max_connections=current["imap_max_connections"] + 1)
-        update, box = run_in_thread(lambda: live.call("update", wanted))
+        update, box = run_in_thread(lambda: bounded_call(live, "update", wanted, within=300))
         time.sleep(2)
         waiter, waited = run_in_thread(lambda: live.call("update", current))
         during = poll_while(live, waiter)
@@ -169,7 +170,7 @@ def test_long_actions_answer_while_reads_keep_answering(live, host):
     # A restart whose unit takes 120 s to start (systemd's default start timeout is 90 s).
     dropin(host, "slow-start", "[Service]\nTimeoutStartSec=300\nExecStartPre=/bin/sleep 120\n")
     try:
-        restart, box = run_in_thread(lambda: live.call("restart"))
+        restart, box = run_in_thread(lambda: bounded_call(live, "restart", within=300))
         during = poll_while(live, restart)
         restart.join()
         assert box["result"][0] == 0, box["result"]
