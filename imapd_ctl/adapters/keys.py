@@ -6,13 +6,16 @@ put ~100 ms on every request for no gain against brute force of such keys.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import re
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from imapd_ctl.adapters.files import atomic_write
 from imapd_ctl.core.errors import BadInput, Forbidden, Unauthorized
@@ -29,29 +32,52 @@ def _digest(secret: str) -> str:
 
 
 class KeyStore:
-    """The key file (JSON, mode 0600). Re-read when its mtime changes, so keys created or
-    revoked with the CLI take effect in every running worker without a restart."""
+    """The key file (JSON, mode 0600).
+
+    Readers (every worker) never lock: a change replaces the file by rename (write a temp
+    file, fsync, rename, fsync the directory), so a reader sees the old or the new file whole.
+    A worker holds the file it loaded open, so that inode cannot be reused: a replaced file
+    always has another inode, and every change is seen by the next request, without a
+    restart. Changes (the CLI's create, import, revoke) are serialised across processes by
+    flock on `keys.json.lock`, and each reads the file afresh under that lock: no change is
+    lost, and a revoke that says "revoked" removed the key for good."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._stamp: tuple[int, int, int] | None = None
+        self._held: Any = None          # the loaded file, kept open (see above)
+        self._stamp: tuple[int, ...] | None = None
         self._by_digest: dict[str, dict[str, Any]] = {}
         self._entries: list[dict[str, Any]] = []
 
     # -- reading ---------------------------------------------------------------
-    def _load(self) -> None:
+    def _load(self, *, fresh: bool = False) -> None:
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            self._stamp, self._entries, self._by_digest = None, [], {}
+            self._forget()
             return
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if stamp == self._stamp:
+        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        if stamp == self._stamp and not fresh:
             return
-        entries = json.loads(self.path.read_text())["keys"]
-        self._entries = entries
+        try:
+            held = open(self.path, "rb")
+        except FileNotFoundError:
+            self._forget()
+            return
+        with contextlib.ExitStack() as undo:
+            undo.callback(held.close)
+            st = os.fstat(held.fileno())
+            entries = json.loads(held.read())["keys"]
+            undo.pop_all()
+        self._forget()
+        self._held, self._entries = held, entries
         self._by_digest = {e["sha256"]: e for e in entries}
-        self._stamp = stamp
+        self._stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+    def _forget(self) -> None:
+        if self._held is not None:
+            self._held.close()
+        self._held, self._stamp, self._entries, self._by_digest = None, None, [], {}
 
     def entries(self) -> list[dict[str, Any]]:
         self._load()
@@ -73,11 +99,22 @@ class KeyStore:
         return Principal(entry["name"], tuple(entry["perms"]))
 
     # -- changing (CLI) --------------------------------------------------------
-    def _save(self, entries: list[dict[str, Any]]) -> None:
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Hold the store's change lock, with the file read afresh under it."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)   # the holder is another short key command
+            self._load(fresh=True)
+            yield
+        finally:
+            os.close(fd)                     # releases the lock
+
+    def _save(self, entries: list[dict[str, Any]]) -> None:
         data = json.dumps({"keys": entries}, indent=1, sort_keys=True).encode() + b"\n"
-        atomic_write(self.path, data, default_mode=0o600)
-        self._stamp = None
+        atomic_write(self.path, data, default_mode=0o600)   # temp, fsync, rename, fsync dir
+        self._forget()
 
     @staticmethod
     def _check(name: str, perms: list[str]) -> None:
@@ -89,15 +126,15 @@ class KeyStore:
 
     def add(self, name: str, secret: str, perms: list[str]) -> None:
         self._check(name, perms)
-        self._load()
-        if any(e["name"] == name for e in self._entries):
-            raise BadInput(f"key name: a key named {name!r} exists; revoke it first")
         digest = _digest(secret)
-        if digest in self._by_digest:
-            raise BadInput("key: this key is already stored")
-        entry = {"name": name, "sha256": digest, "perms": sorted(set(perms)),
-                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self._save(self._entries + [entry])
+        with self._changing():
+            if any(e["name"] == name for e in self._entries):
+                raise BadInput(f"key name: a key named {name!r} exists; revoke it first")
+            if digest in self._by_digest:
+                raise BadInput("key: this key is already stored")
+            entry = {"name": name, "sha256": digest, "perms": sorted(set(perms)),
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            self._save(self._entries + [entry])
 
     def create(self, name: str, perms: list[str]) -> str:
         secret = "ictl_" + secrets.token_urlsafe(32)
@@ -113,9 +150,10 @@ class KeyStore:
         self.add(name, secret, perms)
 
     def revoke(self, name: str) -> bool:
-        self._load()
-        kept = [e for e in self._entries if e["name"] != name]
-        if len(kept) == len(self._entries):
-            return False
-        self._save(kept)
-        return True
+        """True once the key is gone from the file (False: there was no such key)."""
+        with self._changing():
+            kept = [e for e in self._entries if e["name"] != name]
+            if len(kept) == len(self._entries):
+                return False
+            self._save(kept)
+            return True

@@ -1,5 +1,6 @@
 """The request pipeline, the same for every transport: authenticate, find the action,
-check the method, read and validate the inputs, run, audit -- in that order, so a caller
+check the method, read and validate the inputs, audit the change about to run (refused if that
+cannot be written), run, audit the result -- in that order, so a caller
 without a valid key learns nothing about controllers, actions or inputs."""
 from __future__ import annotations
 
@@ -60,6 +61,9 @@ def dispatch(request: Request, ctx: Context) -> Result:
         if not isinstance(raw, dict):
             raise BadInput(f"input: must be a struct/object of named inputs, got {type(raw).__name__}")
         values = action.validate(raw)
+        if action.mutating:    # no audit line, no change (raises ChangesRefused)
+            ctx.audit.begin(who=who, peer=request.peer, transport=request.transport,
+                            action=action.name, inputs=values)
         result = Result(0, ctx.render(ctx.runner.run(action, values)))
     except ApiError as exc:
         result = Result(exc.status, ctx.describe(exc))

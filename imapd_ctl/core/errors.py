@@ -71,3 +71,10 @@ class NodeFailed(ApiError):
 class Unavailable(ApiError):
     """systemd / D-Bus cannot be reached."""
     status = 503
+
+
+class ChangesRefused(ApiError):
+    """A change refused before anything was touched, because the daemon cannot do it safely
+    now (the audit log cannot be written; an interrupted change is not recovered yet).
+    Read-only calls still answer."""
+    status = 503

@@ -117,5 +117,13 @@ class KeyStore(Protocol):
 
 
 class Audit(Protocol):
+    """The audit trail; it fails closed for changes."""
+
+    def begin(self, *, who: str, peer: str, transport: str, action: str, inputs: dict[str, Any]) -> None:
+        """Record a change about to run, durably; raise ChangesRefused if that cannot be done."""
+        ...
+
     def record(self, *, who: str, peer: str, transport: str, action: str, inputs: dict[str, Any],
-               status: int, payload: Any) -> None: ...
+               status: int, payload: Any) -> None:
+        """Record the call's result (never raises)."""
+        ...

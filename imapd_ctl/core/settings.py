@@ -57,6 +57,9 @@ class Settings:
     lock_timeout: float = 10.0     # seconds a change waits for another before 409
     job_timeout: float = 90.0      # seconds to wait for a systemd job
     listen_timeout: float = 15.0   # seconds to wait for the port after start/restart
+    # seconds `serve` gives the recovery of an interrupted change before it listens (below the
+    # unit's TimeoutStartSec=120); past it, reads are served and changes refused
+    recovery_timeout: float = 60.0
     # Other nodes of the cluster: [[nodes]] tables with id, url (https://...), key, ca.
     nodes: list[Node] = field(default_factory=list)
     node_timeout: float = 30.0     # seconds for one node's answer (forwarding, cascades)
@@ -111,6 +114,8 @@ def load(path: str | None = None) -> Settings:
     _apply(settings, data, path)
     if settings.flavour not in FLAVOURS:
         raise ValueError(f"{path}: flavour must be one of {', '.join(FLAVOURS)}, got {settings.flavour!r}")
+    if settings.recovery_timeout <= 0:
+        raise ValueError(f"{path}: recovery_timeout must be a number of seconds above 0, got {settings.recovery_timeout:g}")
     nodes = settings.nodes    # still the raw [[nodes]] tables of the file
     settings.nodes = [_node(entry, f"{path} [[nodes]] #{i + 1}") for i, entry in enumerate(nodes)]
     settings.source = path

@@ -2,68 +2,25 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Callable
 
 from imapd_ctl.core import settings as settings_mod
-from imapd_ctl.core.actions import ACTIONS, PERMISSION, lookup
+from imapd_ctl.core.actions import PERMISSION
 from imapd_ctl.core.errors import ApiError
 from imapd_ctl.core.protocols import Check
+from imapd_ctl.entry import access, commands
 
 
 def _settings(args: argparse.Namespace) -> settings_mod.Settings:
-    try:
-        return settings_mod.load(args.config)
-    except ValueError as exc:
-        print(f"imapd-ctl: {exc}", file=sys.stderr)
-        # 78 (EX_CONFIG): the unit's RestartPreventExitStatus, so systemd does not retry a bad file.
-        raise SystemExit(78)
+    return access.load_settings(args.config)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from imapd_ctl.entry import serve
     serve.run(_settings(args))
     return 0
-
-
-def _parse_pairs(pairs: list[str]) -> dict[str, str]:
-    inputs = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"imapd-ctl: inputs are name=value, got {pair!r}")
-        inputs[name] = value
-    return inputs
-
-
-def cmd_call(args: argparse.Namespace) -> int:
-    from imapd_ctl.entry import client
-    s = _settings(args)
-    inputs = _parse_pairs(args.inputs)
-    try:
-        lookup(args.action).validate(inputs, strict=True)   # quick local check of names and values
-    except ApiError as exc:
-        print(f"imapd-ctl: {exc.message}", file=sys.stderr)
-        return 2
-    key = args.key or os.environ.get("IMAPD_CTL_KEY")
-    if not key:
-        print("imapd-ctl: an API key is needed: --key KEY or IMAPD_CTL_KEY", file=sys.stderr)
-        return 2
-    sock = args.socket or s.socket
-    try:
-        status, payload = client.call(sock, key, args.action, inputs)
-    except OSError as exc:
-        print(f"imapd-ctl: cannot reach the daemon at {sock}: {exc}", file=sys.stderr)
-        return 3
-    if args.json:
-        print(json.dumps({"status": status, "payload": payload}))
-    elif status == 0:
-        print(payload if isinstance(payload, str) else json.dumps(payload, indent=2))
-    else:
-        print(f"imapd-ctl: {args.action} failed (status {status}): {payload}", file=sys.stderr)
-    return 0 if status == 0 else 1
 
 
 def cmd_key(args: argparse.Namespace) -> int:
@@ -158,14 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run the daemon (gunicorn; unix socket + loopback)").set_defaults(fn=cmd_serve)
 
-    c = sub.add_parser("call", help="call an action on the running daemon",
-                       epilog="actions: " + ", ".join(ACTIONS))
-    c.add_argument("action")
-    c.add_argument("inputs", nargs="*", metavar="name=value")
-    c.add_argument("--json", action="store_true", help="print the raw envelope")
-    c.add_argument("--key", help="API key (default: $IMAPD_CTL_KEY)")
-    c.add_argument("--socket", help="the daemon's unix socket (default: from the settings)")
-    c.set_defaults(fn=cmd_call)
+    commands.add_call(sub)
+    commands.add_status(sub)
 
     k = sub.add_parser("key", help="manage API keys")
     ksub = k.add_subparsers(dest="key_cmd", required=True)
@@ -195,7 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command: Callable[[argparse.Namespace], int] = args.fn
-    return command(args)
+    try:
+        return command(args)
+    except access.Refusal as exc:
+        print(f"imapd-ctl: {exc.message}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":

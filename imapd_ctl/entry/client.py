@@ -56,13 +56,17 @@ def request(path: str, method: str, url: str, *, key: str | None = None, body: b
 
 
 def call(path: str, key: str | None, action: str, inputs: dict | None = None, *,
-         method: str = "POST") -> tuple[int, object]:
+         method: str = "POST", controller: str = CONTROLLER, timeout: float = 120) -> tuple[int, Any]:
     """Call an action with a JSON body; returns the envelope's (status, payload)."""
-    url = f"{CONTROLLER}/{urllib.parse.quote(action, safe='')}"
+    url = f"{controller}/{urllib.parse.quote(action, safe='')}"
     body = json.dumps(inputs or {}).encode() if method == "POST" else None
     if method == "GET" and inputs:
         url += "?" + urllib.parse.urlencode(inputs)
-    _, data = request(path, method, url, key=key, body=body,
-                      content_type="application/json" if body is not None else None)
+    conn = UnixHTTPConnection(path, timeout)
+    try:
+        _, data = request(path, method, url, key=key, body=body, conn=conn,
+                          content_type="application/json" if body is not None else None)
+    finally:
+        conn.close()
     reply = json.loads(data)
     return reply["status"], reply["payload"]

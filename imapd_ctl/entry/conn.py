@@ -13,8 +13,13 @@ import ssl
 import time
 from typing import Any
 
-HEAD_MAX = 64 * 1024          # more than gunicorn's own limits allow: its parser says why
-BODY_PREREAD_MAX = 1 << 20    # bodies up to this are read in the loop; larger ones in the thread
+from imapd_ctl.transports.http import MAX_BODY
+
+# What one unfinished connection may buffer in the loop: a head up to HEAD_MAX (beyond it,
+# gunicorn's parser says what is wrong) and a body up to the app's own limit (a larger one is
+# handed over at once and refused 413 unread).
+HEAD_MAX = 16 * 1024
+BODY_PREREAD_MAX = MAX_BODY
 RECV_CHUNK = 65536
 
 # What a connection needs next from the loop.

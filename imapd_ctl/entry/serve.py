@@ -208,9 +208,10 @@ def activation_binds(settings: Settings, inherited: list[Inherited]) -> list[str
 # ----------------------------------------------------------------- gunicorn
 
 class _Gunicorn(BaseApplication):
-    def __init__(self, settings: Settings, binds: list[str]):
+    def __init__(self, settings: Settings, binds: list[str], unfinished_recovery: str | None = None):
         self.settings = settings
         self.binds = binds
+        self.unfinished_recovery = unfinished_recovery
         super().__init__()
 
     def load_config(self) -> None:
@@ -251,7 +252,7 @@ class _Gunicorn(BaseApplication):
         from imapd_ctl.transports.app import create_app
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="[%(process)d] %(levelname)s %(name)s: %(message)s")
-        return create_app(wiring.build(self.settings).context())
+        return create_app(wiring.build(self.settings, unfinished_recovery=self.unfinished_recovery).context())
 
 
 def run(settings: Settings) -> None:
@@ -283,8 +284,10 @@ def run(settings: Settings) -> None:
     else:
         binds = [f"unix:{settings.socket}"] + list(settings.listen)
     # Finish or undo a change that a crash interrupted, in a child process so that the
-    # master never opens D-Bus (children forked from it would hang on that connection). A
-    # failure is reported and the daemon serves anyway: the next change retries it.
+    # master never opens D-Bus (children forked from it would hang on that connection), for
+    # at most recovery_timeout. A failure is reported and the daemon serves anyway: the next
+    # change retries it. One that overran is not retried by a change (it would hang again):
+    # changes are refused until `imapd-ctl recover` has finished it.
     outcome = recover_in_child(settings)
     print(f"imapd-ctl: recover: {'' if outcome.ok else 'FAILED: '}{outcome.message}", file=sys.stderr)
-    _Gunicorn(settings, binds).run()
+    _Gunicorn(settings, binds, None if outcome.finished else outcome.message).run()

@@ -68,8 +68,8 @@ class Services:
         return self.controller.flavour
 
     def context(self) -> Context:
-        """What core.dispatch needs for every request; the audit trail is opened here (serving
-        without it is not an option), not when the graph is built."""
+        """What core.dispatch needs for every request; the audit trail's file is checked here
+        (a change is refused while it cannot be written), not when the graph is built."""
         if isinstance(self.audit, AuditLog):
             self.audit.open()
         return Context(keys=self.keys, audit=self.audit, runner=Admission(self.controller),
@@ -77,8 +77,11 @@ class Services:
 
 
 def build(settings: Settings, *, systemd: Systemd | None = None, flavour: Flavour | None = None,
-          keys: KeyStore | None = None, audit: Audit | None = None) -> Services:
-    """The graph for `settings`; tests pass fakes for the parts that reach the host."""
+          keys: KeyStore | None = None, audit: Audit | None = None,
+          unfinished_recovery: str | None = None) -> Services:
+    """The graph for `settings`; tests pass fakes for the parts that reach the host.
+    `unfinished_recovery`: why serve's recovery at start did not finish (changes are refused
+    while its journal is pending)."""
     bus: Systemd = systemd if systemd is not None else \
         DBusSystemd(job_timeout=settings.job_timeout)
     lock = TransactionLock(settings.lock_path)
@@ -89,7 +92,8 @@ def build(settings: Settings, *, systemd: Systemd | None = None, flavour: Flavou
         return detect(settings, bus)
 
     controller = Controller(settings, bus, flavour, detect=detect_flavour,
-                            lock=lock, journal=journal, cluster=cluster)
+                            lock=lock, journal=journal, cluster=cluster,
+                            unfinished_recovery=unfinished_recovery)
     return Services(settings=settings, systemd=bus, lock=lock, journal=journal, cluster=cluster,
                     keys=keys if keys is not None else KeyStore(settings.keys_path),
                     audit=audit if audit is not None else AuditLog(settings.audit_log),

@@ -15,7 +15,7 @@ from imapd_ctl.adapters.cluster import Cluster
 from imapd_ctl.adapters.journal import Journal
 from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.core.actions import ACTIONS, CONTROLLER, PERMISSION, Action
-from imapd_ctl.core.errors import ActionFailed, ApiError, NodeFailed, Relayed
+from imapd_ctl.core.errors import ActionFailed, ApiError, ChangesRefused, NodeFailed, Relayed
 from imapd_ctl.core.protocols import Flavour, Systemd
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.operations import transaction
@@ -31,11 +31,14 @@ LISTEN_INTERVAL = 0.05
 class Controller:
     """The handlers and what they share. Built by entry.wiring, which passes every part and,
     for the flavour, `detect`: the flavour is found on first use, in a worker (never in
-    gunicorn's master: detection needs D-Bus). Tests pass a `flavour` directly."""
+    gunicorn's master: detection needs D-Bus). Tests pass a `flavour` directly.
+    `unfinished_recovery`: why the recovery at serve start did not finish (it overran its
+    deadline); while the journal it left is pending, changes are refused with that reason
+    instead of retrying a recovery that hangs."""
 
     def __init__(self, settings: Settings, systemd: Systemd, flavour: Flavour | None = None, *,
                  detect: Callable[[], Flavour] | None = None, lock: TransactionLock,
-                 journal: Journal, cluster: Cluster):
+                 journal: Journal, cluster: Cluster, unfinished_recovery: str | None = None):
         if flavour is None and detect is None:
             raise TypeError("Controller needs a flavour or a way to detect it")
         self.settings = settings
@@ -45,6 +48,7 @@ class Controller:
         self.lock = lock
         self.journal = journal
         self.cluster = cluster
+        self.unfinished_recovery = unfinished_recovery
 
     @property
     def flavour(self) -> Flavour:
@@ -91,6 +95,7 @@ class Controller:
         inputs = {name: values[name] for name in action.handler_inputs}
         if not action.mutating:
             return handler(self, **inputs)
+        self._refuse_while_unrecovered(action)
         # Every change, service control included, holds the one lock across all workers, so
         # a restart cannot land in the middle of an update's reload-and-verify.
         with self.lock.hold(timeout=self.settings.lock_timeout):
@@ -98,6 +103,14 @@ class Controller:
             # finishes or undoes it before doing anything else.
             transaction.recover(self.flavour, self.systemd, self.journal)
             return handler(self, **inputs)
+
+    def _refuse_while_unrecovered(self, action: Action) -> None:
+        entry = self.journal.pending() if self.unfinished_recovery else None
+        if entry is not None:
+            raise ChangesRefused(
+                f"{action.name} refused: {self.unfinished_recovery} (change {entry.txn_id}, "
+                f"{entry.action}, interrupted at step '{entry.step}'). Changes are refused until "
+                "`imapd-ctl recover` has finished it; read-only actions still answer")
 
     # -- read-only -------------------------------------------------------------------
     def is_running(self) -> bool:

@@ -7,12 +7,13 @@ import json
 import logging
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, NotFound
 
 from imapd_ctl.core.actions import CONTROLLER
 from imapd_ctl.core.dispatch import Context, dispatch
 from imapd_ctl.core.request import Request, Result
 from imapd_ctl.transports import http, openapi, xmlrpc
+from imapd_ctl.transports.body import bounded
 from imapd_ctl.transports.http import MAX_BODY, envelope
 
 
@@ -20,31 +21,21 @@ def create_app(ctx: Context) -> Flask:
     """The app for one object graph's dispatch context (entry.wiring.Services.context())."""
     app = Flask("imapd_ctl")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    # Every body passes the limit below Flask, for all transports (transports.body).
+    app.wsgi_app = bounded(app.wsgi_app, MAX_BODY)  # type: ignore[method-assign,assignment]
+    # `//` in a path is not merged with a 308 redirect (an HTML page, outside the envelope):
+    # such a path matches no route and is a 404 like any other unknown path. Werkzeug also
+    # drops leading slashes before matching, so those are refused here, before routing.
+    app.url_map.merge_slashes = False
     app.extensions["imapd_ctl"] = ctx
 
     def run(req: Request) -> Result:
         return dispatch(req, ctx)
 
     @app.before_request
-    def read_body() -> None:
-        """Read the whole body here, once (later reads get this copy), and refuse one that is
-        not all there: a chunked body has no Content-Length to refuse up front, and Werkzeug
-        quietly stops reading it at MAX_CONTENT_LENGTH; a body that ends before its
-        Content-Length is taken as it is. Either way the request would run with its tail,
-        and the inputs in it, cut off. Broken chunked framing makes the server's reader raise
-        (gunicorn's InvalidChunkSize...): the client's 400, not a 500."""
-        try:
-            data = request.get_data(cache=True)
-            over = (request.content_length is None and len(data) >= MAX_BODY
-                    and request.environ["wsgi.input"].read(1))
-        except HTTPException:
-            raise
-        except Exception as exc:
-            raise BadRequest(f"the request body could not be read ({type(exc).__name__})") from None
-        if over:
-            raise RequestEntityTooLarge()
-        if request.content_length is not None and len(data) < request.content_length:
-            raise BadRequest(f"the body ended after {len(data)} of its {request.content_length} bytes")
+    def no_empty_segments() -> None:
+        if "//" in request.environ.get("PATH_INFO", ""):
+            raise NotFound("the path has an empty segment (//)")
 
     # No automatic OPTIONS: its empty 200 would be the one reply without the envelope.
     @app.route(f"{CONTROLLER}/<action>", methods=["GET", "POST"], provide_automatic_options=False)

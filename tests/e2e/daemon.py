@@ -109,9 +109,11 @@ class Daemon:
         """Run the imapd-ctl command inside the host with this daemon's config."""
         return self.host.run([IMAPD_CTL, "--config", self.config, *args], check=check, input=input)
 
-    def audit_lines(self) -> list[dict]:
+    def audit_lines(self, phase: str = "end") -> list[dict]:
+        """The audit lines of `phase` ("begin": a change about to run; "end": its result)."""
         text = self.host.read_file("/var/log/imapd-ctl/audit.log").decode()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [line for line in lines if line["phase"] == phase]
 
     def start(self, timeout: float = 30) -> None:
         """Run the daemon as a transient unit (gone once stopped: start() makes it again)."""

@@ -89,11 +89,11 @@ def test_mutating_calls_are_audited_without_the_key(daemon):
 
 
 def test_cli_call_goes_through_the_daemon(daemon):
-    out = daemon.ctl("call", "--key", daemon.key, "--socket", daemon.socket, "listServiceName")
+    out = daemon.ctl("call", "--key-stdin", "--socket", daemon.socket, "listServiceName", input=daemon.key)
     assert out.stdout.strip() == "imap4"
-    out = daemon.ctl("call", "--key", daemon.key, "--socket", daemon.socket, "--json", "isRunning")
+    out = daemon.ctl("call", "--key-stdin", "--socket", daemon.socket, "--json", "isRunning", input=daemon.key)
     assert out.stdout.strip() == '{"status": 0, "payload": true}'
-    bad = daemon.ctl("call", "--key", daemon.key, "update", "imap_max_conections=5", check=False)
+    bad = daemon.ctl("call", "--key-stdin", "update", "imap_max_conections=5", check=False, input=daemon.key)
     assert bad.returncode == 2 and "imap_max_conections" in bad.stderr
 
 

@@ -2,9 +2,13 @@
 imapd-ctl) on one bridge, talking HTTPS with certificates from a CA made here."""
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from cluster_fixture import Cluster3
+from daemon import IMAPD_CTL
 
 pytestmark = pytest.mark.mailhost
 
@@ -115,3 +119,40 @@ def test_node_list_and_check(cluster):
     assert "node2\t(this node)" in out and "node1\thttps://198.19.0.11:8443" in out
     out = cluster.nodes[1].daemon.ctl("node", "check").stdout
     assert "ok   node1" in out and "ok   node3" in out
+
+
+def test_status_all_is_a_row_per_node_and_names_a_stopped_daemon(cluster):
+    n1, n2, n3 = cluster.nodes
+
+    def status_all():
+        # Bounded by the node timeout (20 s in the fixture): run() kills it and fails past that.
+        t0 = time.monotonic()
+        r = n1.host.run([IMAPD_CTL, "--config", n1.daemon.config, "status", "--all", "--json", "--key-stdin"],
+                        input=n1.daemon.key, check=False, timeout=20)
+        return r, time.monotonic() - t0
+
+    r, _ = status_all()
+    rows = json.loads(r.stdout)["nodes"]
+    assert r.returncode == 0 and [(row["node"], row["reached"]) for row in rows] == \
+        [("node1", True), ("node2", True), ("node3", True)], r.stdout
+    assert rows[2]["api"]["queryUpdate"]["payload"] == n3.daemon.call("queryUpdate")[1]
+    n3.daemon.stop()
+    try:
+        r, took = status_all()
+        print(f"\nstatus --all with node3's daemon stopped: {took:.2f} s (node_timeout 20 s)")
+        rows = json.loads(r.stdout)["nodes"]
+        assert r.returncode == 1 and [row["reached"] for row in rows] == [True, True, False]
+        assert rows[2]["problems"][0].startswith("node node3: cannot reach https://198.19.0.13:8443"), rows[2]
+        table = n1.daemon.ctl("status", "--all", "--key-stdin", input=n1.daemon.key, check=False).stdout
+        assert len(table.splitlines()) == 4 and "node3" in table.splitlines()[3]
+        assert "UNREACHABLE" in table.splitlines()[3] and "cannot reach" in table.splitlines()[3]
+    finally:
+        n3.daemon.start()
+
+
+def test_call_prints_a_cascade_as_a_table(cluster):
+    n1 = cluster.nodes[0]
+    r = n1.daemon.ctl("call", "startOnBoot", "mda_imap_startonboot=1", "cascade_to_nodes=1", "--key-stdin",
+                      input=n1.daemon.key)
+    assert r.stdout.splitlines() == ["NODE   STATUS  RESULT"] + [
+        f"node{n}  ok      enabled dovecot.service at boot" for n in (1, 2, 3)], r.stdout

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from bodies import assert_bounded, assert_odd_paths_answer_the_envelope
 from mailhost import MailHost, machine_ready
 
 pytestmark = pytest.mark.mailhost
@@ -39,6 +40,9 @@ DEB_CACHE = Path("/var/tmp/imapd-ctl-debcache")   # downloaded Debian dependenci
 SOCK = "/run/imapd-ctl/imapd-ctl.sock"
 UNITS = ("imapd-ctl.socket", "imapd-ctl.service")
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+# The man page and completion, where man-db, bash-completion's loader and zsh look for them.
+DOC_FILES = ("/usr/share/man/man8/imapd-ctl.8.gz", "/usr/share/bash-completion/completions/imapd-ctl",
+             "/usr/share/zsh/vendor-completions/_imapd-ctl")
 
 
 def _apt_get(args: list[str], *, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -80,6 +84,7 @@ def test_deb_is_reproducible_and_uses_debian_python(tmp_path):
                  "./etc/imapd-ctl/imapd-ctl.toml", "./lib/systemd/system/imapd-ctl.service",
                  "./lib/systemd/system/imapd-ctl.socket", "./etc/logrotate.d/imapd-ctl"):
         assert path in files
+    assert all(f".{path}" in files for path in DOC_FILES), files
     assert "__pycache__" not in files and ".venv" not in files and "site-packages" not in files
     with tempfile.TemporaryDirectory() as ctl:
         subprocess.run(["dpkg-deb", "-e", str(a), ctl], check=True)
@@ -130,6 +135,9 @@ def test_rpm_spec(tmp_path):
                  "/usr/lib/systemd/system/imapd-ctl.socket", "/var/lib/imapd-ctl",
                  "/usr/lib/python3.11/site-packages/imapd_ctl/entry/serve.py"):
         assert path in listing
+    # The man page (compressed by rpmbuild) and the completion, where Fedora/RHEL look.
+    assert any(p.startswith("/usr/share/man/man8/imapd-ctl.8") for p in listing), listing
+    assert {"/usr/share/bash-completion/completions/imapd-ctl", "/usr/share/zsh/site-functions/_imapd-ctl"} <= set(listing)
     r = subprocess.run(["rpmlint", "-r", str(REPO / "packaging" / "rpm" / "rpmlint-filters"), str(rpm)],
                        capture_output=True, text=True)
     assert " 0 errors" in r.stdout, r.stdout
@@ -275,6 +283,16 @@ def test_curl_over_the_unix_socket_with_a_created_key(pkg):
     assert pkg.run("stat", "-c", "%a %U %G %F", SOCK).stdout.split() == ["660", "root", "root", "socket"]
 
 
+def test_bodies_are_bounded_and_odd_paths_enveloped_on_debian_modules(pkg):
+    """Werkzeug 2.2 reads any body whole by itself: the limit must hold below it (bodies.py)."""
+    main = pkg.show("imapd-ctl.service", "MainPID")
+    workers = [int(p) for p in pkg.run("pgrep", "-P", main).stdout.split()]
+    figures = assert_bounded(pkg.host, SOCK, pkg.key, workers)
+    print(f"\nDebian 12 modules: 512 MiB bodies: {figures}")
+    assert_odd_paths_answer_the_envelope(pkg.host, SOCK, pkg.key)
+    assert pkg.call("isRunning") == (0, True)
+
+
 def test_every_kind_of_action_works_under_the_hardening(pkg):
     """Writes in /etc/dovecot, doveconf/doveadm/journalctl, D-Bus manager calls, /proc fds."""
     status, payload = pkg.call("update", "imap_max_connections=60", "imap_secure_max_connections=40")
@@ -341,6 +359,24 @@ def test_units_verify_and_exposure_score(pkg):
     assert m, out[-2000:]
     print(f"\nsystemd-analyze security imapd-ctl.service: exposure {m.group(1)} {m.group(2)}")
     assert float(m.group(1)) <= 3.0, out
+
+
+def test_man_page_status_and_completion_as_debian_finds_them(pkg):
+    assert pkg.run("man", "-w", "imapd-ctl").stdout.strip() == DOC_FILES[0]
+    page = pkg.host.run(["man", "8", "imapd-ctl"], env={"MANWIDTH": "120", "MANPAGER": "cat"}).stdout
+    assert "EXIT STATUS" in page and "imapd-ctl status" in page and "queryStartOnBoot" in page
+    # bash-completion's lazy loader finds the file by the command's name, as an interactive shell would.
+    probe = ("source /usr/share/bash-completion/bash_completion; _completion_loader imapd-ctl; "
+             "complete -p imapd-ctl; COMP_WORDS=(imapd-ctl call startOnB); COMP_CWORD=2; _shtab_imapd_ctl; "
+             'echo "${COMPREPLY[*]}"')
+    out = pkg.run("bash", "--norc", "-c", probe).stdout.splitlines()
+    assert "-F _shtab_imapd_ctl" in out[0] and out[1] == "startOnBoot"
+    # zsh's compinit finds it on Debian's default fpath.
+    found = pkg.run("zsh", "-f", "-c", "autoload -Uz compinit; compinit -u -D; print -r -- $_comps[imapd-ctl]")
+    assert found.stdout.strip() == "_imapd-ctl"
+    # status of the packaged daemon, Debian's python3, the key from the environment.
+    r = pkg.run("imapd-ctl", "status", env_key=pkg.key)
+    assert "IMAP server   dovecot " in r.stdout and "daemon        answers on /run/imapd-ctl/imapd-ctl.sock" in r.stdout
 
 
 def test_tls_listener_beside_the_plain_unix_socket(pkg):
@@ -434,4 +470,6 @@ def test_purge_leaves_no_unit_process_or_file(pkg):
                    f"-not -path '{pkg.debdir}*' -not -path '{DEB_CACHE}*' -not -path '/var/tmp/imapd-ctl-*' "
                    "-not -path /var/log/imapd-ctl-setup.log 2>/dev/null", check=False).stdout.split()
     assert left == [], left
+    for path in DOC_FILES:
+        assert pkg.run("test", "-e", path, check=False).returncode != 0, path
     assert pkg.active("dovecot") == "active"

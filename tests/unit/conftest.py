@@ -49,7 +49,6 @@ def env(tmp_path, fake_ports):
               keys=keys, ports=fake_ports, audit_log=tmp_path / "audit.log", services=services, unit=UNIT,
               key=keys.create("panel", ["EMAIL"]), dns_key=keys.create("dns", ["DNS"]))
     yield env
-    # The audit log attached a file handler to the "imapd_ctl.audit" logger: detach it.
     services.audit.close()
 
 
@@ -84,7 +83,9 @@ class Env:
             headers.update(self.auth(key))
         return self.client.open(f"{CONTROLLER}/{action}", method=method, headers=headers, **kw)
 
-    def audit_lines(self):
+    def audit_lines(self, phase="end"):
+        """The audit lines of `phase` ("begin": a change about to run; "end": its result)."""
         if not self.audit_log.exists():
             return []
-        return [json.loads(line) for line in self.audit_log.read_text().splitlines()]
+        lines = [json.loads(line) for line in self.audit_log.read_text().splitlines()]
+        return [line for line in lines if line["phase"] == phase]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from imapd_ctl.adapters.files import read_bytes_or_none
 from imapd_ctl.adapters.journal import Journal
-from imapd_ctl.core.errors import Unauthorized, Unavailable
+from imapd_ctl.core.errors import ChangesRefused, Unauthorized, Unavailable
 from imapd_ctl.core.protocols import Applied, Check, Files, Principal, UnitState, Values
 
 MiB = 1 << 20
@@ -246,8 +246,17 @@ class FakeKeyStore:
 
 
 class FakeAudit:
-    def __init__(self) -> None:
+    """Keeps the result lines; `begun` the changes announced; `broken` refuses them."""
+
+    def __init__(self, broken: bool = False) -> None:
         self.lines: list[dict[str, Any]] = []
+        self.begun: list[dict[str, Any]] = []
+        self.broken = broken
+
+    def begin(self, **line: Any) -> None:
+        if self.broken:
+            raise ChangesRefused(f"{line['action']} refused: the audit log cannot be written")
+        self.begun.append(line)
 
     def record(self, **line: Any) -> None:
         self.lines.append(line)

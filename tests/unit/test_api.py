@@ -279,6 +279,28 @@ def test_mutating_call_appends_one_audit_line(env):
     assert line["transport"] == "http"
 
 
+def test_a_change_is_announced_durably_before_its_result(env):
+    assert envelope(env.call("stop", json={"cascade_to_nodes": 0}))["status"] == 0
+    begin, end = (env.audit_lines(phase) for phase in ("begin", "end"))
+    assert len(begin) == len(end) == 1
+    assert {k: begin[0][k] for k in ("key", "action", "inputs")} == {
+        "key": "panel", "action": "stop", "inputs": {"cascade_to_nodes": 0}}
+
+
+def test_a_full_audit_disk_refuses_changes_and_reads_go_on(env):
+    """/dev/full: every write fails with ENOSPC, as on a full disk."""
+    env.services.audit.path = "/dev/full"
+    before = env.flavour.current_values()
+    body = envelope(env.call("update", json={"imap_max_connections": 77}))
+    assert body["status"] == 503 and "/dev/full cannot be written (No space left on device)" in body["payload"]
+    assert "nothing was changed" in body["payload"]
+    assert env.flavour.current_values() == before and env.systemd.jobs == []
+    assert envelope(env.call("stop", data={"cascade_to_nodes": "0"}))["status"] == 503
+    assert env.systemd.unit(env.unit).active_state == "active"
+    assert envelope(env.call("isRunning"))["status"] == 0
+    assert envelope(env.call("queryUpdate"))["payload"] == before
+
+
 def test_failed_and_read_only_calls_are_audited_correctly(env):
     envelope(env.call("isRunning"))
     envelope(env.call("listServiceInfo", method="GET"))
@@ -341,3 +363,28 @@ def test_options_gets_the_envelope_everywhere(env):
     for url in ("/healthz", "/openapi.json", "/xmlrpc", f"{CONTROLLER}/isRunning"):
         reply = env.client.open(url, method="OPTIONS")
         assert reply.status_code == 405 and envelope(reply)["status"] == 405, url
+
+
+def test_changes_are_refused_while_an_overrun_recovery_is_pending(env):
+    """serve's recovery overran its deadline and left the journal: changes answer 503 with the
+    reason (not a retry that would hang again), reads go on; once the journal is gone (after
+    `imapd-ctl recover`), changes run again."""
+    env.services.controller.unfinished_recovery = "an interrupted change could not be finished"
+    env.services.journal.begin("t1", "update", {str(env.flavour.main): None}, {str(env.flavour.main): b"x"}, {})
+    body = envelope(env.call("update", json={"imap_max_connections": 77}))
+    assert body["status"] == 503 and body["payload"].startswith(
+        "update refused: an interrupted change could not be finished (change t1, update, interrupted at step 'begun')")
+    assert "`imapd-ctl recover`" in body["payload"] and env.systemd.jobs == []
+    assert env.services.journal.pending() is not None
+    assert envelope(env.call("isRunning"))["status"] == 0
+    env.services.journal.clear()
+    assert envelope(env.call("stop", json={"cascade_to_nodes": 0}))["status"] == 0
+
+
+def test_an_end_line_that_cannot_be_written_goes_to_the_daemon_log(caplog):
+    """The change has happened by then: the line is not lost, it goes to the journal."""
+    from imapd_ctl.adapters.audit import AuditLog
+    AuditLog("/dev/full").record(who="panel", peer="here", transport="http", action="stop",
+                                 inputs={"cascade_to_nodes": 0}, status=0, payload="stopped x")
+    assert "audit log /dev/full cannot be written (No space left on device); the line: {" in caplog.text
+    assert '"phase": "end"' in caplog.text and '"result": "stopped x"' in caplog.text

@@ -2,6 +2,7 @@
 parsing, key management on a scratch key store, `call` against a tiny server on a unix socket,
 `check` and `recover` on the fakes of fakes.py (conftest.py's fake_wiring patches wiring.build)."""
 import json
+import time
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -12,7 +13,7 @@ import pytest
 from imapd_ctl.core.errors import Busy, Unavailable
 from imapd_ctl.core.protocols import Check
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.entry import cli, recovery
+from imapd_ctl.entry import cli, commands, recovery
 
 
 @pytest.fixture
@@ -33,9 +34,10 @@ def run(config, *argv):
 # --- parsing ------------------------------------------------------------------------------
 
 def test_call_arguments():
-    args = cli.build_parser().parse_args(["call", "update", "imap_max_connections=5", "--json", "--key", "k"])
-    assert (args.fn, args.action, args.inputs, args.json, args.key) == \
-        (cli.cmd_call, "update", ["imap_max_connections=5"], True, "k")
+    args = cli.build_parser().parse_args(["call", "update", "imap_max_connections=5", "--json",
+                                          "--key-file", "/k", "--node", "node2"])
+    assert (args.fn, args.action, args.inputs, args.json, args.key_file, args.node, args.controller) == \
+        (commands.cmd_call, "update", ["imap_max_connections=5"], True, "/k", "node2", "imap")
 
 
 @pytest.mark.parametrize("argv", [[], ["nope"], ["key"], ["key", "create"], ["node"]])
@@ -120,11 +122,12 @@ def daemon(config):
     server.server_close()
 
 
-def test_call_prints_the_payload(config, daemon, capsys):
-    assert run(config, "call", "isRunning", "--key", "K") == 0
+def test_call_prints_the_payload(config, daemon, capsys, monkeypatch):
+    monkeypatch.setenv("IMAPD_CTL_KEY", "K")
+    assert run(config, "call", "isRunning") == 0
     assert capsys.readouterr().out == "true\n"
     daemon.reply = {"status": 0, "payload": "restarted dovecot.service"}
-    assert run(config, "call", "restart", "cascade_to_nodes=0", "--key", "K") == 0
+    assert run(config, "call", "restart", "cascade_to_nodes=0") == 0
     assert capsys.readouterr().out == "restarted dovecot.service\n"
     assert daemon.seen[-1] == ("/nodeworx/mail/imap/restart", "Bearer K", {"cascade_to_nodes": "0"})
 
@@ -136,27 +139,55 @@ def test_call_json_and_failures(config, daemon, capsys, monkeypatch):
     assert capsys.readouterr().err == "imapd-ctl: update failed (status 409): another change is in progress\n"
     assert run(config, "call", "update", "--json") == 1
     assert json.loads(capsys.readouterr().out) == daemon.reply
+    daemon.reply = {"status": 401, "payload": "unknown API key"}
+    assert run(config, "call", "isRunning") == 5
+    assert "the daemon refused the key (unknown API key); make one on this host with `imapd-ctl key create" \
+        in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["call", "update", "imap_max_conections=5", "--key", "K"], "imap_max_conections: not an input of update"),
-    (["call", "update", "imap_max_connections=0", "--key", "K"], "imap_max_connections: must be"),
-    (["call", "nope", "--key", "K"], "unknown action 'nope'"),
-    (["call", "isRunning"], "an API key is needed"),
+@pytest.mark.parametrize("argv, code, message", [
+    (["call", "update", "imap_max_conections=5"], 2, "imap_max_conections: not an input of update"),
+    (["call", "update", "imap_max_connections=0"], 2, "imap_max_connections: must be"),
+    (["call", "nope"], 2, "unknown action 'nope'"),
+    (["call", "isRunning", "--key", "K"], 2, "--key is refused: a key on the command line can be read by every "
+                                             "local user (ps, /proc); give it in $IMAPD_CTL_KEY, in a file "
+                                             "(--key-file FILE, first line) or on stdin (--key-stdin)"),
+    (["status", "--key=K"], 2, "--key is refused"),
+    (["call", "isRunning"], 5, "an API key is needed: give it in $IMAPD_CTL_KEY"),
+    (["call", "isRunning", "--key-file", "/nonexistent/key"], 5, "--key-file /nonexistent/key: No such file"),
+    (["call", "isRunning", "--node", "node9"], 2, "node_id: unknown node 'node9'; known nodes: mail1 (this node)"),
 ])
-def test_call_checks_locally_first(config, capsys, argv, message):
-    assert run(config, *argv) == 2
+def test_call_refuses_before_sending(config, capsys, monkeypatch, argv, code, message):
+    if "--key" not in argv[-1] and code != 5:
+        monkeypatch.setenv("IMAPD_CTL_KEY", "K")
+    assert run(config, *argv) == code
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["env", "file", "stdin"])
+def test_the_key_comes_from_the_environment_a_file_or_stdin(config, daemon, tmp_path, monkeypatch, how):
+    argv = ["call", "isRunning"]
+    if how == "env":
+        monkeypatch.setenv("IMAPD_CTL_KEY", "K-env")
+    elif how == "file":
+        (tmp_path / "key").write_text("K-file\nignored\n")
+        argv += ["--key-file", str(tmp_path / "key")]
+    else:
+        monkeypatch.setattr("sys.stdin", __import__("io").StringIO("K-stdin\n"))
+        argv += ["--key-stdin"]
+    assert run(config, *argv) == 0
+    assert daemon.seen[-1][1] == f"Bearer K-{how}"
 
 
 def test_call_with_a_pair_that_is_not_name_value(config):
     with pytest.raises(SystemExit, match="inputs are name=value"):
-        run(config, "call", "update", "imap_max_connections", "--key", "K")
+        run(config, "call", "update", "imap_max_connections")
 
 
-def test_call_without_a_daemon_is_3(config, capsys, tmp_path):
-    assert run(config, "call", "isRunning", "--key", "K", "--socket", str(tmp_path / "none.sock")) == 3
-    assert "cannot reach the daemon at" in capsys.readouterr().err
+def test_call_without_a_daemon_says_what_to_check(config, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAPD_CTL_KEY", "K")
+    assert run(config, "call", "isRunning", "--socket", str(tmp_path / "none.sock")) == 3
+    assert f"{tmp_path / 'none.sock'} does not exist; is imapd-ctl.socket active?" in capsys.readouterr().err
 
 
 # --- check and recover, on the fakes (conftest.py's fake_wiring) ----------------------------
@@ -205,3 +236,17 @@ def test_recover_in_a_child_hands_back_its_result(config, fake_wiring, monkeypat
     monkeypatch.setattr("imapd_ctl.operations.controller.Controller.recover", boom)
     outcome = recovery.recover_in_child(settings)
     assert not outcome.ok and outcome.message == recovery.FAILED + "internal error: RuntimeError: a bug"
+
+
+def test_a_recovery_past_its_deadline_is_stopped(config, fake_wiring, monkeypatch):
+    """serve gives recovery recovery_timeout seconds; a hung one is killed and reported."""
+    settings = cli.settings_mod.load(config)
+    settings.recovery_timeout = 0.5
+
+    def hang(self):
+        time.sleep(120)
+    monkeypatch.setattr("imapd_ctl.operations.controller.Controller.recover", hang)
+    outcome = recovery.recover_in_child(settings)
+    assert not outcome.ok and not outcome.finished
+    assert outcome.message == (f"{recovery.UNFINISHED} it did not finish within recovery_timeout = "
+                               "0.5 s and was stopped")

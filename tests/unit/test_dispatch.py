@@ -91,3 +91,24 @@ def test_errors_of_the_action_become_results(ctx):
 
 def test_http_and_xmlrpc_name_our_controller():
     assert Request(transport="t", peer="p", action="a", read_key=lambda: None).controller == CONTROLLER
+
+
+def test_a_change_is_refused_when_its_audit_line_cannot_be_written(ctx):
+    """Fails closed: no begin line, no change; the reply says why, read-only calls go on."""
+    ctx = Context(keys=ctx.keys, audit=FakeAudit(broken=True), runner=ctx.runner)
+    result = dispatch(request(inputs={"cascade_to_nodes": "0"})[0], ctx)
+    assert result.status == 503 and "audit log cannot be written" in result.payload
+    assert ctx.runner.ran == []
+    assert dispatch(request(action="isRunning")[0], ctx).status == 0
+    assert [name for name, _ in ctx.runner.ran] == ["isRunning"]
+
+
+def test_a_change_is_announced_before_it_runs(ctx):
+    class Announcing(Runner):
+        def run(self, action, values):
+            assert ctx.audit.begun and ctx.audit.begun[-1]["action"] == action.name
+            return super().run(action, values)
+    ctx = Context(keys=ctx.keys, audit=ctx.audit, runner=Announcing())
+    assert dispatch(request()[0], ctx).status == 0
+    assert ctx.audit.begun == [{"who": "panel", "peer": "here", "transport": "test",
+                                "action": "restart", "inputs": {"cascade_to_nodes": 0}}]

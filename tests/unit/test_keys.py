@@ -164,3 +164,53 @@ def test_another_worker_sees_keys_created_and_revoked_by_the_cli(path):
     with pytest.raises(Unauthorized):
         worker.authenticate(first, "EMAIL")
     assert worker.authenticate(second, "EMAIL").name == "panel2"
+
+
+def _create(path, name, out):
+    out.put((name, KeyStore(path).create(name, ["EMAIL"])))
+
+
+def _revoke(path, name, out):
+    out.put((name, KeyStore(path).revoke(name)))
+
+
+def test_concurrent_changes_in_processes_lose_nothing(path):
+    """Creates racing revokes, in real processes: every printed key is stored, every revoke
+    that answered True removed its key (the e2e twin runs the CLI against the daemon)."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    for name in ("old1", "old2", "old3"):
+        KeyStore(path).create(name, ["EMAIL"])
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_create, args=(path, f"k{i}", out)) for i in range(12)]
+    procs += [ctx.Process(target=_revoke, args=(path, name, out)) for name in ("old1", "old2", "old3", "k0", "k1")]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(60)
+    created = {name: value for name, value in results if isinstance(value, str)}
+    revoked = {name for name, value in results if value is True}
+    assert len(created) == 12 and {"old1", "old2", "old3"} <= revoked
+    reader = KeyStore(path)
+    for name, key in created.items():
+        if name in revoked:
+            with pytest.raises(Unauthorized):
+                reader.authenticate(key, "EMAIL")
+        else:
+            assert reader.authenticate(key, "EMAIL").name == name
+    assert {e["name"] for e in reader.entries()} == set(created) - revoked
+
+
+def test_a_reader_sees_every_change_at_once(path):
+    """A worker's store sees each change of another process's store on its next call, even
+    changes that follow each other within the file system's timestamp granularity and leave
+    the file the same size."""
+    worker, cli = KeyStore(path), KeyStore(path)
+    cli.create("seed", ["EMAIL"])
+    for _ in range(30):
+        key = cli.create("same", ["EMAIL"])
+        assert worker.authenticate(key, "EMAIL").name == "same"
+        assert cli.revoke("same")
+        with pytest.raises(Unauthorized):
+            worker.authenticate(key, "EMAIL")

@@ -31,6 +31,7 @@ def test_missing_default_file_means_defaults(monkeypatch):
     ("dovecot = 1\n", "[dovecot] must be a table"),
     ("flavour = 'cyrus'\n", "flavour must be"),
     ("port = \n", "not valid TOML"),
+    ("recovery_timeout = 0\n", "recovery_timeout must be a number of seconds above 0, got 0"),
 ])
 def test_bad_settings_name_the_key(tmp_path, text, message):
     path = tmp_path / "c.toml"

@@ -141,13 +141,13 @@ def test_a_long_request_does_not_hold_up_the_others(serving):
 
 def test_a_body_sent_in_pieces_is_read_whole(serving):
     worker, path = serving
-    body = b"a" * 100_000
+    body = b"a" * 60_000
     with connect(path) as s:
         s.sendall(f"POST /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode())
-        for i in range(0, len(body), 30_000):
-            s.sendall(body[i:i + 30_000])
+        for i in range(0, len(body), 20_000):
+            s.sendall(body[i:i + 20_000])
             time.sleep(0.01)
-        assert read_all(s).endswith(b"/b 100000")
+        assert read_all(s).endswith(b"/b 60000")
 
 
 def test_keep_alive_serves_pipelined_requests_in_order(serving):
@@ -185,8 +185,8 @@ def test_a_request_gunicorn_rejects_gets_the_envelope(serving, raw, status, star
     (b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET", 41),
     (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3", 48),       # the parser reads on
     (b"POST / HTTP/1.1\r\nContent-Length: x1\r\n\r\n", 39),                # the parser says 400
-    (f"POST / HTTP/1.1\r\nContent-Length: {BODY_PREREAD_MAX + 1}\r\n\r\n".encode(), 44),
+    (f"POST / HTTP/1.1\r\nContent-Length: {BODY_PREREAD_MAX + 1}\r\n\r\n".encode(), "all"),
     (b"G" * (HEAD_MAX + 1), HEAD_MAX + 1),                                 # the parser says 431
 ])
 def test_request_length(buf, length):
-    assert request_length(buf) == length
+    assert request_length(buf) == (len(buf) if length == "all" else length)

@@ -1,0 +1,117 @@
+"""Where the command line sends an action: this node's daemon over its unix socket (the
+operator's key), or another node of the registry over HTTPS with the key this host holds for it
+(adapters.cluster, exactly as the *OnNode actions forward). Answers stay data: (status, payload).
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from imapd_ctl.adapters.cluster import Cluster
+from imapd_ctl.core import actions
+from imapd_ctl.core.actions import ACTIONS, CONTROLLER
+from imapd_ctl.core.errors import ApiError
+from imapd_ctl.core.settings import Settings
+from imapd_ctl.entry import client
+from imapd_ctl.entry.access import Refusal, USAGE, unreachable
+
+CONTROLLER_BASE = CONTROLLER.rsplit("/", 1)[0]      # /nodeworx/mail
+
+
+def controllers() -> dict[str, str]:
+    """{short name: path} of the controllers the action table serves: `imap` always; the table's
+    CONTROLLERS (a mapping or sequence of paths or short names) when it declares more."""
+    declared: Iterable[Any] = getattr(actions, "CONTROLLERS", None) or (CONTROLLER,)
+    found: dict[str, str] = {}
+    for entry in declared:
+        path = entry if isinstance(entry, str) else str(getattr(entry, "path", entry))
+        if not path.startswith("/"):
+            path = f"{CONTROLLER_BASE}/{path}"
+        found[path.rsplit("/", 1)[-1]] = path
+    return found
+
+
+def has_action(name: str) -> bool:
+    """Whether this build's action table has `name` (queryCapacity lights up status)."""
+    return name in ACTIONS
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One node's answer to one action; `reached` is False when the node itself could not be
+    called (its payload then says why)."""
+    status: int
+    payload: Any
+    reached: bool = True
+
+
+Caller = Callable[[str, dict[str, Any]], Answer]
+
+
+def local(sock: str, key: str, controller: str = CONTROLLER, timeout: float = 120) -> Caller:
+    """Calls to this node's daemon over its unix socket; an unreachable socket is a Refusal
+    (exit code and what to do), since nothing else can be shown without the daemon."""
+    def call(action: str, inputs: dict[str, Any]) -> Answer:
+        try:
+            status, payload = client.call(sock, key, action, inputs, controller=controller,
+                                          timeout=timeout)
+        except OSError as exc:
+            raise unreachable(sock, exc) from None
+        return Answer(status, payload)
+    return call
+
+
+def remote(cluster: Cluster, node_id: str) -> Caller:
+    """Calls to another node of the registry (HTTPS, verified, node_timeout per call). An
+    unknown id is a Refusal listing the known ones."""
+    try:
+        node = cluster.node(node_id)
+    except ApiError as exc:            # NotFound: its message lists the known ids
+        raise Refusal(USAGE, exc.message) from None
+
+    def call(action: str, inputs: dict[str, Any]) -> Answer:
+        status, payload = cluster.call(node, action, inputs)
+        # Cluster.call answers 502 with the reason when the node could not be reached at all.
+        reached = not (status == 502 and isinstance(payload, str) and payload.startswith(f"node {node.id}:"))
+        return Answer(status, payload, reached)
+    return call
+
+
+def call_timeout(settings: Settings) -> float:
+    """How long the command line waits for this node's daemon: the longest an action may
+    rightly take (a change waiting for the lock, its systemd job, the port), and some."""
+    return settings.lock_timeout + settings.job_timeout + settings.listen_timeout + 30
+
+
+def target(settings: Settings, cluster: Cluster, node_id: str | None, *, sock: str, key: str,
+           controller: str = CONTROLLER) -> Caller:
+    """The caller for --node ID (None or this node's id: the local daemon)."""
+    if node_id is None or node_id == settings.node_id:
+        return local(sock, key, controller, timeout=call_timeout(settings))
+    if controller != CONTROLLER:
+        raise Refusal(USAGE, f"--node forwards to the {CONTROLLER} controller only; run the "
+                             f"command on {node_id} itself for {controller}")
+    return remote(cluster, node_id)
+
+
+def fan_out(callers: dict[str, Caller], plan: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Answer]]:
+    """Every (node, action) of the plan at once: {node: {action: Answer}}. Each call has its
+    own timeout (the node's); the whole takes as long as the slowest single call, not the sum.
+    A node that cannot be called at all gives Answers with reached=False and the reason."""
+    jobs = [(node, action, inputs) for node in callers for action, inputs in plan]
+    results: dict[str, dict[str, Answer]] = {node: {} for node in callers}
+
+    def one(job: tuple[str, str, dict[str, Any]]) -> Answer:
+        node, action, inputs = job
+        try:
+            return callers[node](action, inputs)
+        except Refusal as exc:
+            return Answer(exc.code, exc.message, reached=False)
+        except (OSError, ValueError, KeyError) as exc:
+            return Answer(502, f"{type(exc).__name__}: {exc}", reached=False)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(32, len(jobs)))) as pool:
+        for (node, action, _), answer in zip(jobs, pool.map(one, jobs)):
+            results[node][action] = answer
+    return results
