@@ -55,6 +55,18 @@ def request_length(buf: bytes) -> int | None:
     return need if len(buf) >= need else None
 
 
+def whole_request(data: bytes) -> bool:
+    """Is `data` exactly one request, head and body (sized by Content-Length)?"""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or request_length(data) != len(data) or len(data) > HEAD_MAX + BODY_PREREAD_MAX:
+        return False
+    head = data[:end]
+    if _header(head, b"transfer-encoding") is not None or _header(head, b"expect") is not None:
+        return False
+    length = _header(head, b"content-length")
+    return length is None or (length.isdigit() and end + 4 + int(length) == len(data))
+
+
 class Conn:
     """A connection: its socket (TLS-wrapped for TCP when configured), what has arrived and
     by when the whole request must be there."""
@@ -72,7 +84,7 @@ class Conn:
         self.buf = b""
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
-        self.served = 0
+        self.served = 0          # requests answered on this connection
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -80,6 +92,7 @@ class Conn:
     def rearm(self, leftover: bytes) -> None:
         """After a kept-alive response: wait for the next request under a fresh deadline."""
         self.buf = leftover
+        self.served += 1
         self.deadline = time.monotonic() + self.timeout
         self.sock.setblocking(False)
 
@@ -106,10 +119,11 @@ class Conn:
             return WANT_READ
         return READY if self.buf and request_length(self.buf) is not None else WANT_READ
 
-    def take_request(self) -> tuple[bytes, bytes]:
-        """(the first request's bytes, what follows them)."""
+    def take_request(self) -> tuple[bytes, bytes, bool]:
+        """(the first request's bytes, what follows them, whether those bytes are the whole
+        request: only then may the connection be kept alive after it)."""
         n = request_length(self.buf) or len(self.buf)
-        return self.buf[:n], self.buf[n:]
+        return self.buf[:n], self.buf[n:], whole_request(self.buf[:n])
 
     def close(self) -> None:
         try:

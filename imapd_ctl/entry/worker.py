@@ -160,8 +160,8 @@ class Worker(BaseWorker):
 
     def _submit(self, conn: Conn) -> None:
         self.busy += 1
-        data, rest = conn.take_request()
-        self.pool.submit(self._serve, conn, data, rest)
+        data, rest, whole = conn.take_request()
+        self.pool.submit(self._serve, conn, data, rest if whole else None)
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -201,33 +201,43 @@ class Worker(BaseWorker):
             self.sel.register(conn.sock, selectors.EVENT_READ, ("conn", conn))
 
     def _drain(self) -> None:
-        """Stopping: no new connections; running requests finish (gunicorn's graceful_timeout,
-        derived from the action timeouts, bounds this)."""
-        for conn in list(self.waiting):
-            self._close(conn)
+        """Stopping: no new connections; those accepted are still served (a client that
+        connected just before the stop gets its answer), idle kept-alive ones are closed, and
+        running requests finish (gunicorn's graceful_timeout, derived from the action
+        timeouts, bounds this)."""
         for listener in self.sockets:
             self.sel.unregister(listener)
-        while self.busy > 0:
+        for conn in list(self.waiting):
+            if conn.served and not conn.buf:
+                self._close(conn)
+        while self.busy > 0 or self.waiting:
             self.notify()     # still alive: a long action is finishing
-            for _ in self.sel.select(TICK):
-                self._finished()
+            for key, _ in self.sel.select(self._next_timeout()):
+                kind, obj = key.data
+                if kind == "wake":
+                    self._finished()
+                elif kind == "conn":
+                    self._progress(obj)
+            self._expire()
         self.pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------ one request (a thread)
-    def _serve(self, conn: Conn, data: bytes, rest: bytes) -> None:
+    def _serve(self, conn: Conn, data: bytes, rest: bytes | None) -> None:
+        """`rest`: the bytes after this request, or None if it did not all arrive in the loop
+        (chunked, refused unread for its size...): then the connection is not kept."""
         keep = False
         try:
-            keep = self._handle(conn, data)
+            keep = self._handle(conn, data, rest is not None)
         except Exception:   # noqa: BLE001 - never lose the completion
             self.log.exception("unexpected error serving a connection")
         finally:
-            self.done.put((conn, keep, rest))
+            self.done.put((conn, keep, rest or b""))
             try:
                 os.write(self.waker_w, b"\0")
             except BlockingIOError:
                 pass   # the pipe is full: the loop is being woken anyway
 
-    def _handle(self, conn: Conn, data: bytes) -> bool:
+    def _handle(self, conn: Conn, data: bytes, whole: bool) -> bool:
         cfg: Any = _PlainConfig(self.cfg) if conn.unix and self.cfg.is_ssl else self.cfg
         conn.sock.setblocking(True)
         conn.sock.settimeout(SEND_TIMEOUT)
@@ -236,7 +246,7 @@ class Worker(BaseWorker):
         try:
             parser = http.RequestParser(cfg, source, conn.client)
             req = next(parser)
-            return self._respond(req, conn, cfg) and source.exhausted
+            return self._respond(req, conn, cfg, whole) and source.exhausted
         except (StopIteration, NoMoreData):
             return False
         except (OSError, ssl.SSLError) as exc:
@@ -246,12 +256,12 @@ class Worker(BaseWorker):
             self.handle_error(req, conn.sock, conn.client, exc)
             return False
 
-    def _respond(self, req: Any, conn: Conn, cfg: Any) -> bool:
+    def _respond(self, req: Any, conn: Conn, cfg: Any, whole: bool) -> bool:
         started = datetime.now()
         resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, cfg)
         environ["wsgi.multithread"] = True
-        if not self.alive or not self.cfg.keepalive:
-            resp.force_close()
+        if not whole or not self.alive or not self.cfg.keepalive:
+            resp.force_close()     # never drain a body the loop did not read whole
         app: Any = self.wsgi
         body = app(environ, resp.start_response)
         try:
@@ -264,5 +274,5 @@ class Worker(BaseWorker):
                 body.close()
         if resp.should_close():
             return False
-        req.body.read()    # what the app left unread is already here (prebuffered)
+        req.body.read()    # what the app left unread: in the prebuffer (whole requests only)
         return True

@@ -158,6 +158,26 @@ def test_keep_alive_serves_pipelined_requests_in_order(serving):
     assert data.index(b"/one 0") < data.index(b"/two 0")
 
 
+def test_a_request_not_read_whole_in_the_loop_closes_its_connection(serving):
+    worker, path = serving
+    with connect(path) as s:     # chunked: the thread reads the body; nothing is drained after
+        s.sendall(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                  b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = read_all(s)       # EOF: the server closed it after the first reply
+    assert b"/c 3" in data and b"Connection: close" in data and b"/next" not in data
+
+
+def test_a_stopping_worker_still_answers_a_connection_it_accepted(serving):
+    worker, path = serving
+    with connect(path) as s:
+        s.sendall(b"GET /late HTTP/1.1\r\nHost: x")
+        time.sleep(0.1)          # accepted, head not complete
+        worker.alive = False     # SIGTERM
+        time.sleep(0.1)
+        s.sendall(b"\r\nConnection: close\r\n\r\n")
+        assert read_all(s).endswith(b"/late 0")
+
+
 @pytest.mark.parametrize("raw, status, start", [
     (b"GARBAGE\r\n\r\n", 400, "Bad Request: Invalid Request Line '"),
     (b"GET / HTTP/1.1\r\nbad name: x\r\n\r\n", 400, "Bad Request: "),
