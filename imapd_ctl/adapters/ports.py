@@ -24,6 +24,7 @@ import psutil
 
 _LISTEN = "0A"                       # TCP_LISTEN in /proc/net/tcp's st column
 _TCP_LISTEN = 10
+_TCP_ESTABLISHED, _TCP_CLOSE_WAIT = 1, 8
 _NETLINK_SOCK_DIAG = 4
 _SOCK_DIAG_BY_FAMILY = 20
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
@@ -44,12 +45,18 @@ def listening_inodes(pid: int, port: int) -> set[int]:
 def _diag_listening(port: int) -> set[int]:
     """Ask the kernel (NETLINK_SOCK_DIAG, as `ss` does) for LISTEN sockets only; it walks
     just the listening hash, not every connection."""
-    inodes = set()
+    return set(_diag_inodes(port, 1 << _TCP_LISTEN))
+
+
+def _diag_inodes(port: int, states: int) -> list[int]:
+    """The inodes of the TCP sockets in `states` (a bit mask of TCP states) whose local port
+    is `port`; 0 for a socket no process has accepted yet."""
+    inodes = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG) as nl:
         nl.settimeout(2)
         for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
             # inet_diag_req_v2: family, protocol, ext, pad, states; then a zeroed sockid (48 bytes)
-            req = struct.pack("=BBBxI", family, socket.IPPROTO_TCP, 0, 1 << _TCP_LISTEN) + bytes(48)
+            req = struct.pack("=BBBxI", family, socket.IPPROTO_TCP, 0, states) + bytes(48)
             nl.send(struct.pack("=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY,
                                 _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0) + req)
             done = False
@@ -67,9 +74,18 @@ def _diag_listening(port: int) -> set[int]:
                     # inet_diag_msg: 4 bytes, sockid (sport big-endian first), ..., inode at +68
                     sport = struct.unpack_from("!H", data, body + 4)[0]
                     if sport == port:
-                        inodes.add(struct.unpack_from("=I", data, body + 68)[0])
+                        inodes.append(struct.unpack_from("=I", data, body + 68)[0])
                     offset += (length + 3) & ~3
     return inodes
+
+
+def connections(port: int) -> tuple[int, int]:
+    """(accepted, queued): the connections to local `port` that a process holds, and those the
+    kernel completed that nobody has accepted yet (a server at its limit stops accepting).
+    Established or closed by the peer but still held (CLOSE_WAIT); in this network namespace."""
+    inodes = _diag_inodes(port, (1 << _TCP_ESTABLISHED) | (1 << _TCP_CLOSE_WAIT))
+    queued = inodes.count(0)
+    return len(inodes) - queued, queued
 
 
 def _proc_listening(pid: int, port: int) -> set[int]:

@@ -14,6 +14,7 @@ from imapd_ctl.core.errors import BadInput, NotFound
 
 CONTROLLER = "/nodeworx/mail/imap"
 PERMISSION = "EMAIL"
+METRICS_PERMISSION = "METRICS"    # reads /metrics when metrics_access = "key"
 
 # Byte sizes: at least 1 MiB (Dovecot refuses a smaller vsz_limit), at most 1 TiB.
 # Above 2**31-1 an XML-RPC client must send the number as a string (i4 limit).
@@ -191,6 +192,8 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
            "imapd-ctl 0.1", extension=True),
     Action("queryStartOnBoot", "Current value of startOnBoot's input (imapd-ctl extension).",
            "imapd-ctl 0.1", extension=True),
+    Action("queryCapacity", "Per port: connections in use, the limit in force and the headroom, with "
+           "the server's own saturation signals (imapd-ctl extension).", "imapd-ctl 0.1", extension=True),
 )}
 
 

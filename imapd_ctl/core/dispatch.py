@@ -4,13 +4,15 @@ cannot be written), run, audit the result -- in that order, so a caller
 without a valid key learns nothing about controllers, actions or inputs."""
 from __future__ import annotations
 
+import ipaddress
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from imapd_ctl.core.actions import CONTROLLER, PERMISSION, Action, brief, lookup
-from imapd_ctl.core.errors import ApiError, BadInput, MethodNotAllowed, NotFound
-from imapd_ctl.core.protocols import Audit, KeyStore
+from imapd_ctl.core.actions import CONTROLLER, METRICS_PERMISSION, PERMISSION, Action, brief, lookup
+from imapd_ctl.core.errors import ApiError, BadInput, Forbidden, MethodNotAllowed, NotFound
+from imapd_ctl.core.protocols import Audit, KeyStore, Telemetry, Untold
 from imapd_ctl.core.request import Request, Result
 
 log = logging.getLogger(__name__)
@@ -40,11 +42,13 @@ class Context:
     runner: Runner
     render: Callable[[Any], Any] = _as_is
     describe: Callable[[ApiError], Any] = _message
+    telemetry: Telemetry = Untold()    # counts each known action by status, with its duration
 
 
 def dispatch(request: Request, ctx: Context) -> Result:
     """The Result of one request; never raises (an unexpected error is a 500 and a traceback
     in the log, and the worker lives on)."""
+    started = time.monotonic()
     who = "-"
     action: Action | None = None
     values: dict[str, Any] = {}
@@ -73,4 +77,27 @@ def dispatch(request: Request, ctx: Context) -> Result:
     if action is not None and action.mutating:
         ctx.audit.record(who=who, peer=request.peer, transport=request.transport, action=action.name,
                          inputs=values, status=result.status, payload=result.payload)
+    if action is not None:
+        ctx.telemetry.action(action.name, result.status, time.monotonic() - started)
     return result
+
+
+def _is_local(peer: str) -> bool:
+    if peer == "unix-socket":
+        return True
+    try:
+        return ipaddress.ip_address(peer).is_loopback
+    except ValueError:
+        return False
+
+
+def check_metrics_reader(ctx: Context, access: str, read_key: Callable[[], str | None], peer: str) -> None:
+    """Raise unless this caller may read /metrics (settings.metrics_access): "local" = the unix
+    socket or a loopback peer, "key" = a key with the METRICS permission, "off" = nobody."""
+    if access == "off":
+        raise NotFound('/metrics is off on this daemon (metrics_access = "off")')
+    if access == "key":
+        ctx.keys.authenticate(read_key(), METRICS_PERMISSION)
+    elif not _is_local(peer):
+        raise Forbidden(f'/metrics is readable from this host only (metrics_access = "local"); '
+                        f"{peer} is not a loopback address")

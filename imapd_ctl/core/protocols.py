@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
+from imapd_ctl.core.capacity import Pool
+
 Values = dict[str, int]              # the four update inputs by name (actions.UPDATE_FIELDS)
 Files = dict[str, "bytes | None"]    # path -> contents (None: the file should not exist)
 
@@ -22,7 +24,7 @@ class UnitState:
     main_pid: int
     unit_file_state: str   # enabled | disabled | static | ...
     result: str            # the service's last result: success | exit-code | ...
-    n_restarts: int = 0    # automatic restarts by systemd since the unit was last started by hand
+    n_restarts: int = 0    # NRestarts: automatic restarts since the last manual start
 
     @property
     def active(self) -> bool:
@@ -103,6 +105,11 @@ class Flavour(Protocol):
         """The flavour's lines of `imapd-ctl check` (config dir writable, validator present)."""
         ...
 
+    def pools(self, systemd: Systemd) -> tuple[Pool, ...]:
+        """The server's own process pools as it reports them (queryCapacity, /metrics); with the
+        configured limits for units that are not running."""
+        ...
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -114,6 +121,32 @@ class KeyStore(Protocol):
     def authenticate(self, secret: Any, required: str) -> Principal:
         """Who is calling, or raise Unauthorized (no/unknown key) or Forbidden."""
         ...
+
+
+class Telemetry(Protocol):
+    """What the daemon counts for /metrics (adapters.metrics); every method is cheap and never
+    raises. The no-op `Untold` stands in where nothing is counted (the CLI, tests)."""
+
+    def action(self, name: str, status: int, seconds: float) -> None: ...
+    def change(self, outcome: str) -> None: ...          # "applied" | "rolled_back"
+    def lock_wait(self, seconds: float, acquired: bool) -> None: ...
+    def bus_reconnect(self) -> None: ...
+
+
+class Untold:
+    """Telemetry that counts nothing."""
+
+    def action(self, name: str, status: int, seconds: float) -> None:
+        pass
+
+    def change(self, outcome: str) -> None:
+        pass
+
+    def lock_wait(self, seconds: float, acquired: bool) -> None:
+        pass
+
+    def bus_reconnect(self) -> None:
+        pass
 
 
 class Audit(Protocol):

@@ -13,6 +13,7 @@ from typing import Any
 
 DEFAULT_PATH = "/etc/imapd-ctl/imapd-ctl.toml"
 FLAVOURS = ("auto", "dovecot", "courier")
+METRICS_ACCESS = ("local", "key", "off")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,11 @@ class Settings:
     # Other nodes of the cluster: [[nodes]] tables with id, url (https://...), key, ca.
     nodes: list[Node] = field(default_factory=list)
     node_timeout: float = 30.0     # seconds for one node's answer (forwarding, cascades)
+    # Who may read /metrics: "local" (the unix socket and loopback TCP peers, no key), "key"
+    # (a key holding the METRICS permission, from any listener), "off" (404).
+    metrics_access: str = "local"
+    # The private directory where each process of the daemon keeps its counts (emptied at start).
+    metrics_dir: str = "/run/imapd-ctl/metrics"
     dovecot: DovecotSettings = field(default_factory=DovecotSettings)
     courier: CourierSettings = field(default_factory=CourierSettings)
     source: str = "(built-in defaults)"
@@ -116,6 +122,9 @@ def load(path: str | None = None) -> Settings:
         raise ValueError(f"{path}: flavour must be one of {', '.join(FLAVOURS)}, got {settings.flavour!r}")
     if settings.recovery_timeout <= 0:
         raise ValueError(f"{path}: recovery_timeout must be a number of seconds above 0, got {settings.recovery_timeout:g}")
+    if settings.metrics_access not in METRICS_ACCESS:
+        raise ValueError(f"{path}: metrics_access must be one of {', '.join(METRICS_ACCESS)}, "
+                         f"got {settings.metrics_access!r}")
     nodes = settings.nodes    # still the raw [[nodes]] tables of the file
     settings.nodes = [_node(entry, f"{path} [[nodes]] #{i + 1}") for i, entry in enumerate(nodes)]
     settings.source = path

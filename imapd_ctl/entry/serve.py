@@ -29,7 +29,9 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from imapd_ctl.adapters import metrics
 from imapd_ctl.core.settings import Settings
+from imapd_ctl.entry import worker
 from imapd_ctl.entry.recovery import recover_in_child
 
 log = logging.getLogger(__name__)
@@ -37,16 +39,6 @@ log = logging.getLogger(__name__)
 SD_LISTEN_FDS_START = 3
 EX_CONFIG = 78          # sysexits.h; the unit has RestartPreventExitStatus=78
 BACKLOG = 2048          # gunicorn's default
-THREADS = 32            # requests running at once per worker process (reads take microseconds)
-CONNECTIONS = 4096      # open connections per worker process (idle ones are cut after CLIENT_TIMEOUT)
-CLIENT_TIMEOUT = 10     # seconds a client has to send a whole request (TLS handshake included)
-HEARTBEAT_TIMEOUT = 30  # seconds gunicorn waits for a worker's event loop before killing it
-
-
-def longest_action(s: Settings) -> int:
-    """Seconds the longest action may take: the change lock, then a job (a reload in a change,
-    or a restart, or an undo after a failed one: two), then the port."""
-    return int(s.lock_timeout + 2 * (s.job_timeout + s.listen_timeout))
 
 
 def _host_of(bind: str) -> str:
@@ -219,18 +211,9 @@ class _Gunicorn(BaseApplication):
         options = {
             "bind": self.binds,
             "workers": s.workers,
-            # One event loop reading requests, a pool of threads running them (entry.worker;
-            # README "Serving model"). TLS is used on TCP only.
-            "worker_class": "imapd_ctl.entry.worker.Worker",
-            "threads": THREADS,
-            "worker_connections": CONNECTIONS,
-            "keepalive": int(CLIENT_TIMEOUT),
-            # The loop reports to the arbiter whatever the threads do: this only catches a
-            # stuck loop, never a long action.
-            "timeout": HEARTBEAT_TIMEOUT,
-            # A stop or reload lets running actions finish: the longest is a change that
-            # waited for the lock, then for a job and the port.
-            "graceful_timeout": longest_action(s) + 10,
+            # One event loop reading requests, a pool of threads running them (README
+            # "Serving model"); the timeouts derived from the action timeouts.
+            **worker.options(s),
             "umask": 0o117,          # the unix socket is rw for root and the socket's group only
             "errorlog": "-",
             "loglevel": "info",
@@ -240,8 +223,6 @@ class _Gunicorn(BaseApplication):
         }
         if s.tls_cert and s.tls_key:
             options.update(certfile=s.tls_cert, keyfile=s.tls_key)
-        from imapd_ctl.entry.worker import Worker
-        Worker.client_timeout = float(CLIENT_TIMEOUT)
         for key, value in options.items():
             if key in self.cfg.settings:  # older gunicorn (e.g. Debian's) lacks some settings
                 self.cfg.set(key, value)
@@ -252,7 +233,9 @@ class _Gunicorn(BaseApplication):
         from imapd_ctl.transports.app import create_app
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="[%(process)d] %(levelname)s %(name)s: %(message)s")
-        return create_app(wiring.build(self.settings, unfinished_recovery=self.unfinished_recovery).context())
+        services = wiring.build(self.settings, unfinished_recovery=self.unfinished_recovery)
+        return create_app(services.context(), scrape=services.scrape,
+                          metrics_access=self.settings.metrics_access)
 
 
 def run(settings: Settings) -> None:
@@ -271,6 +254,15 @@ def run(settings: Settings) -> None:
               " (under the packaged unit only /run/imapd-ctl, /var/lib/imapd-ctl and "
               "/var/log/imapd-ctl are writable: see ReadWritePaths=)", file=sys.stderr)
         raise SystemExit(EX_CONFIG) from None
+    # Every process (the recovery child, each worker) counts in the private metrics directory,
+    # emptied here: a scrape adds up the counts since this start (adapters.metrics).
+    try:
+        metrics.prepare_directory(settings.metrics_dir)
+    except OSError as exc:
+        print(f"imapd-ctl: cannot prepare metrics_dir {settings.metrics_dir}: "
+              f"{os.strerror(exc.errno or errno.EIO)}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
+    metrics.use_multiprocess(settings.metrics_dir)
     inherited = inherited_sockets()
     if inherited:
         try:

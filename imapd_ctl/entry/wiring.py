@@ -7,6 +7,7 @@ D-Bus connection (workers forked from it would hang on it).
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from imapd_ctl.adapters.journal import Journal
 from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.adapters.flavours import detect
 from imapd_ctl.adapters.keys import KeyStore
+from imapd_ctl.adapters.metrics import CONTENT_TYPE, ENV, Metrics
 from imapd_ctl.adapters.systemd import Systemd as DBusSystemd
 from imapd_ctl.core.actions import Action
 from imapd_ctl.core.dispatch import Context, Runner
@@ -61,6 +63,7 @@ class Services:
     keys: KeyStore
     audit: Audit
     controller: Controller
+    metrics: Metrics
 
     @property
     def flavour(self) -> Flavour:
@@ -73,7 +76,11 @@ class Services:
         if isinstance(self.audit, AuditLog):
             self.audit.open()
         return Context(keys=self.keys, audit=self.audit, runner=Admission(self.controller),
-                       render=prose.render, describe=prose.payload_of)
+                       render=prose.render, describe=prose.payload_of, telemetry=self.metrics)
+
+    def scrape(self) -> tuple[bytes, str]:
+        """The text of /metrics: the counts of every process and the server's state now."""
+        return self.metrics.exposition(self.controller.query_capacity), CONTENT_TYPE
 
 
 def build(settings: Settings, *, systemd: Systemd | None = None, flavour: Flavour | None = None,
@@ -82,8 +89,10 @@ def build(settings: Settings, *, systemd: Systemd | None = None, flavour: Flavou
     """The graph for `settings`; tests pass fakes for the parts that reach the host.
     `unfinished_recovery`: why serve's recovery at start did not finish (changes are refused
     while its journal is pending)."""
+    # Counted in the multiprocess directory when `serve` set one up (metrics.use_multiprocess).
+    metrics = Metrics(os.environ.get(ENV) or None)
     bus: Systemd = systemd if systemd is not None else \
-        DBusSystemd(job_timeout=settings.job_timeout)
+        DBusSystemd(job_timeout=settings.job_timeout, on_reconnect=metrics.bus_reconnect)
     lock = TransactionLock(settings.lock_path)
     journal = Journal(settings.state_dir)
     cluster = Cluster(settings.node_id, settings.nodes, settings.node_timeout)
@@ -92,9 +101,9 @@ def build(settings: Settings, *, systemd: Systemd | None = None, flavour: Flavou
         return detect(settings, bus)
 
     controller = Controller(settings, bus, flavour, detect=detect_flavour,
-                            lock=lock, journal=journal, cluster=cluster,
+                            lock=lock, journal=journal, cluster=cluster, telemetry=metrics,
                             unfinished_recovery=unfinished_recovery)
     return Services(settings=settings, systemd=bus, lock=lock, journal=journal, cluster=cluster,
                     keys=keys if keys is not None else KeyStore(settings.keys_path),
                     audit=audit if audit is not None else AuditLog(settings.audit_log),
-                    controller=controller)
+                    controller=controller, metrics=metrics)

@@ -34,10 +34,24 @@ from gunicorn.http import wsgi
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.base import Worker as BaseWorker
 
+from imapd_ctl.core.settings import Settings
 from imapd_ctl.entry.conn import CLOSE, READY, WANT_WRITE, Conn, Prebuffered
 
 TICK = 1.0            # the loop wakes at least this often (heartbeat, deadlines)
 SEND_TIMEOUT = 30.0   # a client that does not read its reply is dropped after this
+THREADS = 32          # requests running at once per worker process (reads take microseconds)
+CONNECTIONS = 4096    # open connections per worker process (unfinished ones cut after CLIENT_TIMEOUT)
+CLIENT_TIMEOUT = 10   # seconds a client has to send a whole request (TLS handshake included)
+HEARTBEAT = 30        # seconds gunicorn waits for a worker's loop before killing it (never an action)
+
+
+def options(s: Settings) -> dict[str, Any]:
+    """gunicorn's settings for this worker. A stop or reload lets running actions finish: the
+    longest is a change that waited for the lock, then a job (and the undo's) with the port."""
+    longest = s.lock_timeout + 2 * (s.job_timeout + s.listen_timeout)
+    return {"worker_class": "imapd_ctl.entry.worker.Worker", "threads": THREADS,
+            "worker_connections": CONNECTIONS, "keepalive": CLIENT_TIMEOUT,
+            "timeout": HEARTBEAT, "graceful_timeout": int(longest) + 10}
 
 
 def _write_envelope(sock: Any, status_int: int | str, reason: str, mesg: str) -> None:
@@ -65,7 +79,7 @@ def raise_fd_limit() -> None:
 
 
 class Worker(BaseWorker):
-    client_timeout = 10.0   # set from the settings by entry.serve
+    client_timeout = float(CLIENT_TIMEOUT)
 
     def init_process(self) -> None:
         self.prepare()

@@ -3,20 +3,23 @@ name in HANDLERS below, and taking the action's inputs as named parameters. The 
 never call these directly but go through core.dispatch (auth, validation, audit)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from imapd_ctl.adapters import ports
-from imapd_ctl.operations.outcomes import ChangeOutcome, Recovery
+from imapd_ctl.operations import capacity
+from imapd_ctl.operations.outcomes import ChangeFailed, ChangeOutcome, Recovery
 from imapd_ctl.core.waiting import wait_until
 from imapd_ctl.adapters.cluster import Cluster
 from imapd_ctl.adapters.journal import Journal
 from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.core.actions import ACTIONS, CONTROLLER, PERMISSION, Action
 from imapd_ctl.core.errors import ActionFailed, ApiError, ChangesRefused, NodeFailed, Relayed
-from imapd_ctl.core.protocols import Flavour, Systemd
+from imapd_ctl.core.capacity import Capacity
+from imapd_ctl.core.protocols import Flavour, Systemd, Telemetry, Untold
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.operations import transaction
 
@@ -38,7 +41,8 @@ class Controller:
 
     def __init__(self, settings: Settings, systemd: Systemd, flavour: Flavour | None = None, *,
                  detect: Callable[[], Flavour] | None = None, lock: TransactionLock,
-                 journal: Journal, cluster: Cluster, unfinished_recovery: str | None = None):
+                 journal: Journal, cluster: Cluster, telemetry: Telemetry = Untold(),
+                 unfinished_recovery: str | None = None):
         if flavour is None and detect is None:
             raise TypeError("Controller needs a flavour or a way to detect it")
         self.settings = settings
@@ -49,6 +53,7 @@ class Controller:
         self.journal = journal
         self.cluster = cluster
         self.unfinished_recovery = unfinished_recovery
+        self.telemetry = telemetry
 
     @property
     def flavour(self) -> Flavour:
@@ -98,10 +103,10 @@ class Controller:
         self._refuse_while_unrecovered(action)
         # Every change, service control included, holds the one lock across all workers, so
         # a restart cannot land in the middle of an update's reload-and-verify.
-        with self.lock.hold(timeout=self.settings.lock_timeout):
+        with self._locked():
             # A worker killed mid-change leaves a journal; whoever takes the lock next
             # finishes or undoes it before doing anything else.
-            transaction.recover(self.flavour, self.systemd, self.journal)
+            self._count_recovery(transaction.recover(self.flavour, self.systemd, self.journal))
             return handler(self, **inputs)
 
     def _refuse_while_unrecovered(self, action: Action) -> None:
@@ -111,6 +116,26 @@ class Controller:
                 f"{action.name} refused: {self.unfinished_recovery} (change {entry.txn_id}, "
                 f"{entry.action}, interrupted at step '{entry.step}'). Changes are refused until "
                 "`imapd-ctl recover` has finished it; read-only actions still answer")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The change lock; how long it was waited for is told to telemetry (acquired, or
+        given up: Busy)."""
+        started, acquired = time.monotonic(), False
+        try:
+            with self.lock.hold(timeout=self.settings.lock_timeout):
+                acquired = True
+                self.telemetry.lock_wait(time.monotonic() - started, acquired=True)
+                yield
+        except Exception:
+            if not acquired:
+                self.telemetry.lock_wait(time.monotonic() - started, acquired=False)
+            raise
+
+    def _count_recovery(self, done: Recovery | None) -> Recovery | None:
+        if done is not None and done.rollback is not None:
+            self.telemetry.change("rolled_back")
+        return done
 
     # -- read-only -------------------------------------------------------------------
     def is_running(self) -> bool:
@@ -146,6 +171,10 @@ class Controller:
 
     def query_update(self) -> dict[str, int]:
         return self.flavour.current_values()
+
+    def query_capacity(self) -> Capacity:
+        """The typed reading (prose.render makes the reply's payload of it)."""
+        return capacity.read(self.flavour, self.systemd)
 
     def query_start_on_boot(self) -> dict[str, int]:
         state = self.systemd.unit(self.flavour.primary_unit).unit_file_state
@@ -195,15 +224,22 @@ class Controller:
         requested = {"imap_mem_limit": imap_mem_limit, "imap_max_connections": imap_max_connections,
                      "imap_secure_mem_limit": imap_secure_mem_limit,
                      "imap_secure_max_connections": imap_secure_max_connections}
-        outcome = transaction.change(self.flavour, requested, systemd=self.systemd,
-                                     journal=self.journal, dry_run=bool(dry_run))
+        try:
+            outcome = transaction.change(self.flavour, requested, systemd=self.systemd,
+                                         journal=self.journal, dry_run=bool(dry_run))
+        except ChangeFailed as exc:
+            if not exc.rollback.journal_kept:   # else the recovery that finishes it counts it
+                self.telemetry.change("rolled_back")
+            raise
+        if outcome.changed and not dry_run:
+            self.telemetry.change("applied")
         return outcome.diff if dry_run else outcome
 
     # -- not an action: finishing a change a crash interrupted (serve, `imapd-ctl recover`) --
     def recover(self) -> Recovery | None:
         """What recovery did (prose renders it), or None if nothing was pending."""
-        with self.lock.hold(timeout=self.settings.lock_timeout):
-            return transaction.recover(self.flavour, self.systemd, self.journal)
+        with self._locked():
+            return self._count_recovery(transaction.recover(self.flavour, self.systemd, self.journal))
 
 
 # Dovecot keeps serving while it reloads (an update's reload may take a while).
@@ -228,4 +264,5 @@ HANDLERS: dict[str, Callable[..., Any]] = {
     "update": Controller.update,
     "queryUpdate": Controller.query_update,
     "queryStartOnBoot": Controller.query_start_on_boot,
+    "queryCapacity": Controller.query_capacity,
 }

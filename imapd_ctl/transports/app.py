@@ -5,20 +5,27 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Callable
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import NotFound as NoRoute
 
 from imapd_ctl.core.actions import CONTROLLER
-from imapd_ctl.core.dispatch import Context, dispatch
+from imapd_ctl.core.errors import ApiError, NotFound
+from imapd_ctl.core.dispatch import Context, check_metrics_reader, dispatch
 from imapd_ctl.core.request import Request, Result
 from imapd_ctl.transports import http, openapi, xmlrpc
 from imapd_ctl.transports.body import bounded
 from imapd_ctl.transports.http import MAX_BODY, envelope
 
 
-def create_app(ctx: Context) -> Flask:
-    """The app for one object graph's dispatch context (entry.wiring.Services.context())."""
+Scrape = Callable[[], "tuple[bytes, str]"]   # /metrics: the body and its content type
+
+
+def create_app(ctx: Context, *, scrape: Scrape | None = None, metrics_access: str = "local") -> Flask:
+    """The app for one object graph's dispatch context (entry.wiring.Services.context());
+    `scrape` makes the text of /metrics, which `metrics_access` says who may read."""
     app = Flask("imapd_ctl")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     # Every body passes the limit below Flask, for all transports (transports.body).
@@ -35,7 +42,7 @@ def create_app(ctx: Context) -> Flask:
     @app.before_request
     def no_empty_segments() -> None:
         if "//" in request.environ.get("PATH_INFO", ""):
-            raise NotFound("the path has an empty segment (//)")
+            raise NoRoute("the path has an empty segment (//)")
 
     # No automatic OPTIONS: its empty 200 would be the one reply without the envelope.
     @app.route(f"{CONTROLLER}/<action>", methods=["GET", "POST"], provide_automatic_options=False)
@@ -54,6 +61,18 @@ def create_app(ctx: Context) -> Flask:
     @app.get("/openapi.json", provide_automatic_options=False)
     def openapi_route() -> Response:
         return Response(json.dumps(openapi.document(), indent=1), mimetype="application/json")
+
+    @app.get("/metrics", provide_automatic_options=False)
+    def metrics_route() -> Response:
+        try:
+            if scrape is None:
+                raise NotFound("/metrics is not served by this app")
+            check_metrics_reader(ctx, metrics_access, http.bearer, http.peer())
+        except ApiError as exc:
+            return envelope(exc.status, ctx.describe(exc))
+        assert scrape is not None
+        body, content_type = scrape()
+        return Response(body, content_type=content_type)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

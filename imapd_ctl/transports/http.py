@@ -26,7 +26,7 @@ def peer() -> str:
     return request.remote_addr or "unix-socket"
 
 
-def _bearer() -> str | None:
+def bearer() -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     return key.strip() if scheme.lower() == "bearer" and key.strip() else None
@@ -90,7 +90,7 @@ def handle(action: str, dispatch: Callable[[Request], Result]) -> Response:
     """The current Flask request to `action` -> Request -> dispatch -> the envelope. The
     inputs are read when dispatch asks, after authentication: bad encoding is reported only
     to a caller with a valid key, like any input error."""
-    req = Request(transport="http", peer=peer(), action=action, read_key=_bearer, read_inputs=_inputs,
+    req = Request(transport="http", peer=peer(), action=action, read_key=bearer, read_inputs=_inputs,
                   method="GET" if request.method == "HEAD" else request.method)
     result = dispatch(req)
     return envelope(result.status, result.payload)

@@ -9,8 +9,11 @@ dicts, e.g. a cascade's per-node outcomes) into their text.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from imapd_ctl.core import capacity as cap
+from imapd_ctl.core.capacity import Capacity, PortLoad, Signal
 from imapd_ctl.core.errors import ApiError
 from imapd_ctl.core.protocols import Applied
 from imapd_ctl.operations.outcomes import (
@@ -82,6 +85,57 @@ def outcome(done: ChangeOutcome) -> str:
     return f"IMAP4 server settings updated ({', '.join(done.files)}); {applied(done.applied, done.flavour)}"
 
 
+# -- queryCapacity: the typed reading (core.capacity) as JSON values, a summary and each signal
+
+_SIGNALS = {
+    cap.FULL: "{subject} runs at its process limit ({value} processes)",
+    cap.DROPPED: "{subject} dropped connections recently (its last warning at unix time {value})",
+    cap.FAILING: "{subject} has failing processes ({value} in the last second) or is throttled",
+    cap.PENDING: "{subject} has connections waiting with no process to accept them",
+    cap.QUEUED: "port {subject} has {value} connections waiting to be accepted",
+    cap.RESTARTED: "{subject} was restarted automatically {value} times since its last manual start",
+    cap.FAILED: "{subject} did not end its last run in success",
+    cap.DOWN: "port {subject} is not served",
+}
+
+
+def capacity_signal(found: Signal) -> str:
+    return _SIGNALS[found.code].format(subject=found.subject, value=found.value)
+
+
+def capacity_port(load: PortLoad) -> str:
+    if not load.up:
+        return f"{load.port}: not served"
+    limit = "no limit" if load.limit is None else f"limit {load.limit}"
+    shared = f", shared with {', '.join(map(str, load.shared_with))}" if load.shared_with else ""
+    free = "" if load.headroom is None else f", {load.headroom} free"
+    return f"{load.port}: {load.in_use} in use ({limit}{shared}{free})"
+
+
+def capacity(done: Capacity) -> str:
+    text = "; ".join(capacity_port(p) for p in done.ports)
+    if done.signals:
+        text += "; saturation: " + "; ".join(capacity_signal(s) for s in done.signals)
+    return text
+
+
+def capacity_payload(done: Capacity) -> dict[str, Any]:
+    """Plain JSON values (XML-RPC carries them too: every figure fits in an i4; an unlimited
+    limit is null)."""
+    return {
+        "flavour": done.flavour,
+        "ports": [{**dataclasses.asdict(p), "shared_with": list(p.shared_with), "headroom": p.headroom}
+                  for p in done.ports],
+        "pools": [{**dataclasses.asdict(p), "ports": list(p.ports), "capacity": p.capacity}
+                  for p in done.pools],
+        "units": [dataclasses.asdict(u) for u in done.units],
+        "saturated": done.saturated,
+        "signals": [{**dataclasses.asdict(s), "text": capacity_signal(s)} for s in done.signals],
+        "summary": capacity(done),
+        "checked_at": done.checked_at,
+    }
+
+
 def message(exc: BaseException) -> str:
     """An error's text (the payload of its reply unless it carries a structured one)."""
     if isinstance(exc, ChangeFailed):
@@ -108,6 +162,8 @@ def text(obj: object) -> str:
         return applied(obj)
     if isinstance(obj, BaseException):
         return reason(obj)
+    if isinstance(obj, Capacity):
+        return capacity(obj)
     return str(obj)
 
 
@@ -119,6 +175,8 @@ def render(payload: Any) -> Any:
         return text(payload)
     if isinstance(payload, ApiError):
         return payload_of(payload)
+    if isinstance(payload, Capacity):
+        return capacity_payload(payload)
     if isinstance(payload, list):
         return [render(item) for item in payload]
     if isinstance(payload, dict):

@@ -44,6 +44,13 @@ def mailhost():
 
 
 @pytest.fixture(scope="module")
+def mail_user(mailhost):
+    """A user who can log in to the module's Dovecot (sessions.login)."""
+    from sessions import add_mail_user
+    return add_mail_user(mailhost)
+
+
+@pytest.fixture(scope="module")
 def daemon(mailhost):
     d = launch(mailhost, mailhost.share)
     yield d

@@ -44,7 +44,7 @@ def assert_seed_payloads(call, node_id: str) -> None:
 
 
 def exercise_every_action(call, node_id: str) -> dict:
-    """Run all 19 actions with their usual inputs through `call` (Daemon.call or .route),
+    """Run all 20 actions with their usual inputs through `call` (Daemon.call or .route),
     asserting each succeeds, and leave the server as it was: running, enabled at boot, with
     the limits it had. Returns those limits (queryUpdate before)."""
     from imapd_ctl.core.actions import ACTIONS
@@ -56,7 +56,7 @@ def exercise_every_action(call, node_id: str) -> dict:
         ("startOnBoot", {"mda_imap_startonboot": 0}), ("queryStartOnBoot", {}),
         ("startOnBoot", {"mda_imap_startonboot": 1}), ("queryStartOnBoot", {}),
         ("update", {"imap_max_connections": current["imap_max_connections"] + 1}),
-        ("update", current), ("queryUpdate", {}),
+        ("update", current), ("queryUpdate", {}), ("queryCapacity", {}),
         ("isRunning", {}), ("isRunningOnNode", {}), ("listServiceInfo", {}),
         *[(name, {}) for name in SEED_PAYLOADS],
     ]

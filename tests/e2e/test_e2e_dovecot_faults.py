@@ -82,7 +82,7 @@ def bare():
 
 def test_no_imap_server_installed(bare):
     pids = daemon_pids(bare.host)
-    assert len(ACTIONS) == 19
+    assert len(ACTIONS) == 20
     for name in ACTIONS:
         for transport, call in (("http", bare.call), ("xmlrpc", bare.route)):
             status, payload = call(name, {})
@@ -92,5 +92,8 @@ def test_no_imap_server_installed(bare):
                 assert status == 500, (name, transport, status, payload)
                 assert "no supported IMAP server" in payload and "Dovecot" in payload, (name, payload)
     assert bare.http("GET", "/healthz")[0] == 200
+    # /metrics still answers: the counts, and that the server's state cannot be read.
+    status, body = bare.http("GET", "/metrics")
+    assert status == 200 and b"\nimapd_ctl_state_readable 0.0\n" in body and b"imapd_ctl_imap_up" not in body
     assert daemon_pids(bare.host) == pids
     assert "Traceback" not in log(bare.host)

@@ -5,33 +5,12 @@ from __future__ import annotations
 
 import imaplib
 import socket
-import ssl
 import time
 
 import pytest
+from sessions import login
 
 pytestmark = pytest.mark.mailhost
-
-USER, PASSWORD = "alice", "wonderland-42"
-
-
-@pytest.fixture(scope="module")
-def mail_user(mailhost):
-    mailhost.run(["useradd", "-m", USER])
-    mailhost.run(["chpasswd"], input=f"{USER}:{PASSWORD}\n")
-    mailhost.run(["install", "-o", USER, "-g", "mail", "-m", "0660", "/dev/null", f"/var/mail/{USER}"])
-    return USER
-
-
-def login(host, timeout: float = 10) -> imaplib.IMAP4:
-    """A real client session: connect, STARTTLS (Dovecot refuses plaintext logins from a
-    remote address), LOGIN. Raises on timeout."""
-    conn = imaplib.IMAP4(host.address, 143, timeout=timeout)
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    conn.starttls(ssl_context=ctx)
-    conn.login(USER, PASSWORD)
-    return conn
 
 
 def newest_imap_pid(host) -> int:

@@ -66,7 +66,7 @@ IMAP_UNIT = "dovecot.service"
 WORKERS = 2            # daemon.launch's default
 I4 = 2**31 - 1
 TIMEOUT = 20           # seconds for one reply: longer counts as a hang
-# Examples per (action, transport); 19 actions x 2 transports. Raise it for a longer soak.
+# Examples per (action, transport); 20 actions x 2 transports. Raise it for a longer soak.
 EXAMPLES = int(os.environ.get("IMAPD_CTL_HOSTILE_EXAMPLES", "80"))
 
 HYPOTHESIS = settings(

@@ -77,7 +77,8 @@ def test_deb_is_reproducible_and_uses_debian_python(tmp_path):
     assert a.read_bytes() == b.read_bytes(), "two builds of the same tree differ"
     info = subprocess.run(["dpkg-deb", "-f", str(a)], capture_output=True, text=True, check=True).stdout
     depends = re.search(r"^Depends: (.*)$", info, re.M).group(1)
-    for pkg in ("python3-flask", "python3-gunicorn", "python3-psutil", "python3-gi"):
+    for pkg in ("python3-flask", "python3-gunicorn", "python3-psutil", "python3-gi",
+                "python3-prometheus-client"):
         assert pkg in depends
     files = subprocess.run(["dpkg-deb", "-c", str(a)], capture_output=True, text=True, check=True).stdout
     for path in ("./usr/bin/imapd-ctl", "./usr/lib/python3/dist-packages/imapd_ctl/entry/serve.py",

@@ -31,6 +31,7 @@ def fake_flavour(tmp_path):
 def fake_ports(monkeypatch):
     fake = FakePorts()
     monkeypatch.setattr(ports, "unit_listens", fake)
+    monkeypatch.setattr(ports, "connections", fake.connections)
     return fake
 
 

@@ -8,7 +8,8 @@ FakeSystemd   units with states, MainPIDs and unit-file states, every call recor
 FakeFlavour   owns two files (the plain and the secure values), records every protocol call with
               the live files and the journal step at that moment, faults injected per call;
               apply() reloads its units.
-FakePorts     stands in for adapters.ports.unit_listens (psutil): which (MainPID, port) asked.
+FakePorts     stands in for adapters.ports.unit_listens (psutil): which (MainPID, port) asked;
+              and for adapters.ports.connections: `held` {port: (accepted, queued)}.
 FakeKeyStore  one good key, counts the authentications.
 FakeAudit     keeps the recorded lines as dicts.
 """
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from imapd_ctl.adapters.files import read_bytes_or_none
 from imapd_ctl.adapters.journal import Journal
+from imapd_ctl.core.capacity import Pool
 from imapd_ctl.core.errors import ChangesRefused, Unauthorized, Unavailable
 from imapd_ctl.core.protocols import Applied, Check, Files, Principal, UnitState, Values
 
@@ -50,6 +52,8 @@ class FakeSystemd:
         self.faults: dict[Any, Any] = {}
         self.after: dict[str, Callable[[str], None]] = {}
         self.unit_files: dict[str, str] = {}
+        self.restarts: dict[str, int] = {}          # NRestarts by unit (0 if not named)
+        self.results: dict[str, str] = {}           # Result by unit ("success" if not named)
         self.unreachable = False
         self.version = "252 (fake)"
 
@@ -90,7 +94,7 @@ class FakeSystemd:
                          active_state=self.states.get(name, "inactive"), sub_state="",
                          main_pid=self.pids.get(name, 0),
                          unit_file_state=self.unit_files.get(name, "enabled") if loaded else "",
-                         result="success")
+                         result=self.results.get(name, "success"), n_restarts=self.restarts.get(name, 0))
 
     def journal_tail(self, name: str, lines: int = 10, since: float | None = None) -> str:
         return "(journal)"
@@ -217,6 +221,19 @@ class FakeFlavour:
     def checks(self) -> list[Check]:
         return [Check("config writable", True, os.path.dirname(self.main))]
 
+    def pools(self, systemd: Any) -> tuple[Pool, ...]:
+        """`pool_list` if set; else one pool serving 143 with imap_max_connections as its
+        limit, `processes` running while the unit is active."""
+        if self.pool_list is not None:
+            return self.pool_list
+        active = systemd.active_state(self.primary_unit) == "active"
+        return (Pool(name="fake-pool", unit=self.primary_unit, ports=(143,),
+                     processes=self.processes if active else 0,
+                     process_limit=self.current_values()["imap_max_connections"]),)
+
+    processes = 0
+    pool_list: tuple[Pool, ...] | None = None
+
 
 class FakePorts:
     """adapters.ports.unit_listens: the unit listens iff `listening`, it has a MainPID and the
@@ -225,6 +242,10 @@ class FakePorts:
     def __init__(self) -> None:
         self.listening = True
         self.asked: list[tuple[int, int]] = []
+        self.held: dict[int, tuple[int, int]] = {}
+
+    def connections(self, port: int) -> tuple[int, int]:
+        return self.held.get(port, (0, 0))
 
     def __call__(self, main_pid: int, port: int) -> bool:
         self.asked.append((main_pid, port))

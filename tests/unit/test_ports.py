@@ -61,3 +61,19 @@ def test_a_descendant_holding_the_socket_counts_but_an_unrelated_process_does_no
 def test_no_such_process():
     assert not ports.unit_listens(0, 143)
     assert not ports.unit_listens(2**22 + 12345, 143)
+
+
+def test_connections_counts_accepted_and_queued_on_the_port():
+    """A real listener on loopback: one connection accepted, two left in the listen queue; the
+    clients' own sockets (other local ports) are not counted."""
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as server:
+        port = server.getsockname()[1]
+        assert ports.connections(port) == (0, 0)
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        accepted, _ = server.accept()
+        try:
+            assert ports.connections(port) == (1, 2)
+        finally:
+            accepted.close()
+            for c in clients:
+                c.close()

@@ -20,7 +20,9 @@ from typing import Sequence
 from imapd_ctl.core.actions import MEM_MAX, UPDATE_FIELDS
 from imapd_ctl.core.errors import ActionFailed, ConfigInvalid, ConfigWriteError
 from imapd_ctl.adapters import ports
+from imapd_ctl.adapters.flavours import dovecot_status
 from imapd_ctl.adapters.flavours.base import config_checks
+from imapd_ctl.core.capacity import Pool
 from imapd_ctl.core.protocols import Applied, Check, Files, Systemd, Values
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.core.waiting import wait_until
@@ -220,6 +222,30 @@ class Dovecot:
     def checks(self) -> list[Check]:
         """The drop-in's directory must be writable and doveconf (the validator) executable."""
         return config_checks(os.path.dirname(self.s.dropin), self.s.doveconf)
+
+    def capacity_ports(self) -> tuple[int, ...]:
+        """The ports of imap-login's `imap` and `imaps` listeners (settings.port if doveconf
+        cannot say)."""
+        proc = self._run([self.s.doveconf, "-h", "service/imap-login/inet_listener/imap/port",
+                          "service/imap-login/inet_listener/imaps/port"], "read Dovecot's listeners")
+        found = [int(p) for p in proc.stdout.split() if p.isdigit() and int(p)] if proc.returncode == 0 else []
+        return tuple(dict.fromkeys(found)) or (self.port,)
+
+    def pools(self, systemd: Systemd) -> tuple[Pool, ...]:
+        """imap and imap-login as the running Dovecot reports them; while it is stopped, imap
+        with the configured process_limit."""
+        if systemd.active_state(self.s.unit) != "active":
+            limit = self.effective()[0]
+            return (Pool(name="imap", unit=self.s.unit, ports=self.capacity_ports(), processes=0,
+                         process_limit=limit or None),)
+        proc = self._run([self.s.doveadm, "-f", "json", "service", "status", "imap", "imap-login"],
+                         "ask the running Dovecot")
+        if proc.returncode != 0:
+            raise ActionFailed(f"doveadm service status failed: {proc.stderr.strip() or proc.returncode}")
+        try:
+            return dovecot_status.pools(proc.stdout, self.s.unit, self.capacity_ports())
+        except dovecot_status.StatusError as exc:
+            raise ActionFailed(str(exc)) from None
 
     def running_process_limit(self) -> int | None:
         proc = self._run([self.s.doveadm, "service", "status", "imap"], "ask the running Dovecot")

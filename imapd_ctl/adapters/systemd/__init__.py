@@ -22,10 +22,11 @@ __all__ = ["Systemd", "NoSuchUnit", "JobFailed", "map_error", "UnitState"]
 
 class Systemd:
     def __init__(self, bus_address: str | None = None, job_timeout: float = 90.0,
-                 opener: Callable[..., Any] = Link):
+                 opener: Callable[..., Any] = Link,
+                 on_reconnect: Callable[[], None] = lambda: None):
         self.bus_address = bus_address or os.environ.get("IMAPD_CTL_SYSTEM_BUS")
         self.job_timeout = job_timeout
-        self.bus = Bus(self.bus_address, opener)
+        self.bus = Bus(self.bus_address, opener, on_reconnect)
         self.state = UnitCache(self.bus)
 
     # -- state -----------------------------------------------------------------------

@@ -114,9 +114,12 @@ class Bus:
     a Link; the fast tests pass a fake one. `listeners` get every signal (on the loop thread)
     and `on_connect` is called with each new link (before it is used)."""
 
-    def __init__(self, address: str | None = None, opener: Callable[..., Any] = Link):
+    def __init__(self, address: str | None = None, opener: Callable[..., Any] = Link,
+                 on_reconnect: Callable[[], None] = lambda: None):
         self.address = address
         self.opener = opener
+        self.on_reconnect = on_reconnect      # told each connection after this process's first
+        self._connected_in: int | None = None  # the pid that made a connection before
         self.unit_paths: dict[str, str] = {}   # unit name -> object path (per connection)
         self.listeners: list[SignalHandler] = []
         self.on_connect: list[Callable[[], None]] = []
@@ -173,6 +176,9 @@ class Bus:
                 if holder:
                     holder[0].close()
                 raise map_error(exc, "connect to the system bus") from None
+            if self._connected_in == self._pid:
+                self.on_reconnect()
+            self._connected_in = self._pid
             return link
 
     def _closed(self, link: Any) -> None:

@@ -23,11 +23,12 @@ from typing import Sequence
 
 from imapd_ctl.adapters import ports
 from imapd_ctl.adapters.flavours.base import config_checks
-from imapd_ctl.adapters.flavours.courier import sourcing
+from imapd_ctl.adapters.flavours.courier import sourcing, tcpd
 from imapd_ctl.adapters.flavours.courier.shellfile import (
     DEFAULT_MAXDAEMONS, FIELDS, ORDER, PLAIN, SSL, edit, int_value, kib, managed_line, requested_bytes, split,
     textual)
 from imapd_ctl.core.actions import CONN_MAX, CONN_MIN, MEM_MAX, MEM_MIN
+from imapd_ctl.core.capacity import Pool
 from imapd_ctl.core.errors import ActionFailed, ConfigInvalid, ConfigWriteError
 from imapd_ctl.core.protocols import Applied, Check, Files, Systemd, Values
 from imapd_ctl.core.settings import Settings
@@ -219,6 +220,19 @@ class Courier:
             raise ActionFailed(
                 f"after the change {unit} is {systemd.active_state(unit)} and does not listen on port "
                 f"{port} within {self.listen_timeout:.0f} s; last journal lines:\n{systemd.journal_tail(unit)}")
+
+    def pools(self, systemd: Systemd) -> tuple[Pool, ...]:
+        """Each unit's couriertcpd: its children against its -maxprocs (MAXDAEMONS as the running
+        daemon has it; the configured MAXDAEMONS while the unit does not run)."""
+        configured = self.current_values()
+        field = {self.s.unit: "imap_max_connections", self.s.ssl_unit: "imap_secure_max_connections"}
+        found = []
+        for unit, port in self.unit_ports(self._live(self._read())).items():
+            running = tcpd.load(systemd.main_pid(unit)) if systemd.active_state(unit) == "active" else None
+            processes, limit = running if running is not None else (0, None)
+            found.append(Pool(name=unit, unit=unit, ports=(port,), processes=processes,
+                              process_limit=limit if limit is not None else configured[field[unit]]))
+        return tuple(found)
 
     def checks(self) -> list[Check]:
         """Courier's shell files are validated by sourcing them in /bin/sh."""
