@@ -90,6 +90,21 @@ class Link:
         source.set_callback(once)
         source.attach(self.context)
 
+    def sync(self, timeout: float) -> None:
+        """Return once the loop has handled every signal GDBus had received when called (an
+        idle source of low priority runs after the signal dispatches queued before it)."""
+        done = threading.Event()
+
+        def mark(*_: Any) -> bool:
+            done.set()
+            return False
+
+        source = self._glib.idle_source_new()
+        source.set_priority(self._glib.PRIORITY_LOW)
+        source.set_callback(mark)
+        source.attach(self.context)
+        done.wait(timeout)
+
     def add_match(self, rule: str) -> None:
         self.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
                   "AddMatch", "(s)", (rule,), None)

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
 SERVICE_IFACE = "org.freedesktop.systemd1.Service"
+SYNC_TIMEOUT = 1.0      # at most this long for the loop thread to catch up with the signals
 MAX_RESULTS = 64        # JobRemoved results kept for waiters (only our units' jobs arrive)
 # D-Bus property -> UnitState field, and how its value is read.
 FIELDS = {"ActiveState": "active_state", "SubState": "sub_state", "LoadState": "load_state",
@@ -53,7 +54,10 @@ class UnitCache:
     # -- reading -------------------------------------------------------------------
     def get(self, name: str) -> UnitState:
         """The unit's state now: from memory once watched (connecting first if need be)."""
-        self.bus.link()          # raises Unavailable with the bus down; reconnects if dropped
+        link = self.bus.link()   # raises Unavailable with the bus down; reconnects if dropped
+        # What systemd announced before this read is applied first: signals GDBus has received
+        # but the loop thread has not handled yet (under load, a few ms) are handled now.
+        link.sync(SYNC_TIMEOUT)
         state = self.units.get(name)
         if state is None:
             state = self.watch(name)
