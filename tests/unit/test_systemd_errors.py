@@ -68,7 +68,6 @@ class FakeLink:
         self.closed = False
         self.matches = []
         self.calls = []
-        self.syncs = 0
 
     def call(self, dest, path, iface, method, signature, args, reply):
         if self.world.fail is not None:
@@ -94,9 +93,6 @@ class FakeLink:
 
     def idle(self, fn):
         fn()            # the loop thread, at once
-
-    def sync(self, timeout):
-        self.syncs += 1
 
     def emit(self, path, iface, member, args):
         self.on_signal(path, iface, member, args)

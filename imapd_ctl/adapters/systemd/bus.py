@@ -1,12 +1,12 @@
-"""The connection to systemd's manager, through Gio's GDBus (PyGObject), with one GLib main
-loop in a thread of its own that receives the signals.
+"""The connection to systemd's manager, through Gio's GDBus (PyGObject): signals handled as
+GDBus reads them, and one GLib main loop in a thread of its own for the work they schedule.
 
 Why Gio and not pydbus (which is built on it): pydbus delivers signals only on the process's
 default main context, which nothing runs in a server (the old code pumped it while waiting
 for its own jobs, so every worker queued JobRemoved for every job on the host), and it cannot
-subscribe without adding its own broad match rule. Here each connection has a private main
-context run by its own thread, and the bus daemon is asked (AddMatch) only for the signals of
-the units we watch: JobRemoved with arg2 = the unit, PropertiesChanged on the unit's path,
+subscribe without adding its own broad match rule. Here a message filter sees each signal as
+it arrives, each connection has a private main context run by its own thread for follow-up
+reads, and the bus daemon is asked (AddMatch) only for the signals of the units we watch: JobRemoved with arg2 = the unit, PropertiesChanged on the unit's path,
 and the manager's UnitFilesChanged/Reloading. Other units' signals never reach this process.
 
 Opened lazily and per process, dropped when it fails or closes so that the next call
@@ -51,14 +51,28 @@ class Link:
             # Never Gio's "exit-on-close": GLib would SIGTERM the process when the bus goes away.
             self.con.set_exit_on_close(False)
             self.con.connect("closed", lambda *_: on_closed())
-            self.con.signal_subscribe(
-                None, None, None, None, None, Gio.DBusSignalFlags.NO_MATCH_RULE,
-                lambda _c, _s, path, iface, member, params: on_signal(path, iface, member, params.unpack()))
+            # Signals are handled as GDBus reads them, on its worker thread, before anything
+            # else sees the connection again: a request that comes after systemd announced a
+            # change finds it applied (no hop to a main loop that may lag under load). The
+            # handlers only update memory and schedule work on the loop; they never call.
+            self._signal_type = Gio.DBusMessageType.SIGNAL
+            self._on_signal = on_signal
+            self.con.add_filter(self._filter)
         finally:
             self.context.pop_thread_default()
         self.loop = GLib.MainLoop.new(self.context, False)
         self.thread = threading.Thread(target=self._run, name="dbus-signals", daemon=True)
         self.thread.start()
+
+    def _filter(self, _con: Any, message: Any, incoming: bool) -> Any:
+        try:
+            if incoming and message.get_message_type() == self._signal_type:
+                body = message.get_body()
+                self._on_signal(message.get_path() or "", message.get_interface() or "",
+                                message.get_member() or "", tuple(body.unpack()) if body else ())
+        except Exception:  # noqa: BLE001 - never break the connection's reader
+            log.exception("handling a D-Bus signal failed")
+        return message
 
     def _run(self) -> None:
         self.context.push_thread_default()
@@ -89,21 +103,6 @@ class Link:
         source = self._glib.idle_source_new()
         source.set_callback(once)
         source.attach(self.context)
-
-    def sync(self, timeout: float) -> None:
-        """Return once the loop has handled every signal GDBus had received when called (an
-        idle source of low priority runs after the signal dispatches queued before it)."""
-        done = threading.Event()
-
-        def mark(*_: Any) -> bool:
-            done.set()
-            return False
-
-        source = self._glib.idle_source_new()
-        source.set_priority(self._glib.PRIORITY_LOW)
-        source.set_callback(mark)
-        source.attach(self.context)
-        done.wait(timeout)
 
     def add_match(self, rule: str) -> None:
         self.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",

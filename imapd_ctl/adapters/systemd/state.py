@@ -2,7 +2,7 @@
 
 A unit is watched from the first time it is asked for: the bus daemon is asked for its
 PropertiesChanged and its JobRemoved signals, then its properties are read. The values a
-PropertiesChanged carries are applied at once on the loop thread (systemd sends them before
+PropertiesChanged carries are applied as GDBus reads the signal (systemd sends them before
 the JobRemoved of the job that caused them, so a job's caller sees the state the job left);
 invalidated properties, unit-file changes and the manager's reloads make the loop read the
 unit again (one GetAll per interface, once per burst). Reads take the latest snapshot: no
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
 SERVICE_IFACE = "org.freedesktop.systemd1.Service"
-SYNC_TIMEOUT = 1.0      # at most this long for the loop thread to catch up with the signals
 MAX_RESULTS = 64        # JobRemoved results kept for waiters (only our units' jobs arrive)
 # D-Bus property -> UnitState field, and how its value is read.
 FIELDS = {"ActiveState": "active_state", "SubState": "sub_state", "LoadState": "load_state",
@@ -47,6 +46,7 @@ class UnitCache:
         self._refresh_locks: dict[str, threading.Lock] = {}
         self._watch_lock = threading.Lock()
         self._dirty: set[str] = set()
+        self.versions: dict[str, int] = {}          # name -> signals applied to it so far
         self.generation = 0                         # bumped on every drop
         bus.listeners.append(self._signal)
         bus.on_drop.append(self._forget)
@@ -54,10 +54,7 @@ class UnitCache:
     # -- reading -------------------------------------------------------------------
     def get(self, name: str) -> UnitState:
         """The unit's state now: from memory once watched (connecting first if need be)."""
-        link = self.bus.link()   # raises Unavailable with the bus down; reconnects if dropped
-        # What systemd announced before this read is applied first: signals GDBus has received
-        # but the loop thread has not handled yet (under load, a few ms) are handled now.
-        link.sync(SYNC_TIMEOUT)
+        self.bus.link()          # raises Unavailable with the bus down; reconnects if dropped
         state = self.units.get(name)
         if state is None:
             state = self.watch(name)
@@ -88,6 +85,7 @@ class UnitCache:
         lock = self._refresh_locks.setdefault(name, threading.Lock())
         with lock:
             generation = self.generation
+            seen = self.versions.get(name, 0)
             what = f"read the state of {name}"
             unit = self.bus.get_all(path, UNIT_IFACE, what)
             load_state = str(unit.get("LoadState", ""))
@@ -102,11 +100,17 @@ class UnitCache:
                 result=str(service.get("Result", "")),
                 n_restarts=int(service.get("NRestarts", 0)),
             )
-            if generation == self.generation:   # not read through a connection since dropped
-                self.units[name] = state
+            if generation != self.generation:   # read through a connection since dropped
+                return state
+            if name in self.units and self.versions.get(name, 0) != seen:
+                # A signal was applied while this read was under way: it may be newer than
+                # the read, which must not overwrite it; read once more instead.
+                self._refresh_soon(name)
+                return self.units[name]
+            self.units[name] = state
             return state
 
-    # -- signals (on the loop thread) -------------------------------------------------
+    # -- signals (on GDBus's reader thread: memory only, nothing that calls) ------------
     def _signal(self, path: str, iface: str, member: str, args: tuple) -> None:
         if member == "PropertiesChanged" and iface == PROPS_IFACE:
             name = self.paths.get(path)
@@ -115,6 +119,7 @@ class UnitCache:
                 return
             _iface, changed, invalidated = args
             values = {FIELDS[k]: CASTS[k](v) for k, v in changed.items() if k in FIELDS}
+            self.versions[name] = self.versions.get(name, 0) + 1
             if values:      # systemd sends the new values: applied at once, no round trip
                 self.units[name] = dataclasses.replace(state, **values)
             if any(k in FIELDS for k in invalidated):
