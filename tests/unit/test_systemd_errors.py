@@ -68,6 +68,7 @@ class FakeLink:
         self.closed = False
         self.matches = []
         self.calls = []
+        self.pending = []
 
     def call(self, dest, path, iface, method, signature, args, reply):
         if self.world.fail is not None:
@@ -76,7 +77,11 @@ class FakeLink:
         if method == "LoadUnit":
             return (f"/org/freedesktop/systemd1/unit/{args[0].replace('.', '_2e')}",)
         if method == "GetAll":
-            return (dict(self.world.props[args[0]]),)
+            reply = dict(self.world.props[args[0]])
+            if self.world.during_read is not None:   # a signal arrives while the read is under way
+                self.world.during_read, during = None, self.world.during_read
+                during()
+            return (reply,)
         if method == "Get":
             return ("254",)
         if method in self.world.jobs:
@@ -92,10 +97,15 @@ class FakeLink:
         self.closed = True
 
     def idle(self, fn):
-        fn()            # the loop thread, at once
+        self.pending.append(fn)     # the loop thread: after the signal's handling
+
+    def run_loop(self):
+        while self.pending:
+            self.pending.pop(0)()
 
     def emit(self, path, iface, member, args):
         self.on_signal(path, iface, member, args)
+        self.run_loop()
 
 
 class World:
@@ -104,6 +114,7 @@ class World:
         self.down = False
         self.links = []
         self.jobs = {}
+        self.during_read = None
         self.props = {
             "org.freedesktop.systemd1.Unit": {"LoadState": "loaded", "ActiveState": "active",
                                               "SubState": "running", "UnitFileState": "enabled"},
@@ -149,6 +160,7 @@ def test_reads_come_from_memory_and_follow_the_signals():
     world = World()
     sd = world.systemd()
     assert sd.active_state(DOVECOT) == "active"
+    world.links[0].run_loop()                            # the watch's second read
     calls = len(world.links[0].calls)
     for _ in range(100):
         assert sd.active_state(DOVECOT) == "active" and sd.main_pid(DOVECOT) == 42
@@ -247,3 +259,15 @@ def test_job_results_arrive_through_job_removed_and_stay_bounded(monkeypatch):
     world.jobs["StopUnit"] = lambda name: "/job/never"
     with pytest.raises(JobFailed, match="no result from systemd after 0 s"):
         sd.stop(DOVECOT)
+
+
+def test_a_read_under_way_never_overwrites_a_newer_signal():
+    world = World()
+    sd = world.systemd()
+    sd.active_state(DOVECOT)
+    # A re-read (after UnitFilesChanged) answers "active"; while it is under way systemd
+    # announces "deactivating". The signal is newer: it stays, and a further read confirms it.
+    world.during_read = lambda: world.changed(ActiveState="deactivating")
+    world.links[0].emit("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
+                        "UnitFilesChanged", ())
+    assert sd.active_state(DOVECOT) == "deactivating"
