@@ -30,6 +30,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from imapd_ctl.adapters import metrics
+from imapd_ctl.core.errors import ApiError
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.entry import worker
 from imapd_ctl.entry.recovery import recover_in_child
@@ -234,6 +235,10 @@ class _Gunicorn(BaseApplication):
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="[%(process)d] %(levelname)s %(name)s: %(message)s")
         services = wiring.build(self.settings, unfinished_recovery=self.unfinished_recovery)
+        try:    # connect and detect now (this worker's own bus), not in its first request
+            services.flavour
+        except ApiError as exc:   # the bus or the server is missing: the first use says why
+            logging.getLogger(__name__).warning("at worker start: %s", exc.message)
         return create_app(services.context(), scrape=services.scrape,
                           metrics_access=self.settings.metrics_access)
 
