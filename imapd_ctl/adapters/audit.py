@@ -1,4 +1,4 @@
-"""Audit trail of mutating calls (key name, peer, transport, action, inputs, result); keys
+"""Audit trail of mutating calls (key name, peer, transport, controller, action, inputs, result); keys
 themselves are never logged.
 
 It fails closed: each change writes a "begin" line, flushed to disk, before it runs, and is
@@ -66,26 +66,29 @@ class AuditLog:
             os.close(fd)
 
     @staticmethod
-    def _line(phase: str, who: str, peer: str, transport: str, action: str,
+    def _line(phase: str, who: str, peer: str, transport: str, controller: str, action: str,
               inputs: dict[str, Any]) -> dict[str, Any]:
         return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "phase": phase, "key": who,
-                "peer": peer, "transport": transport, "action": action, "inputs": inputs}
+                "peer": peer, "transport": transport, "controller": controller, "action": action,
+                "inputs": inputs}
 
-    def begin(self, *, who: str, peer: str, transport: str, action: str, inputs: dict[str, Any]) -> None:
+    def begin(self, *, who: str, peer: str, transport: str, controller: str, action: str,
+              inputs: dict[str, Any]) -> None:
         try:
-            self._append(self._line("begin", who, peer, transport, action, inputs), sync=True)
+            self._append(self._line("begin", who, peer, transport, controller, action, inputs), sync=True)
         except OSError as exc:
             raise ChangesRefused(
                 f"{action} refused: the audit log {self.path} cannot be written "
                 f"({exc.strerror or exc}); nothing was changed. Changes are refused until the "
                 "audit log can be written; read-only actions still answer") from None
 
-    def record(self, *, who: str, peer: str, transport: str, action: str, inputs: dict[str, Any],
-               status: int, payload: Any) -> None:
+    def record(self, *, who: str, peer: str, transport: str, controller: str, action: str,
+               inputs: dict[str, Any], status: int, payload: Any) -> None:
         text = payload if isinstance(payload, str) else json.dumps(payload, default=str)
         if len(text) > _PAYLOAD_MAX:
             text = text[:_PAYLOAD_MAX] + "..."
-        line = {**self._line("end", who, peer, transport, action, inputs), "status": status, "result": text}
+        line = {**self._line("end", who, peer, transport, controller, action, inputs), "status": status,
+                "result": text}
         try:
             self._append(line, sync=False)
         except OSError as exc:

@@ -1,6 +1,7 @@
 """The cluster: other nodes' imapd-ctl daemons, called over HTTPS with certificate checks.
 
-The registry lives in the settings (`[[nodes]]`: id, url, key, ca). `*OnNode` forwards to one
+The registry lives in the settings (`[[nodes]]`: id, url, ca, and key_file: the file holding
+the key, read at each call; or the key inline). `*OnNode` forwards to one
 node; `cascade_to_nodes=1` replays an action on every node in parallel, each with its own
 timeout. A replay is sent with cascade_to_nodes=0, so it never cascades again.
 """
@@ -14,6 +15,7 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from imapd_ctl.adapters import secrets
 from imapd_ctl.core.actions import CONTROLLER
 from imapd_ctl.core.errors import NotFound
 from imapd_ctl.core.settings import Node
@@ -42,17 +44,23 @@ class Cluster:
             raise NotFound(f"node_id: unknown node {node_id!r}; known nodes: {self.known()}")
         return node
 
-    def call(self, node: Node, action: str, inputs: dict[str, Any]) -> tuple[int, Any]:
-        """(status, payload) of one action on a node; failures to reach it are status 502
+    def call(self, node: Node, action: str, inputs: dict[str, Any],
+             controller: str = CONTROLLER) -> tuple[int, Any]:
+        """(status, payload) of one action of `controller` on a node; failures to reach it are status 502
         with the reason (refused, timed out, certificate not trusted...)."""
+        try:
+            key = node.key or secrets.read_key(node.key_file)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return 502, f"node {node.id}: cannot read its key from {node.key_file}: {reason}"
         url = urllib.parse.urlsplit(node.url)
         try:
             conn = http.client.HTTPSConnection(url.hostname or "", url.port or 443, timeout=self.timeout,
                                                context=_context(node.ca))
             try:
-                conn.request("POST", f"{url.path.rstrip('/')}{CONTROLLER}/{action}",
+                conn.request("POST", f"{url.path.rstrip('/')}{controller}/{action}",
                              body=json.dumps(inputs),
-                             headers={"Authorization": f"Bearer {node.key}",
+                             headers={"Authorization": f"Bearer {key}",
                                       "Content-Type": "application/json"})
                 resp = conn.getresponse()
                 body = resp.read()
@@ -70,13 +78,13 @@ class Cluster:
         except (ValueError, KeyError, TypeError):
             return 502, f"node {node.id}: not an imapd-ctl reply (HTTP {resp.status})"
 
-    def replay(self, action: str, inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        """Run the action on every other node at once; one outcome per node, by id."""
+    def replay(self, action: str, inputs: dict[str, Any], controller: str = CONTROLLER) -> list[dict[str, Any]]:
+        """Run the action (of `controller`) on every other node at once; one outcome per node, by id."""
         inputs = {k: v for k, v in inputs.items() if v is not None}   # None: "keep current"
         inputs["cascade_to_nodes"] = 0
         nodes = sorted(self.nodes.values(), key=lambda n: n.id)
         if not nodes:
             return []
         with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
-            results = list(pool.map(lambda n: self.call(n, action, inputs), nodes))
+            results = list(pool.map(lambda n: self.call(n, action, inputs, controller), nodes))
         return [{"id": n.id, "status": s, "payload": p} for n, (s, p) in zip(nodes, results)]

@@ -1,5 +1,11 @@
 """API keys: random, shown once, stored only as SHA-256 hashes with their permissions.
 
+A key is compared in its canonical form (`canonical`): without the whitespace around it, and an
+InterWorx key block (the key's lines between `-----BEGIN INTERWORX API KEY-----` and
+`-----END INTERWORX API KEY-----`, as panels hold and send it) reduced to its body without
+line breaks. So the block with any line endings, indentation or trailing newline, and its body
+on one line (an HTTP header cannot carry line breaks), are the same key, on every transport.
+
 A plain (unsalted, fast) hash is enough because every key is high-entropy: created keys carry
 256 random bits and imported keys must be at least 32 characters. A slow password hash would
 put ~100 ms on every request for no gain against brute force of such keys.
@@ -24,7 +30,21 @@ from imapd_ctl.core.protocols import Principal
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", re.ASCII)
 PERM_RE = re.compile(r"[A-Z][A-Z0-9_]{0,31}", re.ASCII)
 IMPORT_MIN_LEN = 32
-KEY_MAX_LEN = 1024
+KEY_MAX_LEN = 1024                 # the canonical key
+RAW_MAX_LEN = 4 * KEY_MAX_LEN      # as sent: a block's armour, line breaks, padding
+BLOCK_BEGIN = "-----BEGIN INTERWORX API KEY-----"
+BLOCK_END = "-----END INTERWORX API KEY-----"
+_SPACE = " \t\r\n"                # ASCII whitespace only: U+0085 or U+00A0 stay part of a key
+_LINE_BREAKS = re.compile(r"[ \t\r\n]+")
+
+
+def canonical(secret: str) -> str:
+    """The key as stored and compared: surrounding ASCII whitespace dropped; an InterWorx key
+    block reduced to its body with its whitespace (line breaks) removed."""
+    text = secret.strip(_SPACE)
+    if text.startswith(BLOCK_BEGIN) and text.endswith(BLOCK_END) and len(text) >= len(BLOCK_BEGIN + BLOCK_END):
+        return _LINE_BREAKS.sub("", text[len(BLOCK_BEGIN):len(text) - len(BLOCK_END)])
+    return text
 
 
 def _digest(secret: str) -> str:
@@ -87,10 +107,11 @@ class KeyStore:
         """Return who is calling, or raise Unauthorized (no/unknown key) or Forbidden."""
         if not isinstance(secret, str) or not secret:
             raise Unauthorized("an API key is required (HTTP: 'Authorization: Bearer KEY'; "
-                               "XML-RPC: the key string or {'apikey': KEY} as first argument)")
+                               "XML-RPC, SOAP: the key string or {'apikey': KEY} as first argument)")
         self._load()
         # Looking up the hash (not the key) leaks nothing useful through timing.
-        entry = self._by_digest.get(_digest(secret)) if len(secret) <= KEY_MAX_LEN else None
+        key = canonical(secret) if len(secret) <= RAW_MAX_LEN else ""
+        entry = self._by_digest.get(_digest(key)) if key and len(key) <= KEY_MAX_LEN else None
         if entry is None:
             raise Unauthorized("unknown API key")
         if required not in entry["perms"]:
@@ -142,11 +163,13 @@ class KeyStore:
         return secret
 
     def import_key(self, name: str, secret: str, perms: list[str]) -> None:
-        secret = secret.strip()
+        """Store a key given as is, or as an InterWorx key block (see `canonical`)."""
+        secret = canonical(secret) if len(secret) <= RAW_MAX_LEN else secret
         if len(secret) < IMPORT_MIN_LEN or len(secret) > KEY_MAX_LEN or not secret.isascii() \
                 or not secret.isprintable() or " " in secret:
             raise BadInput(f"key: must be {IMPORT_MIN_LEN} to {KEY_MAX_LEN} printable ASCII "
-                           "characters without spaces")
+                           f"characters without spaces, or an InterWorx key block ({BLOCK_BEGIN}, "
+                           f"the key's lines, {BLOCK_END})")
         self.add(name, secret, perms)
 
     def revoke(self, name: str) -> bool:

@@ -1,7 +1,10 @@
-"""The action table: every action of /nodeworx/mail/imap, declared once.
+"""The action table: every action of the controllers served (/nodeworx/mail/imap and its
+secure-IMAP sibling /nodeworx/mail/simap), declared once.
 
 HTTP routing, input validation, XML-RPC dispatch, /openapi.json and `imapd-ctl call`
-are all derived from ACTIONS; nothing else lists actions or inputs.
+are all derived from ACTIONS and CONTROLLERS; nothing else lists actions, inputs or controllers.
+Every controller has every action: they differ only in the service they describe and act on
+(`Service`: which port, and so which units).
 """
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ from typing import Any, Mapping
 
 from imapd_ctl.core.errors import BadInput, NotFound
 
-CONTROLLER = "/nodeworx/mail/imap"
 PERMISSION = "EMAIL"
 METRICS_PERMISSION = "METRICS"    # reads /metrics when metrics_access = "key"
 
@@ -59,8 +61,17 @@ class Input:
             return f"an integer from {self.minimum} to {self.maximum}"
         return f"a string matching {self.pattern}"
 
-    def parse(self, raw: Any) -> Any:
-        """Strictly convert one raw value (from JSON, a form, a query string or XML-RPC)."""
+    @property
+    def flag(self) -> bool:
+        """A 0/1 input (startOnBoot, cascade_to_nodes, dry_run)."""
+        return self.kind == "int" and (self.minimum, self.maximum) == (0, 1)
+
+    def parse(self, raw: Any, *, booleans: bool = False) -> Any:
+        """Strictly convert one raw value (from JSON, a form, a query string, XML-RPC or SOAP).
+        With `booleans` (a transport whose boolean is a type of its own and PHP's `true`), a
+        boolean is 1/0 for a flag; everywhere else a boolean is refused."""
+        if booleans and self.flag and isinstance(raw, bool):
+            return int(raw)
         if self.kind == "int":
             return self._parse_int(raw)
         return self._parse_str(raw)
@@ -115,10 +126,11 @@ class Action:
     def input(self, name: str) -> Input | None:
         return next((i for i in self.inputs if i.name == name), None)
 
-    def validate(self, raw: Mapping[str, Any], *, strict: bool = False) -> dict[str, Any]:
+    def validate(self, raw: Mapping[str, Any], *, strict: bool = False, booleans: bool = False) -> dict[str, Any]:
         """Parse the inputs this action knows; others are ignored (InterWorx clients send
         extra keys such as ``perms``) unless ``strict`` (the CLI, where a typo must not
-        pass silently). Absent inputs get their default (None = keep current)."""
+        pass silently). Absent inputs get their default (None = keep current). `booleans`:
+        see Input.parse."""
         if strict:
             unknown = sorted(set(raw) - {i.name for i in self.inputs})
             if unknown:
@@ -126,7 +138,7 @@ class Action:
                 raise BadInput(f"{', '.join(unknown)}: not an input of {self.name} (inputs: {known})")
         values: dict[str, Any] = {}
         for spec in self.inputs:
-            values[spec.name] = spec.parse(raw[spec.name]) if spec.name in raw else spec.default
+            values[spec.name] = spec.parse(raw[spec.name], booleans=booleans) if spec.name in raw else spec.default
         return values
 
 
@@ -197,8 +209,34 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
 )}
 
 
-def lookup(name: Any) -> Action:
+@dataclass(frozen=True)
+class Service:
+    """One InterWorx service controller. `secure`: it is the IMAP-over-TLS service (port 993,
+    settings.ssl_port, the units serving it); otherwise plain IMAP (143, settings.port)."""
+    path: str            # the controller, as HTTP routes it and XML-RPC/SOAP name it (ctrl_name)
+    title: str           # InterWorx's controller class name
+    service_id: str      # listServiceName, listServiceInfo's id
+    general_name: str    # listGeneralName: InterWorx's language token
+    page: str            # listServicePage
+    secure: bool
+
+
+IMAP = Service("/nodeworx/mail/imap", "MailImap", "imap4", "##LG_IMAP##", "/nodeworx/mail/mda", secure=False)
+SIMAP = Service("/nodeworx/mail/simap", "MailSimap", "imap4-ssl", "##LG_SIMAP##", "/nodeworx/mail/mda",
+                secure=True)
+CONTROLLERS: dict[str, Service] = {c.path: c for c in (IMAP, SIMAP)}
+CONTROLLER = IMAP.path      # the default controller (a Request that names none; the CLI)
+
+
+def controller(path: Any) -> Service:
+    service = CONTROLLERS.get(path) if isinstance(path, str) else None
+    if service is None:
+        raise NotFound(f"unknown controller {brief(path, 60)}; this server serves {', '.join(CONTROLLERS)}")
+    return service
+
+
+def lookup(name: Any, service: Service = IMAP) -> Action:
     action = ACTIONS.get(name) if isinstance(name, str) else None
     if action is None:
-        raise NotFound(f"unknown action {brief(name, 60)} for {CONTROLLER}; actions: {', '.join(ACTIONS)}")
+        raise NotFound(f"unknown action {brief(name, 60)} for {service.path}; actions: {', '.join(ACTIONS)}")
     return action

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from imapd_ctl.core.actions import CONTROLLER, METRICS_PERMISSION, PERMISSION, Action, brief, lookup
+from imapd_ctl.core.actions import IMAP, METRICS_PERMISSION, PERMISSION, Action, Service, controller, lookup
 from imapd_ctl.core.errors import ApiError, BadInput, Forbidden, MethodNotAllowed, NotFound
 from imapd_ctl.core.protocols import Audit, KeyStore, Telemetry, Untold
 from imapd_ctl.core.request import Request, Result
@@ -19,9 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
-    """Runs a validated action (operations.controller.Controller)."""
+    """Runs a validated action of one of the table's controllers (operations.controller.Controller)."""
 
-    def run(self, action: Action, values: dict[str, Any]) -> Any: ...
+    def run(self, action: Action, values: dict[str, Any], service: Service = IMAP) -> Any: ...
 
 
 def _as_is(payload: Any) -> Any:
@@ -51,12 +51,12 @@ def dispatch(request: Request, ctx: Context) -> Result:
     started = time.monotonic()
     who = "-"
     action: Action | None = None
+    service = IMAP
     values: dict[str, Any] = {}
     try:
         who = ctx.keys.authenticate(request.read_key(), PERMISSION).name
-        if request.controller != CONTROLLER:
-            raise NotFound(f"unknown controller {brief(request.controller, 60)}; this server serves {CONTROLLER}")
-        action = lookup(request.action)
+        service = controller(request.controller)
+        action = lookup(request.action, service)
         if request.method is not None and request.method not in action.methods:
             raise MethodNotAllowed(f"{action.name} changes the server: use {' or '.join(action.methods)}")
         raw = request.read_inputs()
@@ -64,18 +64,19 @@ def dispatch(request: Request, ctx: Context) -> Result:
             raw = {}
         if not isinstance(raw, dict):
             raise BadInput(f"input: must be a struct/object of named inputs, got {type(raw).__name__}")
-        values = action.validate(raw)
+        values = action.validate(raw, booleans=request.booleans)
         if action.mutating:    # no audit line, no change (raises ChangesRefused)
             ctx.audit.begin(who=who, peer=request.peer, transport=request.transport,
-                            action=action.name, inputs=values)
-        result = Result(0, ctx.render(ctx.runner.run(action, values)))
+                            controller=service.path, action=action.name, inputs=values)
+        result = Result(0, ctx.render(ctx.runner.run(action, values, service)))
     except ApiError as exc:
         result = Result(exc.status, ctx.describe(exc))
     except Exception as exc:  # a bug: say so, keep the worker alive, log the traceback
         log.exception("action %s failed unexpectedly", request.action)
         result = Result(500, f"internal error in imapd-ctl: {type(exc).__name__}: {exc}")
     if action is not None and action.mutating:
-        ctx.audit.record(who=who, peer=request.peer, transport=request.transport, action=action.name,
+        ctx.audit.record(who=who, peer=request.peer, transport=request.transport,
+                         controller=service.path, action=action.name,
                          inputs=values, status=result.status, payload=result.payload)
     if action is not None:
         ctx.telemetry.action(action.name, result.status, time.monotonic() - started)

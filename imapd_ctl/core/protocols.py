@@ -72,6 +72,7 @@ class Flavour(Protocol):
     name: str
     units: tuple[str, ...]      # every unit that serves IMAP, in start order
     primary_unit: str           # the unit that listens on settings.port
+    secure_unit: str | None     # the unit that listens on settings.ssl_port (993); None: none does
 
     def unit_ports(self) -> dict[str, int]:
         """{unit: the port it serves}; start/restart wait until each listens."""
@@ -152,11 +153,12 @@ class Untold:
 class Audit(Protocol):
     """The audit trail; it fails closed for changes."""
 
-    def begin(self, *, who: str, peer: str, transport: str, action: str, inputs: dict[str, Any]) -> None:
+    def begin(self, *, who: str, peer: str, transport: str, controller: str, action: str,
+              inputs: dict[str, Any]) -> None:
         """Record a change about to run, durably; raise ChangesRefused if that cannot be done."""
         ...
 
-    def record(self, *, who: str, peer: str, transport: str, action: str, inputs: dict[str, Any],
-               status: int, payload: Any) -> None:
+    def record(self, *, who: str, peer: str, transport: str, controller: str, action: str,
+               inputs: dict[str, Any], status: int, payload: Any) -> None:
         """Record the call's result (never raises)."""
         ...

@@ -1,4 +1,4 @@
-"""One API call as the core sees it, whatever carried it (HTTP JSON, XML-RPC; SOAP next).
+"""One API call as the core sees it, whatever carried it (HTTP JSON, XML-RPC, SOAP).
 
 A transport turns its bytes into a `Request` and a `Result` back into bytes; everything in
 between (authentication, lookup, validation, running, audit) is `core.dispatch`, once for all
@@ -21,15 +21,20 @@ def _no_inputs() -> Any:
 
 @dataclass(frozen=True)
 class Request:
-    transport: str                  # "http" | "xmlrpc": for the audit trail
+    transport: str                  # "http" | "xmlrpc" | "soap": for the audit trail
     peer: str                       # the client's address, or "unix-socket"
     action: Any                     # the action's name as sent (XML-RPC may send any value)
     read_key: Callable[[], str | None]
     """The API key as sent, None if none; may raise Unauthorized (an auth form we refuse)."""
     read_inputs: Callable[[], Any] = field(default=_no_inputs)
     """The raw inputs (a dict, None for none, anything else is refused); may raise BadInput."""
-    controller: Any = CONTROLLER    # XML-RPC names it in every call; HTTP routes only ours
+    controller: Any = CONTROLLER
+    """The controller's path as sent (actions.CONTROLLERS: /nodeworx/mail/imap, /nodeworx/mail/simap):
+    XML-RPC and SOAP name it in every call (ctrl_name), HTTP by the URL it routes; dispatch
+    looks it up after authentication (an unknown one is a 404)."""
     method: str | None = None       # the HTTP method, checked against the action's; None: no check
+    booleans: bool = False
+    """A typed boolean (XML-RPC, SOAP) is 1/0 for a 0/1 input; JSON and forms: refused."""
 
 
 @dataclass(frozen=True)

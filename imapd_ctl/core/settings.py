@@ -13,6 +13,7 @@ from typing import Any
 
 DEFAULT_PATH = "/etc/imapd-ctl/imapd-ctl.toml"
 FLAVOURS = ("auto", "dovecot", "courier")
+BUILT_IN = "(built-in defaults)"   # Settings.source when no file was read
 METRICS_ACCESS = ("local", "key", "off")
 
 
@@ -21,8 +22,16 @@ class Node:
     """Another node of the cluster (a [[nodes]] table), called by adapters.cluster."""
     id: str
     url: str        # https://host:port of that node's imapd-ctl
-    key: str        # the API key this host uses on that node
+    key: str        # the API key this host uses on that node, inline ("" with key_file)
     ca: str         # CA bundle that must have signed that node's certificate
+    key_file: str = ""   # or: the file holding that key (owner-only: 0600 or 0400)
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A file that holds a secret: it must be readable and writable by its owner only."""
+    path: str
+    holds: str      # what, for messages: "the key of node node2 (key_file)"
 
 
 @dataclass
@@ -54,7 +63,8 @@ class Settings:
     workers: int = 1               # gunicorn processes (each: an event loop and 32 threads)
     audit_log: str = "/var/log/imapd-ctl/audit.log"
     flavour: str = "auto"          # auto | dovecot | courier
-    port: int = 143                # the port isRunning checks and list* report
+    port: int = 143                # the port isRunning checks and list* report (/nodeworx/mail/imap)
+    ssl_port: int = 993            # the same for IMAP over TLS (/nodeworx/mail/simap)
     lock_timeout: float = 10.0     # seconds a change waits for another before 409
     job_timeout: float = 90.0      # seconds to wait for a systemd job
     listen_timeout: float = 15.0   # seconds to wait for the port after start/restart
@@ -71,7 +81,7 @@ class Settings:
     metrics_dir: str = "/run/imapd-ctl/metrics"
     dovecot: DovecotSettings = field(default_factory=DovecotSettings)
     courier: CourierSettings = field(default_factory=CourierSettings)
-    source: str = "(built-in defaults)"
+    source: str = BUILT_IN
 
     @property
     def keys_path(self) -> Path:
@@ -80,6 +90,20 @@ class Settings:
     @property
     def lock_path(self) -> Path:
         return Path(self.state_dir) / "config.lock"
+
+    def secret_files(self) -> list[SecretFile]:
+        """The files these settings make hold secrets: tls_key, each node's key_file, and the
+        settings file itself if a node's key is written in it inline. (Their modes are
+        checked by adapters.secrets; reading settings stays free of such checks.)"""
+        found = []
+        if self.tls_key:
+            found.append(SecretFile(self.tls_key, "the TLS private key (tls_key)"))
+        found += [SecretFile(n.key_file, f"the key of node {n.id} (key_file)") for n in self.nodes if n.key_file]
+        inline = [n.id for n in self.nodes if n.key]
+        if inline and self.source != BUILT_IN:
+            found.append(SecretFile(self.source, f"the key of node {', '.join(inline)} inline "
+                                                 f"(move it to a key_file, or keep this file private)"))
+        return found
 
 
 def _apply(obj: Any, table: dict[str, Any], where: str) -> None:
@@ -132,13 +156,18 @@ def load(path: str | None = None) -> Settings:
 
 
 def _node(entry: Any, where: str) -> Node:
-    fields = ("id", "url", "key", "ca")
-    if not isinstance(entry, dict) or set(entry) != set(fields):
-        raise ValueError(f"{where}: needs exactly the keys {', '.join(fields)}")
-    if not all(isinstance(entry[f], str) and entry[f] for f in fields):
-        raise ValueError(f"{where}: {', '.join(fields)} must be non-empty strings")
+    fields = ("id", "url", "ca")
+    if not isinstance(entry, dict) or not set(fields) <= set(entry) \
+            or len({"key", "key_file"} & set(entry)) != 1 or len(entry) != 4:
+        raise ValueError(f"{where}: needs exactly the keys {', '.join(fields)} and one of key_file "
+                         "(a file holding the key, mode 0600) or key (the key itself)")
+    if not all(isinstance(v, str) and v for v in entry.values()):
+        raise ValueError(f"{where}: {', '.join(entry)} must be non-empty strings")
+    if "key_file" in entry and not entry["key_file"].startswith("/"):
+        raise ValueError(f"{where}: key_file must be an absolute path, got {entry['key_file']!r}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", entry["id"]):
         raise ValueError(f"{where}: id {entry['id']!r} is not a valid node id")
     if not entry["url"].startswith("https://"):
         raise ValueError(f"{where}: url must be https:// (node-to-node calls are verified TLS)")
-    return Node(**entry)
+    return Node(id=entry["id"], url=entry["url"], key=entry.get("key", ""), ca=entry["ca"],
+                key_file=entry.get("key_file", ""))

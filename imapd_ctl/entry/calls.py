@@ -62,16 +62,16 @@ def local(sock: str, key: str, controller: str = CONTROLLER, timeout: float = 12
     return call
 
 
-def remote(cluster: Cluster, node_id: str) -> Caller:
-    """Calls to another node of the registry (HTTPS, verified, node_timeout per call). An
-    unknown id is a Refusal listing the known ones."""
+def remote(cluster: Cluster, node_id: str, controller: str = CONTROLLER) -> Caller:
+    """Calls to `controller` on another node of the registry (HTTPS, verified, node_timeout per
+    call). An unknown id is a Refusal listing the known ones."""
     try:
         node = cluster.node(node_id)
     except ApiError as exc:            # NotFound: its message lists the known ids
         raise Refusal(USAGE, exc.message) from None
 
     def call(action: str, inputs: dict[str, Any]) -> Answer:
-        status, payload = cluster.call(node, action, inputs)
+        status, payload = cluster.call(node, action, inputs, controller)
         # Cluster.call answers 502 with the reason when the node could not be reached at all.
         reached = not (status == 502 and isinstance(payload, str) and payload.startswith(f"node {node.id}:"))
         return Answer(status, payload, reached)
@@ -89,10 +89,7 @@ def target(settings: Settings, cluster: Cluster, node_id: str | None, *, sock: s
     """The caller for --node ID (None or this node's id: the local daemon)."""
     if node_id is None or node_id == settings.node_id:
         return local(sock, key, controller, timeout=call_timeout(settings))
-    if controller != CONTROLLER:
-        raise Refusal(USAGE, f"--node forwards to the {CONTROLLER} controller only; run the "
-                             f"command on {node_id} itself for {controller}")
-    return remote(cluster, node_id)
+    return remote(cluster, node_id, controller)
 
 
 def fan_out(callers: dict[str, Caller], plan: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Answer]]:

@@ -57,7 +57,8 @@ def request(path: str, method: str, url: str, *, key: str | None = None, body: b
 
 def call(path: str, key: str | None, action: str, inputs: dict | None = None, *,
          method: str = "POST", controller: str = CONTROLLER, timeout: float = 120) -> tuple[int, Any]:
-    """Call an action with a JSON body; returns the envelope's (status, payload)."""
+    """Call an action of `controller` (a path of actions.CONTROLLERS) with a JSON body; returns
+    the envelope's (status, payload)."""
     url = f"{controller}/{urllib.parse.quote(action, safe='')}"
     body = json.dumps(inputs or {}).encode() if method == "POST" else None
     if method == "GET" and inputs:

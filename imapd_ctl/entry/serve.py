@@ -29,8 +29,8 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
-from imapd_ctl.adapters import metrics
-from imapd_ctl.core.errors import ApiError
+from imapd_ctl.adapters import metrics, secrets
+from imapd_ctl.adapters.flavours import validation
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.entry import worker
 from imapd_ctl.entry.recovery import recover_in_child
@@ -235,16 +235,22 @@ class _Gunicorn(BaseApplication):
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="[%(process)d] %(levelname)s %(name)s: %(message)s")
         services = wiring.build(self.settings, unfinished_recovery=self.unfinished_recovery)
-        try:    # connect and detect now (this worker's own bus), not in its first request
-            services.flavour
-        except ApiError as exc:   # the bus or the server is missing: the first use says why
-            logging.getLogger(__name__).warning("at worker start: %s", exc.message)
+        services.warm()
         return create_app(services.context(), scrape=services.scrape,
                           metrics_access=self.settings.metrics_access)
 
 
+def check_secrets(settings: Settings) -> None:
+    """Refuse to start while a file holding secrets is open to group or others (or belongs to
+    someone else): each problem names the file and the mode to set."""
+    found = secrets.problems(settings.secret_files())
+    if found:
+        raise SystemExit("\n".join(f"imapd-ctl: refusing to start: {p}" for p in found))
+
+
 def run(settings: Settings) -> None:
     try:
+        check_secrets(settings)
         check_binds(settings)
     except SystemExit as exc:
         # A configuration error: say why, and exit with EX_CONFIG so systemd does not retry.
@@ -259,6 +265,9 @@ def run(settings: Settings) -> None:
               " (under the packaged unit only /run/imapd-ctl, /var/lib/imapd-ctl and "
               "/var/log/imapd-ctl are writable: see ReadWritePaths=)", file=sys.stderr)
         raise SystemExit(EX_CONFIG) from None
+    # Validation scratch trees a killed worker left behind (and older versions' copies).
+    for path in validation.remove_stale(settings.state_dir):
+        print(f"imapd-ctl: removed a validation tree left behind: {path}", file=sys.stderr)
     # Every process (the recovery child, each worker) counts in the private metrics directory,
     # emptied here: a scrape adds up the counts since this start (adapters.metrics).
     try:

@@ -7,6 +7,7 @@ D-Bus connection (workers forked from it would hang on it).
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -20,9 +21,9 @@ from imapd_ctl.adapters.flavours import detect
 from imapd_ctl.adapters.keys import KeyStore
 from imapd_ctl.adapters.metrics import CONTENT_TYPE, ENV, Metrics
 from imapd_ctl.adapters.systemd import Systemd as DBusSystemd
-from imapd_ctl.core.actions import Action
+from imapd_ctl.core.actions import IMAP, Action, Service
 from imapd_ctl.core.dispatch import Context, Runner
-from imapd_ctl.core.errors import Busy
+from imapd_ctl.core.errors import ApiError, Busy
 from imapd_ctl.core.protocols import Audit, Flavour, Systemd
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.operations.controller import Controller
@@ -42,13 +43,13 @@ class Admission:
         self.limit = limit
         self._slots = threading.BoundedSemaphore(limit)
 
-    def run(self, action: Action, values: dict[str, Any]) -> Any:
+    def run(self, action: Action, values: dict[str, Any], service: Service = IMAP) -> Any:
         if not action.mutating:
-            return self.runner.run(action, values)
+            return self.runner.run(action, values, service)
         if not self._slots.acquire(blocking=False):
             raise Busy(f"{self.limit} changes are already in progress or waiting; try again")
         try:
-            return self.runner.run(action, values)
+            return self.runner.run(action, values, service)
         finally:
             self._slots.release()
 
@@ -77,6 +78,15 @@ class Services:
             self.audit.open()
         return Context(keys=self.keys, audit=self.audit, runner=Admission(self.controller),
                        render=prose.render, describe=prose.payload_of, telemetry=self.metrics)
+
+    def warm(self) -> None:
+        """In a worker, at start: connect to the bus and detect the flavour now, not in the
+        first request (any worker may take any request, so each must know its flavour before
+        the bus may go away). Missing bus or server: the first use says why."""
+        try:
+            self.controller.flavour
+        except ApiError as exc:
+            logging.getLogger(__name__).warning("at worker start: %s", exc.message)
 
     def scrape(self) -> tuple[bytes, str]:
         """The text of /metrics: the counts of every process and the server's state now."""

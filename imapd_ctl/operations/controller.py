@@ -4,6 +4,7 @@ never call these directly but go through core.dispatch (auth, validation, audit)
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,25 +17,27 @@ from imapd_ctl.core.waiting import wait_until
 from imapd_ctl.adapters.cluster import Cluster
 from imapd_ctl.adapters.journal import Journal
 from imapd_ctl.adapters.lock import TransactionLock
-from imapd_ctl.core.actions import ACTIONS, CONTROLLER, PERMISSION, Action
+from imapd_ctl.core.actions import ACTIONS, IMAP, PERMISSION, Action, Service
 from imapd_ctl.core.errors import ActionFailed, ApiError, ChangesRefused, NodeFailed, Relayed
 from imapd_ctl.core.capacity import Capacity
 from imapd_ctl.core.protocols import Flavour, Systemd, Telemetry, Untold
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.operations import transaction
+from imapd_ctl.operations.serving import Serving
 
 log = logging.getLogger(__name__)
 
-SERVICE_ID = "imap4"
-GENERAL_NAME = "##LG_IMAP##"
-SERVICE_PAGE = "/nodeworx/mail/mda"
 LISTEN_INTERVAL = 0.05
 
 
-class Controller:
+class Controller(Serving):
     """The handlers and what they share. Built by entry.wiring, which passes every part and,
     for the flavour, `detect`: the flavour is found on first use, in a worker (never in
     gunicorn's master: detection needs D-Bus). Tests pass a `flavour` directly.
+
+    `service`: the table's controller the handlers answer for (actions.IMAP, SIMAP): it picks
+    the port and the units (operations.serving: `port`, `unit_ports`).
+
     `unfinished_recovery`: why the recovery at serve start did not finish (it overran its
     deadline); while the journal it left is pending, changes are refused with that reason
     instead of retrying a recovery that hangs."""
@@ -47,7 +50,9 @@ class Controller:
             raise TypeError("Controller needs a flavour or a way to detect it")
         self.settings = settings
         self.systemd = systemd
-        self._flavour = flavour
+        self.service: Service = IMAP
+        # A list, shared with the copies run() makes: the flavour is detected once.
+        self._flavour: list[Flavour] = [flavour] if flavour is not None else []
         self._detect = detect
         self.lock = lock
         self.journal = journal
@@ -56,18 +61,25 @@ class Controller:
         self.telemetry = telemetry
 
     @property
-    def flavour(self) -> Flavour:
+    def flavour(self) -> Flavour:  # overrides Serving's stand-in
         # Detected on first use in each worker (never in gunicorn's master: it needs D-Bus).
-        if self._flavour is None:
+        if not self._flavour:
             assert self._detect is not None     # __init__ checked: one of the two is given
-            self._flavour = self._detect()
-        return self._flavour
+            self._flavour.append(self._detect())
+        return self._flavour[0]
 
-    def run(self, action: Action, values: dict[str, Any]) -> Any:
+    def run(self, action: Action, values: dict[str, Any], service: Service = IMAP) -> Any:
+        """Run for `service` (a copy answering for it shares every part, the flavour too)."""
+        runner = self if service == self.service else copy.copy(self)
+        runner.service = service
+        return runner._run(action, values)
+
+    def _run(self, action: Action, values: dict[str, Any]) -> Any:
         if action.local_action:  # *OnNode: this node, or forward the plain action to that node
             node_id = values["node_id"]
             if node_id is not None and node_id != self.settings.node_id:
-                status, payload = self.cluster.call(self.cluster.node(node_id), action.local_action, {})
+                status, payload = self.cluster.call(self.cluster.node(node_id), action.local_action, {},
+                                                    self.service.path)
                 if status:
                     raise Relayed(status, payload)
                 return payload
@@ -83,7 +95,7 @@ class Controller:
         node, not the sum. The payload is every node's outcome, this node first; the status is
         502 if any failed."""
         with ThreadPoolExecutor(max_workers=1) as pool:
-            others = pool.submit(self.cluster.replay, action.name, values)
+            others = pool.submit(self.cluster.replay, action.name, values, self.service.path)
             try:
                 here = {"id": self.settings.node_id, "status": 0, "payload": self._run_here(action, values)}
             except ApiError as exc:
@@ -142,32 +154,32 @@ class Controller:
         """Active AND listening. With no supported IMAP server installed this is an error
         (NoFlavour, 500), not False: False reads as "installed but stopped, press Start", which
         cannot work; listServiceInfo follows it. Only the constant list* actions answer then."""
-        unit = self.flavour.primary_unit
+        unit = next(iter(self.unit_ports()))
         if self.systemd.active_state(unit) not in SERVING:
             return False
-        return ports.unit_listens(self.systemd.main_pid(unit), self.settings.port)
+        return ports.unit_listens(self.systemd.main_pid(unit), self.port)
 
     def list_general_name(self) -> str:
-        return GENERAL_NAME
+        return self.service.general_name
 
     def list_port_numbers(self) -> str:
-        return str(self.settings.port)
+        return str(self.port)
 
     def list_port_numbers_array(self) -> list[int]:
-        return [self.settings.port]
+        return [self.port]
 
     def list_required_permissions(self) -> list[str]:
         return [PERMISSION]
 
     def list_service_name(self) -> str:
-        return SERVICE_ID
+        return self.service.service_id
 
     def list_service_page(self) -> str:
-        return SERVICE_PAGE
+        return self.service.page
 
     def list_service_info(self) -> dict[str, Any]:
-        return {"id": SERVICE_ID, "name": GENERAL_NAME, "ports": str(self.settings.port),
-                "page": SERVICE_PAGE, "ctrl": CONTROLLER, "is_running": int(self.is_running())}
+        return {"id": self.service.service_id, "name": self.service.general_name, "ports": str(self.port),
+                "page": self.service.page, "ctrl": self.service.path, "is_running": int(self.is_running())}
 
     def query_update(self) -> dict[str, int]:
         return self.flavour.current_values()
@@ -177,14 +189,14 @@ class Controller:
         return capacity.read(self.flavour, self.systemd)
 
     def query_start_on_boot(self) -> dict[str, int]:
-        state = self.systemd.unit(self.flavour.primary_unit).unit_file_state
+        state = self.systemd.unit(next(iter(self.unit_ports()))).unit_file_state
         return {"mda_imap_startonboot": int(state in ("enabled", "enabled-runtime"))}
 
     # -- service control -------------------------------------------------------------
     def _wait_listening(self, verb: str) -> None:
         """Bounded wait until every unit listens on its port (Courier: 143 and 993)."""
         deadline = time.monotonic() + self.settings.listen_timeout
-        for unit, port in self.flavour.unit_ports().items():
+        for unit, port in self.unit_ports().items():
             if not wait_until(lambda: ports.unit_listens(self.systemd.main_pid(unit), port),
                               deadline - time.monotonic(), LISTEN_INTERVAL):
                 raise ActionFailed(
@@ -193,27 +205,31 @@ class Controller:
                     f"last journal lines:\n{self.systemd.journal_tail(unit)}")
 
     def start(self) -> str:
-        for unit in self.flavour.units:
+        units = list(self.unit_ports())
+        for unit in units:
             self.systemd.start(unit)
         self._wait_listening("start")
-        return f"started {', '.join(self.flavour.units)}"
+        return self.acted("started", units)
 
     def stop(self) -> str:
-        for unit in reversed(self.flavour.units):
+        units = list(self.unit_ports())
+        for unit in reversed(units):
             self.systemd.stop(unit)
-        return f"stopped {', '.join(self.flavour.units)}"
+        return self.acted("stopped", units)
 
     def restart(self) -> str:
-        for unit in self.flavour.units:
+        units = list(self.unit_ports())
+        for unit in units:
             self.systemd.restart(unit)
         self._wait_listening("restart")
-        return f"restarted {', '.join(self.flavour.units)}"
+        return self.acted("restarted", units)
 
     def start_on_boot(self, mda_imap_startonboot: int) -> str:
         enable = mda_imap_startonboot == 1
-        for unit in self.flavour.units:
+        units = list(self.unit_ports())
+        for unit in units:
             (self.systemd.enable if enable else self.systemd.disable)(unit)
-        return f"{'enabled' if enable else 'disabled'} {', '.join(self.flavour.units)} at boot"
+        return self.acted("enabled" if enable else "disabled", units, " at boot")
 
     # -- configuration ---------------------------------------------------------------
     def update(self, imap_mem_limit: int | None, imap_max_connections: int | None,

@@ -1,23 +1,32 @@
-"""The Flask app (factory, as in Flask's tutorial): mounts the transports (HTTP JSON under
-/nodeworx/mail/imap, XML-RPC at /xmlrpc), /healthz and /openapi.json, and gives every reply,
-errors included, the InterWorx envelope."""
+"""The Flask app (factory, as in Flask's tutorial): mounts the transports (HTTP JSON under each
+controller of the table, /nodeworx/mail/imap and /nodeworx/mail/simap; XML-RPC at /xmlrpc; SOAP
+at /soap and /nodeworx/soap), /healthz and /openapi.json, and gives every reply, errors
+included, the InterWorx envelope (on the SOAP paths: a SOAP Fault)."""
 from __future__ import annotations
 
 import json
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import NotFound as NoRoute
 
-from imapd_ctl.core.actions import CONTROLLER
+from imapd_ctl.core.actions import CONTROLLERS
 from imapd_ctl.core.errors import ApiError, NotFound
 from imapd_ctl.core.dispatch import Context, check_metrics_reader, dispatch
 from imapd_ctl.core.request import Request, Result
-from imapd_ctl.transports import http, openapi, xmlrpc
-from imapd_ctl.transports.body import bounded
+from imapd_ctl.transports import http, openapi, soap, xmlrpc
+from imapd_ctl.transports.body import bounded, envelope_refusal
 from imapd_ctl.transports.http import MAX_BODY, envelope
+
+
+def _refusal(environ: dict[str, Any], status: int, text: str) -> tuple[bytes, str]:
+    """A body refused below Flask (transports.body): a SOAP Fault on the SOAP paths."""
+    if environ.get("PATH_INFO") in soap.PATHS:
+        body, _, ctype = soap.fault(soap.version_of(environ.get("CONTENT_TYPE")), text, status)
+        return body, ctype
+    return envelope_refusal(environ, status, text)
 
 
 Scrape = Callable[[], "tuple[bytes, str]"]   # /metrics: the body and its content type
@@ -29,7 +38,7 @@ def create_app(ctx: Context, *, scrape: Scrape | None = None, metrics_access: st
     app = Flask("imapd_ctl")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     # Every body passes the limit below Flask, for all transports (transports.body).
-    app.wsgi_app = bounded(app.wsgi_app, MAX_BODY)  # type: ignore[method-assign,assignment]
+    app.wsgi_app = bounded(app.wsgi_app, MAX_BODY, _refusal)  # type: ignore[method-assign,assignment]
     # `//` in a path is not merged with a 308 redirect (an HTML page, outside the envelope):
     # such a path matches no route and is a 404 like any other unknown path. Werkzeug also
     # drops leading slashes before matching, so those are refused here, before routing.
@@ -44,15 +53,29 @@ def create_app(ctx: Context, *, scrape: Scrape | None = None, metrics_access: st
         if "//" in request.environ.get("PATH_INFO", ""):
             raise NoRoute("the path has an empty segment (//)")
 
+    def action_route(controller: str, action: str) -> Response:
+        return http.handle(controller, action, run)
+
     # No automatic OPTIONS: its empty 200 would be the one reply without the envelope.
-    @app.route(f"{CONTROLLER}/<action>", methods=["GET", "POST"], provide_automatic_options=False)
-    def action_route(action: str) -> Response:
-        return http.handle(action, run)
+    for path in CONTROLLERS:
+        app.add_url_rule(f"{path}/<action>", endpoint=f"action:{path}", view_func=action_route,
+                         defaults={"controller": path}, methods=["GET", "POST"],
+                         provide_automatic_options=False)
+
+    def soap_route() -> Response:
+        if request.method != "POST":    # GET (?wsdl, as clients ask; any query) and HEAD
+            return Response(soap.wsdl(request.base_url), content_type="text/xml; charset=utf-8")
+        body, status, ctype = soap.handle(request.get_data(), request.content_type, http.peer(), run)
+        return Response(body, status=status, content_type=ctype)
 
     @app.post("/xmlrpc", provide_automatic_options=False)
     def xmlrpc_route() -> Response:
         body = xmlrpc.handle(request.get_data(), http.peer(), run)
         return Response(body, mimetype="text/xml")
+
+    for path in soap.PATHS:
+        app.add_url_rule(path, f"soap:{path}", soap_route, methods=["GET", "POST"],
+                         provide_automatic_options=False)
 
     @app.get("/healthz", provide_automatic_options=False)
     def healthz() -> Response:
@@ -76,6 +99,10 @@ def create_app(ctx: Context, *, scrape: Scrape | None = None, metrics_access: st
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
+        if request.path in soap.PATHS:    # a SOAP client reads a Fault, not our JSON
+            body, status, ctype = soap.fault(soap.version_of(request.content_type),
+                                             f"{exc.name}: {exc.description}", exc.code)
+            return Response(body, status=status, content_type=ctype)
         return envelope(exc.code or 500, f"{exc.name}: {exc.description}")
 
     @app.errorhandler(Exception)

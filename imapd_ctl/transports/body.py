@@ -27,11 +27,13 @@ _REASONS = {400: "Bad Request", 413: "Request Entity Too Large"}
 READ_SIZE = 16 * 1024
 
 
-def _answer(start_response: StartResponse, status: int, message: str) -> list[bytes]:
-    body = (json.dumps({"status": status, "payload": f"{_REASONS[status]}: {message}"}) + "\n").encode()
-    start_response(f"{status} {_REASONS[status]}", [
-        ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-    return [body]
+Refusal = Callable[[Environ, int, str], tuple[bytes, str]]
+"""(environ, HTTP status, text) -> (reply body, Content-Type) of a refused body."""
+
+
+def envelope_refusal(environ: Environ, status: int, text: str) -> tuple[bytes, str]:
+    """The InterWorx envelope (every path but SOAP's, whose clients read a Fault)."""
+    return (json.dumps({"status": status, "payload": text}) + "\n").encode(), "application/json"
 
 
 def _read_at_most(stream: Any, limit: int) -> bytes:
@@ -46,9 +48,14 @@ def _read_at_most(stream: Any, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def bounded(app: WSGIApp, limit: int) -> WSGIApp:
-    """`app` behind a body limit of `limit` bytes."""
+def bounded(app: WSGIApp, limit: int, refusal: Refusal = envelope_refusal) -> WSGIApp:
+    """`app` behind a body limit of `limit` bytes; `refusal` words the 400/413 replies."""
     too_large = f"the request body is over the limit of {limit} bytes"
+
+    def _answer(environ: Environ, start_response: StartResponse, status: int, message: str) -> list[bytes]:
+        body, ctype = refusal(environ, status, f"{_REASONS[status]}: {message}")
+        start_response(f"{status} {_REASONS[status]}", [("Content-Type", ctype), ("Content-Length", str(len(body)))])
+        return [body]
 
     def middleware(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         raw_length = environ.get("CONTENT_LENGTH") or ""
@@ -56,18 +63,18 @@ def bounded(app: WSGIApp, limit: int) -> WSGIApp:
         length: int | None = None
         if raw_length and not chunked:
             if not (raw_length.isascii() and raw_length.isdigit()):
-                return _answer(start_response, 400, f"Content-Length {raw_length[:20]!r} is not a number")
+                return _answer(environ, start_response, 400, f"Content-Length {raw_length[:20]!r} is not a number")
             length = int(raw_length)
             if length > limit:
-                return _answer(start_response, 413, too_large)
+                return _answer(environ, start_response, 413, too_large)
         try:
             data = _read_at_most(environ["wsgi.input"], limit + 1 if length is None else length)
         except Exception as exc:   # broken chunked framing: gunicorn's reader raises
-            return _answer(start_response, 400, f"the request body could not be read ({type(exc).__name__})")
+            return _answer(environ, start_response, 400, f"the request body could not be read ({type(exc).__name__})")
         if len(data) > limit:
-            return _answer(start_response, 413, too_large)
+            return _answer(environ, start_response, 413, too_large)
         if length is not None and len(data) < length:
-            return _answer(start_response, 400, f"the body ended after {len(data)} of its {length} bytes")
+            return _answer(environ, start_response, 400, f"the body ended after {len(data)} of its {length} bytes")
         environ["wsgi.input"] = io.BytesIO(data)
         environ["CONTENT_LENGTH"] = str(len(data))
         environ.pop("HTTP_TRANSFER_ENCODING", None)

@@ -2,7 +2,7 @@
 tests/test_docs.py keeps the two in step). `python -m imapd_ctl.transports.docs` prints it."""
 from __future__ import annotations
 
-from imapd_ctl.core.actions import ACTIONS, CONTROLLER, Input
+from imapd_ctl.core.actions import ACTIONS, CONTROLLERS, Input
 
 
 def _input(spec: Input) -> str:
@@ -16,7 +16,13 @@ def markdown() -> str:
     for a in ACTIONS.values():
         inputs = ", ".join(_input(i) for i in a.inputs) or "–"
         rows.append(f"| `{a.name}` | {' '.join(a.methods)} | {inputs} | {a.description} |")
-    return f"All under `{CONTROLLER}/<action>`.\n\n" + "\n".join(rows) + "\n"
+    services = ["| controller | InterWorx name | service id | port (setting) | page |", "|---|---|---|---|---|"]
+    for c in CONTROLLERS.values():
+        port = "993 (`ssl_port`)" if c.secure else "143 (`port`)"
+        services.append(f"| `{c.path}` | {c.title} | `{c.service_id}` | {port} | `{c.page}` |")
+    where = " and ".join(f"`{c.path}/<action>`" for c in CONTROLLERS.values())
+    return ("\n".join(services) + f"\n\nEvery controller has every action, under {where}.\n\n"
+            + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":

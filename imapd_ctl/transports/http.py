@@ -1,4 +1,5 @@
-"""The HTTP JSON transport: a request to /nodeworx/mail/imap/<action> becomes a core Request,
+"""The HTTP JSON transport: a request to CONTROLLER/<action> (each controller of the table:
+/nodeworx/mail/imap, /nodeworx/mail/simap) becomes a core Request,
 and a Result the InterWorx envelope {"status": N, "payload": ...} (a non-zero status is also
 the HTTP status). Mounted by transports.app."""
 from __future__ import annotations
@@ -86,11 +87,12 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
-def handle(action: str, dispatch: Callable[[Request], Result]) -> Response:
-    """The current Flask request to `action` -> Request -> dispatch -> the envelope. The
+def handle(controller: str, action: str, dispatch: Callable[[Request], Result]) -> Response:
+    """The current Flask request to `action` of `controller` -> Request -> dispatch -> the envelope. The
     inputs are read when dispatch asks, after authentication: bad encoding is reported only
     to a caller with a valid key, like any input error."""
-    req = Request(transport="http", peer=peer(), action=action, read_key=bearer, read_inputs=_inputs,
+    req = Request(transport="http", peer=peer(), action=action, controller=controller,
+                  read_key=bearer, read_inputs=_inputs,
                   method="GET" if request.method == "HEAD" else request.method)
     result = dispatch(req)
     return envelope(result.status, result.payload)

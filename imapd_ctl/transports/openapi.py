@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from imapd_ctl import __version__
-from imapd_ctl.core.actions import ACTIONS, CONTROLLER, PERMISSION, Input
+from imapd_ctl.core.actions import ACTIONS, CONTROLLERS, IMAP, PERMISSION, Input
 
 
 def _schema(spec: Input) -> dict[str, Any]:
@@ -24,22 +24,26 @@ def document() -> dict[str, Any]:
                                    ("409", "another change is in progress"), ("500", "the action failed"),
                                    ("503", "systemd unreachable")]}
     paths: dict[str, Any] = {}
-    for action in ACTIONS.values():
+    for service, action in ((s, a) for s in CONTROLLERS.values() for a in ACTIONS.values()):
         props = {i.name: {**_schema(i), "description": i.description} for i in action.inputs}
-        op = {"operationId": action.name, "summary": action.description,
-              "description": f"Added in {action.added_in}." + (" Changes the server." if action.mutating else ""),
+        # operationIds are unique across the document: the imap controller's keep the bare names.
+        op_id = action.name if service == IMAP else f"{service.path.rsplit('/', 1)[1]}_{action.name}"
+        op = {"operationId": op_id, "summary": action.description, "tags": [service.title],
+              "description": f"{service.title} ({service.service_id}). Added in {action.added_in}."
+                             + (" Changes the server." if action.mutating else ""),
               "responses": responses}
         item: dict[str, Any] = {"post": {**op, "requestBody": {"required": False, "content": {
             "application/json": {"schema": {"type": "object", "properties": props}},
             "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": props}}}}}}
         if not action.mutating:
-            item["get"] = {**op, "operationId": action.name + "Get",
+            item["get"] = {**op, "operationId": op_id + "Get",
                            "parameters": [{"name": i.name, "in": "query", "schema": _schema(i)}
                                           for i in action.inputs]}
-        paths[f"{CONTROLLER}/{action.name}"] = item
+        paths[f"{service.path}/{action.name}"] = item
     return {
         "openapi": "3.0.3",
-        "info": {"title": "imapd-ctl: InterWorx MailImap controller", "version": __version__},
+        "info": {"title": "imapd-ctl: InterWorx " + " and ".join(s.title for s in CONTROLLERS.values())
+                          + " controllers", "version": __version__},
         "paths": paths,
         "security": [{"apikey": []}],
         "components": {

@@ -5,42 +5,18 @@ The body is parsed once, by the standard library's expat parser and unmarshaller
 values, faults and limits as xmlrpc.client.loads), and the reply is built with
 xmlrpc.client.dumps: a struct {status, payload} for every call of iworx.route, and a fault,
 exactly as Python's SimpleXMLRPCDispatcher gives one, for a body that is not such a call.
+From the decoded parameters on, the call is transports.rpc's, shared with SOAP.
 """
 from __future__ import annotations
 
 import xmlrpc.client
 from typing import Any, Callable
 
-from imapd_ctl.core.errors import BadInput, Unauthorized
 from imapd_ctl.core.request import Request, Result
+from imapd_ctl.transports import rpc
 
 METHOD = "iworx.route"
 ENCODING = "utf-8"
-_I4 = 2**31 - 1
-
-
-def _key(apikey: Any) -> str | None:
-    """The key from a string or {'apikey': ...}; other InterWorx auth forms are refused."""
-    if isinstance(apikey, str):
-        return apikey
-    if isinstance(apikey, dict) and "apikey" in apikey:
-        return apikey["apikey"] if isinstance(apikey["apikey"], str) else None
-    if isinstance(apikey, dict) and apikey:
-        raise Unauthorized("only API key authentication is supported: pass the key as a string "
-                           "or as {'apikey': KEY} (session and email/password logins are not)")
-    return None
-
-
-def _marshallable(value: Any) -> Any:
-    """XML-RPC integers are 32-bit: larger ones (memory limits above 2 GiB) are sent as
-    decimal strings, which InterWorx clients and our own inputs accept."""
-    if isinstance(value, int) and not isinstance(value, bool) and not -_I4 - 1 <= value <= _I4:
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _marshallable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_marshallable(v) for v in value]
-    return value
 
 
 class _Unmarshaller(xmlrpc.client.Unmarshaller):
@@ -94,31 +70,14 @@ def _fault(exc: BaseException) -> xmlrpc.client.Fault:
     return xmlrpc.client.Fault(1, f"{type(exc)}:{exc}")
 
 
-def _route(params: tuple[Any, ...], repeated: str | None, peer: str,
-           dispatch: Callable[[Request], Result]) -> dict[str, Any]:
-    if not 3 <= len(params) <= 4:
-        return {"status": 400, "payload": f"{METHOD} takes (apikey, ctrl_name, action[, input]); "
-                                          f"got {len(params)} parameters"}
-    apikey, ctrl_name, action = params[:3]
-
-    def inputs() -> Any:
-        if repeated is not None:   # reported after authentication, like any input error
-            raise BadInput(f"{repeated}: given more than once")
-        return params[3] if len(params) == 4 else None
-
-    result = dispatch(Request(transport="xmlrpc", peer=peer, action=action, controller=ctrl_name,
-                              read_key=lambda: _key(apikey), read_inputs=inputs))
-    return {"status": result.status, "payload": _marshallable(result.payload)}
-
-
 def handle(body: bytes, peer: str, dispatch: Callable[[Request], Result]) -> bytes:
     """One XML-RPC body -> the reply body."""
     try:
         params, method, repeated = _parse(body)
         if method != METHOD:
             raise _fault(Exception(f'method "{method}" is not supported'))
-        reply = xmlrpc.client.dumps((_route(params, repeated, peer, dispatch),), methodresponse=True,
-                                    allow_none=True, encoding=ENCODING)
+        answer = rpc.route("xmlrpc", params, repeated, peer, dispatch, METHOD)
+        reply = xmlrpc.client.dumps((answer,), methodresponse=True, allow_none=True, encoding=ENCODING)
     except xmlrpc.client.Fault as fault:   # one we raise, or a <fault> the body carried
         reply = xmlrpc.client.dumps(fault, allow_none=True, encoding=ENCODING)
     except Exception as exc:   # not XML-RPC, or not XML at all

@@ -86,16 +86,22 @@ class Cluster3:
         keys = {(a.n, b.n): "ictl_" + secrets.token_urlsafe(32)
                 for a in self.nodes for b in self.nodes if a is not b}
         for node in self.nodes:
+            # Each peer key in its own owner-only file, apart from the settings.
+            for other in self.nodes:
+                if other is not node:
+                    key_file = node.share / f"{other.id}.key"
+                    key_file.write_text(keys[node.n, other.n] + "\n")
+                    key_file.chmod(0o600)
             registry = "".join(
                 f'\n[[nodes]]\nid = "{other.id}"\nurl = "https://{other.address}:{PORT}"\n'
-                f'key = "{keys[node.n, other.n]}"\nca = "{node.share / "ca.pem"}"\n'
+                f'key_file = "{node.share / f"{other.id}.key"}"\nca = "{node.share / "ca.pem"}"\n'
                 for other in self.nodes if other is not node)
             extra = (f'tls_cert = "{node.share / "server.pem"}"\ntls_key = "{node.share / "server.key"}"\n'
                      f"node_timeout = 20.0\n" + registry)
             node.daemon = launch(node.host, node.share, node_id=node.id, workers=self.workers,
                                  extra_config=extra, listen=("127.0.0.1:8143", f"{node.address}:{PORT}"))
         for (caller, callee), key in keys.items():
-            self.nodes[callee - 1].daemon.ctl("key", "import", f"from-node{caller}", "--value", key)
+            self.nodes[callee - 1].daemon.ctl("key", "import", f"from-node{caller}", input=key + "\n")
         return self
 
     def reissue_cert(self, node: Node, *, rogue: bool) -> None:

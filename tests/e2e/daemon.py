@@ -6,12 +6,14 @@ from the caller, so tests and the demo reach it from outside the host.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
 
+from imapd_ctl.core.actions import CONTROLLER
 from imapd_ctl.entry import client
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,20 +29,37 @@ SEED_PAYLOADS = {
 }
 
 
-def service_info(running: int) -> dict:
-    """The seed's listServiceInfo payload."""
-    return {"id": "imap4", "name": "##LG_IMAP##", "ports": "143", "page": "/nodeworx/mail/mda",
-            "ctrl": "/nodeworx/mail/imap", "is_running": running}
+# The same for InterWorx's secure-IMAP controller: service imap4-ssl on port 993.
+SIMAP = "/nodeworx/mail/simap"
+PAYLOADS = {
+    CONTROLLER: SEED_PAYLOADS,
+    SIMAP: {**SEED_PAYLOADS, "listGeneralName": "##LG_SIMAP##", "listPortNumbers": "993",
+            "listPortNumbersArray": [993], "listServiceName": "imap4-ssl"},
+}
+CONTROLLERS = list(PAYLOADS)       # what the walk is parametrized over
 
 
-def assert_seed_payloads(call, node_id: str) -> None:
+def caller(daemon: "Daemon", transport: str, controller: str = CONTROLLER):
+    """daemon.call (HTTP JSON), daemon.route (XML-RPC) or daemon.soap, bound to one controller."""
+    method = {"http": daemon.call, "xmlrpc": daemon.route, "soap": daemon.soap}[transport]
+    return functools.partial(method, controller=controller)
+
+
+def service_info(running: int, controller: str = CONTROLLER) -> dict:
+    """The seed's listServiceInfo payload (of simap: the same for imap4-ssl on 993)."""
+    p = PAYLOADS[controller]
+    return {"id": p["listServiceName"], "name": p["listGeneralName"], "ports": p["listPortNumbers"],
+            "page": p["listServicePage"], "ctrl": controller, "is_running": running}
+
+
+def assert_seed_payloads(call, node_id: str, controller: str = CONTROLLER) -> None:
     """The read-only actions answer the seed's example payloads on a running server."""
-    for action, payload in SEED_PAYLOADS.items():
+    for action, payload in PAYLOADS[controller].items():
         assert call(action) == (0, payload), action
     assert call("isRunning") == (0, True)
     assert call("isRunningOnNode") == (0, True)
     assert call("isRunningOnNode", {"node_id": node_id}) == (0, True)
-    assert call("listServiceInfo") == (0, service_info(1))
+    assert call("listServiceInfo") == (0, service_info(1, controller))
 
 
 def exercise_every_action(call, node_id: str) -> dict:
@@ -87,10 +106,10 @@ class Daemon:
         return str(self.share / "imapd-ctl.sock")
 
     def call(self, action: str, inputs: dict | None = None, *, key: str | None = "default",
-             method: str = "POST"):
+             method: str = "POST", controller: str = CONTROLLER):
         """(status, payload) of one HTTP JSON call over the unix socket."""
         return client.call(self.socket, self.key if key == "default" else key, action, inputs,
-                           method=method)
+                           method=method, controller=controller)
 
     def http(self, method: str, url: str, **kw) -> tuple[int, bytes]:
         return client.request(self.socket, method, url, **kw)
@@ -99,11 +118,34 @@ class Daemon:
         return xmlrpc.client.ServerProxy("http://localhost/xmlrpc", allow_none=True,
                                          transport=client.UnixTransport(self.socket))
 
-    def route(self, action: str, inputs=None, *, key=None):
+    def route(self, action: str, inputs=None, *, key=None, controller: str = CONTROLLER):
         """iworx.route over XML-RPC exactly as InterWorx clients call it."""
-        reply = self.xmlrpc().iworx.route(self.key if key is None else key,
-                                           "/nodeworx/mail/imap", action, inputs)
+        reply = self.xmlrpc().iworx.route(self.key if key is None else key, controller, action, inputs)
         return reply["status"], reply["payload"]
+
+    def soap(self, action: str, inputs=None, *, key=None, version: str = "1.1", controller: str = CONTROLLER):
+        """route over SOAP, in the envelope PHP's SoapClient sends (tests/e2e/soapwire.py); no
+        input is PHP's array(), an empty SOAP-ENC:Array."""
+        import soapwire
+        body = soapwire.envelope([self.key if key is None else key, controller, action,
+                                  [] if inputs is None else inputs], version)
+        status, reply = self.http("POST", "/soap", body=body, headers={"Content-Type": soapwire.CTYPE[version]})
+        answer = soapwire.read(reply)
+        assert status == 200 and answer.fault is None, (status, answer)
+        return answer.result["status"], answer.result["payload"]
+
+    def php(self, client: str, path: str, calls: list, version: str = "1.1", *,
+            base: str = "http://127.0.0.1:8143", cafile: str | None = None, check: bool = True):
+        """PHP's own API client ("soap": SoapClient through the WSDL at `path`; "xmlrpc": ext/xmlrpc
+        POSTing to `path`) making `calls` (route's parameters) from inside the host to `base`
+        (HTTPS: verified against `cafile`, a path inside the host); one dict per call
+        (tests/e2e/php_client.php). With check=False: the CompletedProcess, for a failing run."""
+        request = {"client": client, "url": base + path, "version": version, "calls": calls}
+        if cafile is not None:
+            request["cafile"] = cafile
+        run = self.host.run(["php", str(REPO / "tests" / "e2e" / "php_client.php")], input=json.dumps(request),
+                            check=check)
+        return json.loads(run.stdout) if check else run
 
     def ctl(self, *args: str, check: bool = True, input: str | None = None):
         """Run the imapd-ctl command inside the host with this daemon's config."""

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from daemon import assert_seed_payloads, exercise_every_action, service_info
+from daemon import CONTROLLERS, assert_seed_payloads, caller, exercise_every_action, service_info
 from imapd_ctl.core.actions import ACTIONS
 
 pytestmark = pytest.mark.mailhost
@@ -17,10 +17,10 @@ def test_isrunning_envelope_is_byte_exact(daemon):
     assert (status, body) == (200, b'{"status": 0, "payload": true}\n')
 
 
+@pytest.mark.parametrize("controller", CONTROLLERS)
 @pytest.mark.parametrize("transport", ["http", "xmlrpc"])
-def test_read_only_actions_return_the_seed_payloads(daemon, transport):
-    call = daemon.call if transport == "http" else daemon.route
-    assert_seed_payloads(call, daemon.node_id)
+def test_read_only_actions_return_the_seed_payloads(daemon, transport, controller):
+    assert_seed_payloads(caller(daemon, transport, controller), daemon.node_id, controller)
 
 
 def test_read_only_actions_reflect_a_stopped_server(daemon, mailhost):
@@ -33,6 +33,27 @@ def test_read_only_actions_reflect_a_stopped_server(daemon, mailhost):
             assert call("listPortNumbers") == (0, "143")
     finally:
         mailhost.start_dovecot()
+
+
+def test_simap_is_running_checks_port_993(daemon, mailhost):
+    """Dovecot serves 143 and 993 from one unit: with its imaps listener switched off (and the
+    unit still active), simap's isRunning is false while imap's stays true."""
+    from imapd_ctl.core.waiting import wait_until
+    simap = caller(daemon, "xmlrpc", "/nodeworx/mail/simap")
+    dropin = "/etc/dovecot/conf.d/98-test-no-imaps.conf"
+    mailhost.write_file(dropin, "service imap-login {\n  inet_listener imaps {\n    port = 0\n  }\n}\n")
+    mailhost.systemctl("reload", "dovecot")
+    try:
+        assert wait_until(lambda: not mailhost.listening(993), 10, 0.1)
+        assert mailhost.listening(143)
+        assert simap("isRunning") == (0, False)
+        assert simap("listServiceInfo") == (0, service_info(0, "/nodeworx/mail/simap"))
+        assert daemon.route("isRunning") == (0, True)
+    finally:
+        mailhost.run(["rm", "-f", dropin])
+        mailhost.systemctl("reload", "dovecot")
+    assert wait_until(lambda: mailhost.listening(993), 10, 0.1)
+    assert simap("isRunning") == (0, True)
 
 
 def test_read_only_actions_answer_get_with_query_inputs(daemon):
@@ -51,12 +72,13 @@ def test_xmlrpc_key_and_input_forms(daemon):
                              {"mda_imap_startonboot": 1, "perms": "x"})["status"] == 0
 
 
-@pytest.mark.parametrize("transport", ["http", "xmlrpc"])
-def test_every_action_runs(daemon, mailhost, transport):
-    """All 19 actions, each with its usual inputs, succeed through the real stack."""
-    call = daemon.call if transport == "http" else daemon.route
-    exercise_every_action(call, daemon.node_id)
-    assert mailhost.listening(143)
+@pytest.mark.parametrize("controller", CONTROLLERS)
+@pytest.mark.parametrize("transport", ["http", "xmlrpc", "soap"])
+def test_every_action_runs(daemon, mailhost, transport, controller):
+    """All 19 actions of each controller, each with its usual inputs, succeed through the real
+    stack (simap's stop/start/restart act on dovecot.service, which serves both ports)."""
+    exercise_every_action(caller(daemon, transport, controller), daemon.node_id)
+    assert mailhost.listening(143) and mailhost.listening(993)
 
 
 def test_unknown_node_is_a_404_listing_the_known_node(daemon):

@@ -11,7 +11,7 @@ import ssl
 import pytest
 
 from courierhost import CONFIG_DIR, PORTS, UNITS, address_space_limit, main_pid, unit_processes
-from daemon import assert_seed_payloads, exercise_every_action, service_info
+from daemon import CONTROLLERS, assert_seed_payloads, caller, exercise_every_action, service_info
 from imapd_ctl.adapters.flavours.courier import kib, managed_line
 
 pytestmark = pytest.mark.mailhost
@@ -72,6 +72,7 @@ def test_detection_picks_courier(daemon, host):
     assert host.systemctl("show", "-p", "LoadState", "--value", "dovecot").stdout.strip() == "not-found"
     out = daemon.ctl("check").stdout
     assert f"IMAP server: courier ({PLAIN_UNIT}, {SSL_UNIT})" in out, out
+    assert f"IMAP over TLS (simap): {SSL_UNIT} on port 993" in out, out
     assert "FAIL" not in out, out
     # Debian's package: forking units whose MainPID is courierlogger; couriertcpd listens.
     for unit, port in PORTS.items():
@@ -81,10 +82,10 @@ def test_detection_picks_courier(daemon, host):
         assert f":{port} " in host.run(["ss", "-ltnpH", f"sport = :{port}"]).stdout
 
 
+@pytest.mark.parametrize("controller", CONTROLLERS)
 @pytest.mark.parametrize("transport", ["http", "xmlrpc"])
-def test_read_only_actions_return_the_seed_payloads(daemon, transport):
-    call = daemon.call if transport == "http" else daemon.route
-    assert_seed_payloads(call, daemon.node_id)
+def test_read_only_actions_return_the_seed_payloads(daemon, transport, controller):
+    assert_seed_payloads(caller(daemon, transport, controller), daemon.node_id, controller)
 
 
 # --- service control ---------------------------------------------------------------------
@@ -125,12 +126,41 @@ def test_start_on_boot_acts_on_both_units(daemon, host):
     assert daemon.route("queryStartOnBoot") == (0, {"mda_imap_startonboot": 1})
 
 
+@pytest.mark.parametrize("controller", CONTROLLERS)
 @pytest.mark.parametrize("transport", ["http", "xmlrpc"])
-def test_every_action_runs(daemon, host, transport):
-    """All 19 actions, each with its usual inputs, succeed through the real stack."""
-    call = daemon.call if transport == "http" else daemon.route
-    exercise_every_action(call, daemon.node_id)
+def test_every_action_runs(daemon, host, transport, controller):
+    """All 19 actions of each controller, each with its usual inputs, succeed through the real stack."""
+    exercise_every_action(caller(daemon, transport, controller), daemon.node_id)
     assert host.listening(143) and host.listening(993)
+
+
+def test_stopping_only_the_ssl_unit_is_seen_by_simap_alone(daemon, host):
+    """isRunning of each controller checks its own daemon and port: with courier-imap-ssl.service
+    stopped behind the daemon's back, simap says not running while imap still says running;
+    simap's start brings back that unit alone, its stop takes down only that one."""
+    imap, simap = caller(daemon, "http"), caller(daemon, "xmlrpc", "/nodeworx/mail/simap")
+    before = pids(host)
+    host.systemctl("stop", SSL_UNIT)
+    try:
+        assert not host.listening(993) and host.listening(143)
+        assert simap("isRunning") == (0, False)
+        assert simap("listServiceInfo") == (0, service_info(0, "/nodeworx/mail/simap"))
+        assert imap("isRunning") == (0, True)
+        assert imap("listServiceInfo") == (0, service_info(1))
+    finally:
+        started = simap("start")
+    assert started == (0, f"started {SSL_UNIT}")
+    assert greeting(host, 993).startswith(b"* OK")
+    assert simap("isRunning") == (0, True)
+    assert main_pid(host, PLAIN_UNIT) == before[PLAIN_UNIT]      # 143's daemon was never touched
+    assert simap("stop") == (0, f"stopped {SSL_UNIT}")
+    try:
+        assert (simap("isRunning"), imap("isRunning")) == ((0, False), (0, True))
+        assert greeting(host, 143).startswith(b"* OK")
+    finally:
+        started = simap("start")
+    assert started[0] == 0
+    assert main_pid(host, PLAIN_UNIT) == before[PLAIN_UNIT]
 
 
 # --- update ------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def test_bad_update_values_are_400_and_change_nothing(daemon, mailhost, field):
     for value in BAD_VALUES:
         if value is None or isinstance(value, (dict, list)):
             continue  # JSON-only shapes are covered below
-        for transport, call in (("http", daemon.call), ("xmlrpc", daemon.route)):
+        for transport, call in (("http", daemon.call), ("xmlrpc", daemon.route), ("soap", daemon.soap)):
             if transport == "xmlrpc" and isinstance(value, int) and not isinstance(value, bool) \
                     and abs(value) > 2**31 - 1:
                 continue  # not representable as an XML-RPC int
@@ -60,7 +60,7 @@ def test_bad_flags_and_node_ids(daemon):
                                  ("stopOnNode", "node_id", "{node1}"),
                                  ("stopOnNode", "node_id", "a" * 65),
                                  ("isRunningOnNode", "node_id", 7)]:
-        for call in (daemon.call, daemon.route):
+        for call in (daemon.call, daemon.route, daemon.soap):
             status, payload = call(action, {field: value})
             assert status == 400 and payload.startswith(f"{field}: must be"), (action, value, payload)
     assert daemon.call("isRunning") == (0, True)

@@ -32,10 +32,56 @@ def test_key_lifecycle_against_the_running_daemon(daemon):
 
     daemon.ctl("key", "import", "interworx", input=IMPORTED + "\n")
     assert daemon.route("isRunning", key={"apikey": IMPORTED}) == (0, True)
-    short = daemon.ctl("key", "import", "short", "--value", "abc", check=False)
-    assert short.returncode == 2 and "32" in short.stderr
     dup = daemon.ctl("key", "create", "panel", check=False)
     assert dup.returncode == 2 and "exists" in dup.stderr
+
+
+def interworx_block() -> str:
+    """A key block as InterWorx shows it and panels store it: BEGIN/END lines around base64 lines."""
+    import base64
+    import secrets
+    body = base64.b64encode(secrets.token_bytes(240)).decode()
+    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+    return "-----BEGIN INTERWORX API KEY-----\n" + "\n".join(lines) + "\n-----END INTERWORX API KEY-----"
+
+
+def test_key_import_takes_stdin_or_a_file_never_argv(daemon):
+    refused = daemon.ctl("key", "import", "argv", "--value", "k" * 40, check=False)
+    assert refused.returncode == 2 and "--value is refused" in refused.stderr and "stdin" in refused.stderr
+    short = daemon.ctl("key", "import", "short", check=False, input="abc\n")
+    assert short.returncode == 2 and "32" in short.stderr and "INTERWORX API KEY" in short.stderr
+    assert "argv" not in daemon.ctl("key", "list").stdout
+
+
+@pytest.mark.parametrize("how", ["stdin", "file"])
+def test_an_interworx_key_block_authenticates_on_every_transport(daemon, how):
+    block = interworx_block()
+    name = f"iworx-{how}"
+    if how == "stdin":
+        daemon.ctl("key", "import", name, input=block + "\n")
+    else:
+        daemon.host.write_file("/run/iworx.key", block.replace("\n", "\r\n") + "\r\n", mode=0o600)
+        daemon.ctl("key", "import", name, "--file", "/run/iworx.key")
+    stored = daemon.host.read_file("/var/lib/imapd-ctl/keys.json").decode()
+    assert name in stored and all(line not in stored for line in block.splitlines()[1:-1])
+    one_line = "".join(block.splitlines()[1:-1])
+    try:
+        # JSON: a header cannot carry line breaks: the body on one line, or the block with spaces.
+        for bearer in (one_line, block.replace("\n", " ")):
+            assert daemon.call("isRunning", key=bearer) == (0, True)
+        for sent in (block, block + "\n", {"apikey": block + "\r\n"}):
+            assert daemon.route("isRunning", key=sent) == (0, True)
+        for version in ("1.1", "1.2"):
+            entries = daemon.php("soap", "/soap?wsdl",
+                          [[sent, "/nodeworx/mail/imap", "isRunning", {}] for sent in (block, block + "\n")], version)
+            assert [e["result"] for e in entries] == [{"status": 0, "payload": True}] * 2, entries
+        entries = daemon.php("xmlrpc", "/xmlrpc", [[block + "\n", "/nodeworx/mail/imap", "isRunning", []]])
+        assert entries[0]["result"] == {"status": 0, "payload": True}
+        # Another block is another key.
+        assert daemon.route("isRunning", key=interworx_block())[0] == 401
+    finally:
+        daemon.ctl("key", "revoke", name)
+    assert daemon.route("isRunning", key=block)[0] == 401
 
 
 def test_concurrent_key_commands_lose_nothing(daemon):

@@ -1,6 +1,6 @@
 """Hostile input through the real gunicorn server, generated from the action table.
 
-For every action of ``imapd_ctl.core.actions.ACTIONS`` and both transports, hypothesis builds
+For every action of ``imapd_ctl.core.actions.ACTIONS`` and all three transports, hypothesis builds
 requests from the action's ``Input`` specs (kind, range, pattern), so a new action or input is
 covered without touching this file (a new input *kind* fails loudly in ``is_valid`` until it
 gets strategies here):
@@ -27,11 +27,15 @@ action never receives a request it could act on. The contract checked for each r
   (malformed, entity bombs past expat's amplification limit) or another method name; the
   4xx envelope for a body over the limit. No reply may quote a file (external entities are
   never fetched).
-* never a 5xx, never a hang (each reply within TIMEOUT s), no worker crash.
+* SOAP: the cases and the contract of tests/e2e/hostile_soap.py (shared with the unit test
+  tests/unit/test_hostile_soap.py): an in-band {status: 4xx, payload} Map, or a Fault where the
+  body cannot be read (HTTP 500 in SOAP 1.1 and 400 in 1.2, as their HTTP bindings say; 413 over
+  the size limit). Keys with the whitespace a key file or a panel's block brings are the key.
+* never a 5xx (but a SOAP 1.1 Fault's 500), never a hang (each reply within TIMEOUT s), no worker crash.
 
 Around every (action, transport) run: no file changed (the drop-in's bytes and mtime, the key
 file), Dovecot was not restarted (MainPID) nor enabled/disabled (UnitFileState), and the same
-gunicorn workers serve. At the end the daemon still answers isRunning true on both transports
+gunicorn workers serve. At the end the daemon still answers isRunning true on all transports
 and its journal holds no traceback. The number of generated cases (per transport and family)
 is printed in pytest's terminal summary (and at module teardown with ``-s``).
 """
@@ -93,11 +97,13 @@ class BadBytes:
     data: bytes
 
 
-def is_valid(spec: Input, value) -> bool:
+def is_valid(spec: Input, value, rpc: bool = False) -> bool:
     """Would the action table's contract accept `value` for `spec`? Written from the contract
     (README: integers are integers or ASCII digit strings in range; strings match their
-    pattern), not from Input.parse, so that both can disagree. Generators only ever send
-    values this calls invalid."""
+    pattern; over XML-RPC and SOAP (`rpc`) a boolean is 1/0 for a 0/1 input), not from
+    Input.parse, so that both can disagree. Generators only ever send values this calls invalid."""
+    if rpc and type(value) is bool and spec.kind == "int":
+        return (spec.minimum, spec.maximum) == (0, 1)
     if isinstance(value, RawJSON):
         try:
             value = json.loads(value.text)
@@ -171,7 +177,7 @@ def xml_safe(value) -> bool:
 
 
 def texts(carrier: str, **kw):
-    if carrier == "xmlrpc":
+    if carrier in ("xmlrpc", "soap"):
         return st.text(st.characters(exclude_categories=("Cs",), exclude_characters=XML_BAD_CHARS), **kw)
     if carrier == "multipart":
         return st.text(**kw).filter(lambda s: BOUNDARY not in s)
@@ -258,7 +264,8 @@ def str_texts(spec: Input, carrier: str, ctx):
 
 def invalid_values(spec: Input, carrier: str, ctx):
     """Values `spec` must refuse, as `carrier` can carry them: "json" (any JSON value),
-    "text" (query strings, url-encoded forms), "multipart", "xmlrpc" (XML-RPC values)."""
+    "text" (query strings, url-encoded forms), "multipart", "xmlrpc" (XML-RPC values), "soap"
+    (SOAP values as PHP sends them: integers of at most 64 bits' worth of digits)."""
     if spec.kind == "int":
         numbers, wrong_numbers, strings = in_range(spec), out_of_range(spec), int_texts(spec, carrier)
         leaf = numbers | numbers.map(str)
@@ -282,9 +289,15 @@ def invalid_values(spec: Input, carrier: str, ctx):
             st.datetimes(dt.datetime(1000, 1, 1), dt.datetime(9999, 12, 31)),
             containers(leaf | strings.filter(xml_safe), carrier),
         )
+    elif carrier == "soap":
+        values = st.one_of(
+            strings.filter(xml_safe), wrong_numbers.filter(lambda n: abs(n) < 10**60), floats, st.booleans(),
+            st.none(), numbers.map(lambda n: str(n).encode()), st.binary(max_size=8),
+            containers(leaf | strings.filter(xml_safe), carrier),
+        )
     else:
         raise AssertionError(carrier)
-    return values.filter(lambda v: not is_valid(spec, v))
+    return values.filter(lambda v: not is_valid(spec, v, rpc=carrier in ("xmlrpc", "soap")))
 
 
 def valid_values(spec: Input, carrier: str, ctx):
@@ -807,18 +820,26 @@ def local_call(body: bytes):
         return None
 
 
+def valid_auth(ctx) -> list:
+    """The key as XML-RPC and SOAP clients send it: a string, {apikey}, with the whitespace
+    around it that a key file read whole or a panel's stored block brings (the same key)."""
+    return [ctx.key, {"apikey": ctx.key}, ctx.key + "\n", "\r\n " + ctx.key + "\t\n", {"apikey": ctx.key + "\r\n"}]
+
+
 def would_act(action: Action, params, ctx) -> bool:
-    """Would these parsed params pass authentication and validation (per the contract)?"""
-    if len(params) not in (3, 4) or params[0] not in (ctx.key, {"apikey": ctx.key}):
+    """Would these parsed params pass authentication and validation (per the contract: a key
+    with surrounding whitespace is the key; nil, [] and "" are no input)?"""
+    key = params[0].get("apikey") if len(params) and isinstance(params[0], dict) else params[0] if params else None
+    if len(params) not in (3, 4) or not isinstance(key, str) or key.strip(" \t\r\n") != ctx.key:
         return False
     if params[1] != CONTROLLER or params[2] != action.name:
         return False
     raw = params[3] if len(params) == 4 else None
-    if raw is None:
+    if raw is None or raw == [] or raw == "":
         return True
     if not isinstance(raw, dict):
         return False
-    return all(is_valid(spec, raw[spec.name]) for spec in action.inputs if spec.name in raw)
+    return all(is_valid(spec, raw[spec.name], rpc=True) for spec in action.inputs if spec.name in raw)
 
 
 @st.composite
@@ -827,14 +848,16 @@ def xmlrpc_case(draw, action: Action, ctx):
     # Bad values for declared inputs are the main course: weighted up.
     kind = draw(st.sampled_from([k for k in XML_KINDS + ("inputs",) * 4 + ("deep-nesting",)
                                  if declared or k != "inputs"]))
-    auth = draw(st.sampled_from([ctx.key, {"apikey": ctx.key}]))
+    auth = draw(st.sampled_from(valid_auth(ctx)))
 
     def invalid_input():
         """The input param: a struct with at least one invalid declared input, or (for an
         action without inputs) something that is not a struct."""
         if declared:
             return Members(tuple(draw(hostile_inputs(action, "xmlrpc", ctx))[0]))
-        return draw(st.lists(junk_values("xmlrpc"), max_size=3) | st.integers() | texts("xmlrpc"))
+        # ([] and "" are no input: an action without inputs would run)
+        return draw(st.lists(junk_values("xmlrpc"), min_size=1, max_size=3) | st.integers()
+                    | texts("xmlrpc", min_size=1))
 
     def hostile_at(fragment: str):
         """The input param with `fragment` (raw XML) as the first declared input's value, every
@@ -855,7 +878,8 @@ def xmlrpc_case(draw, action: Action, ctx):
             pairs = draw(hostile_inputs(action, "xmlrpc", ctx))[0]
             value = draw(st.sampled_from([[Members(tuple(pairs))], [[k, v] for k, v in pairs], [v for _, v in pairs]]))
         else:
-            value = draw(st.one_of(st.lists(junk_values("xmlrpc"), max_size=3), st.integers(), texts("xmlrpc"),
+            value = draw(st.one_of(st.lists(junk_values("xmlrpc"), min_size=1, max_size=3), st.integers(),
+                                   texts("xmlrpc", min_size=1),
                                    st.booleans(), st.floats(), st.binary(max_size=8),
                                    st.datetimes(dt.datetime(1000, 1, 1), dt.datetime(9999, 12, 31))))
         case.body, case.prefix = method_call([auth, CONTROLLER, action.name, value]), "input: must be a struct"
@@ -870,7 +894,7 @@ def xmlrpc_case(draw, action: Action, ctx):
             st.dictionaries(texts("xmlrpc", max_size=8).filter(lambda k: k != "apikey"), junk_values("xmlrpc"),
                             min_size=1, max_size=2),
             st.builds(lambda v: {"apikey": v}, st.integers() | st.none() | st.lists(st.just(ctx.key), max_size=1)),
-            texts("xmlrpc", max_size=40), st.sampled_from([ctx.key + "\n", " " + ctx.key, ctx.key.upper(), ctx.key[:-1],
+            texts("xmlrpc", max_size=40), st.sampled_from([ctx.key[:5] + "\n" + ctx.key[5:], ctx.key.upper(), ctx.key[:-1],
                                                            ctx.key + "\x85", ctx.key.encode()]),
         ))
         case.body, case.status = method_call([key, CONTROLLER, action.name, invalid_input()]), 401
@@ -1094,7 +1118,7 @@ def summary() -> str:
     families = ", ".join(f"{t}:{f}={n}" for (t, f), n in sorted(COUNTS.items()))
     took = time.monotonic() - TIMING["start"] if "start" in TIMING else 0.0
     return (f"hostile input: {sum(per.values())} generated requests through gunicorn "
-            f"(http {per['http']}, xmlrpc {per['xmlrpc']}) over {len(ACTIONS)} actions in {took:.1f} s; "
+            f"(http {per['http']}, xmlrpc {per['xmlrpc']}, soap {per['soap']}) over {len(ACTIONS)} actions in {took:.1f} s; "
             f"by family: {families}")
 
 
@@ -1126,12 +1150,19 @@ def changes(before: dict, after: dict) -> dict:
     return {k: (before[k], after.get(k)) for k in before if before[k] != after.get(k)}
 
 
-@pytest.mark.parametrize("transport", ["http", "xmlrpc"])
+@pytest.mark.parametrize("transport", ["http", "xmlrpc", "soap"])
 @pytest.mark.parametrize("name", list(ACTIONS))
 def test_hostile_requests_are_refused_and_change_nothing(name, transport, daemon, mailhost, baseline):
+    from hostile_soap import check_soap, soap_case     # (it builds on this module's strategies)
     action = ACTIONS[name]
     ctx = Ctx(daemon.key, daemon.node_id)
-    cases = http_cases(action, ctx) if transport == "http" else xmlrpc_case(action, ctx)
+    cases = {"http": http_cases, "xmlrpc": xmlrpc_case, "soap": soap_case}[transport](action, ctx)
+
+    def check(case, reply: Reply) -> None:
+        if transport == "soap":
+            check_soap(case, reply.status, reply.ctype, reply.body)
+        else:
+            (check_http if transport == "http" else check_xmlrpc)(case, reply)
 
     @HYPOTHESIS
     @given(cases)
@@ -1140,15 +1171,19 @@ def test_hostile_requests_are_refused_and_change_nothing(name, transport, daemon
         reply = exchange(daemon.socket, http_case.wire(daemon.key))
         COUNTS[(transport, case.family.split("/")[0])] += 1
         note(f"reply: HTTP {reply.status} {reply.body[:600]!r}")
-        (check_http if transport == "http" else check_xmlrpc)(case, reply)
+        check(case, reply)
 
     one()
     assert changes(baseline, snapshot(mailhost)) == {}
 
 
 def test_daemon_survived_and_nothing_changed(daemon, mailhost, baseline):
+    import soapwire
     assert daemon.call("isRunning") == (0, True)
     assert daemon.route("isRunning") == (0, True)
+    status, body = daemon.http("POST", "/soap", body=soapwire.envelope([daemon.key, CONTROLLER, "isRunning", []]),
+                               headers={"Content-Type": soapwire.CTYPE["1.1"]})
+    assert status == 200 and soapwire.read(body).result == {"status": 0, "payload": True}
     assert changes(baseline, snapshot(mailhost)) == {}
     journal = mailhost.run(["journalctl", "--no-pager", "-o", "cat", "-u", DAEMON_UNIT]).stdout
     for sign in ("Traceback", "WORKER TIMEOUT", "exited with code", "SIGKILL", "unhandled error"):

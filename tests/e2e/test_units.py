@@ -20,9 +20,19 @@ SOCK = "/run/imapd-ctl/imapd-ctl.sock"
 def _use_checkout(h) -> None:
     """The packaged ExecStart is /usr/bin/imapd-ctl; here the checkout's venv. The checkout
     may live under /tmp or /root (CI clones anywhere), which PrivateTmp/ProtectHome hide from
-    the service: bind it back, read-only, as an installed package would be visible."""
+    the service: bind it back, read-only, as an installed package would be visible, and let
+    the service execute it (NoExecPaths=/). The daemon's user and the polkit rule that lets it
+    control the IMAP units, and the ExecStartPre= helper that hands it the files it rewrites,
+    as the package installs them."""
+    h.write_file("/etc/sysusers.d/imapd-ctl.conf", (REPO / "packaging" / "sysusers" / "imapd-ctl.conf").read_text())
+    h.run(["systemd-sysusers", "imapd-ctl.conf"])
+    h.write_file("/etc/polkit-1/rules.d/50-imapd-ctl.rules",
+                 (REPO / "packaging" / "polkit" / "50-imapd-ctl.rules").read_text())
+    h.write_file("/usr/libexec/imapd-ctl/own-config-files",
+                 (REPO / "packaging" / "libexec" / "own-config-files").read_text(), mode=0o755)
     h.write_file("/etc/systemd/system/imapd-ctl.service.d/venv.conf",
-                 f"[Service]\nExecStart=\nExecStart={IMAPD_CTL} serve\nBindReadOnlyPaths={REPO}\n")
+                 f"[Service]\nExecStart=\nExecStart={IMAPD_CTL} serve\nBindReadOnlyPaths={REPO}\n"
+                 f"ExecPaths={REPO}\n")
 
 
 def _install_units(h, key_name: str) -> str:
@@ -99,13 +109,14 @@ def test_a_settings_socket_beside_the_units_one_is_bound_too(units):
 
 
 def test_courier_under_the_hardening(courierhost):
-    """The same sandbox with Courier: /etc/courier edited in place (owner and mode kept),
-    validated by sh, both units restarted over D-Bus, and the port check on couriertcpd (a
-    child of the unit's main process, courierlogger)."""
+    """The same sandbox with Courier: /etc/courier edited in place (mode kept; the file given
+    to the daemon's user by the unit's ExecStartPre=), validated by sh, both units restarted
+    over D-Bus, and the port check on couriertcpd (a child of the unit's main process,
+    courierlogger)."""
     h = courierhost
+    before = h.run(["stat", "-c", "%a", "/etc/courier/imapd"]).stdout.strip() + " imapd-ctl imapd-ctl\n"
     key = _install_units(h, "courier")
     try:
-        before = h.run(["stat", "-c", "%a %U %G", "/etc/courier/imapd"]).stdout
         assert _curl(h, key) == {"status": 0, "payload": True}
         out = h.run(["curl", "-sS", "--max-time", "120", "--unix-socket", SOCK, "-H", f"Authorization: Bearer {key}",
                      "-d", "imap_max_connections=37", "-d", "imap_secure_max_connections=23",

@@ -141,6 +141,7 @@ class FakeFlavour:
     name = "fake"
     units: tuple[str, ...] = ("fake-imapd.service",)
     primary_unit = "fake-imapd.service"
+    secure_unit: str | None = "fake-imapd.service"     # like Dovecot: one unit serves 143 and 993
 
     def __init__(self, main: Any, secure: Any, journal: Journal | None = None):
         self.main, self.secure = os.fspath(main), os.fspath(secure)
@@ -237,10 +238,12 @@ class FakeFlavour:
 
 class FakePorts:
     """adapters.ports.unit_listens: the unit listens iff `listening`, it has a MainPID and the
-    port is the fake flavour's (143). `asked`: the (main_pid, port) of every probe."""
+    port is in `ports` (143; the simap tests add 993). `asked`: the (main_pid, port) of every
+    probe."""
 
     def __init__(self) -> None:
         self.listening = True
+        self.ports = {143}
         self.asked: list[tuple[int, int]] = []
         self.held: dict[int, tuple[int, int]] = {}
 
@@ -249,7 +252,7 @@ class FakePorts:
 
     def __call__(self, main_pid: int, port: int) -> bool:
         self.asked.append((main_pid, port))
-        return self.listening and main_pid > 0 and port == 143
+        return self.listening and main_pid > 0 and port in self.ports
 
 
 class FakeKeyStore:

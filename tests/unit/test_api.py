@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from imapd_ctl.core.actions import ACTIONS, CONTROLLER, UPDATE_FIELDS
+from imapd_ctl.core.actions import ACTIONS, CONTROLLER, CONTROLLERS, UPDATE_FIELDS
 from imapd_ctl.transports.http import MAX_BODY
 
 MUTATING = sorted(n for n, a in ACTIONS.items() if a.mutating)
@@ -257,12 +257,16 @@ def test_openapi_lists_every_action(env):
     reply = env.client.get("/openapi.json")
     assert reply.status_code == 200
     doc = reply.get_json()
-    assert set(doc["paths"]) == {f"{CONTROLLER}/{name}" for name in ACTIONS}
-    for name, action in ACTIONS.items():
-        item = doc["paths"][f"{CONTROLLER}/{name}"]
+    assert set(doc["paths"]) == {f"{c}/{name}" for c in CONTROLLERS for name in ACTIONS}
+    op_ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
+    assert len(op_ids) == len(set(op_ids))
+    for path, name in ((c, name) for c in CONTROLLERS for name in ACTIONS):
+        action = ACTIONS[name]
+        item = doc["paths"][f"{path}/{name}"]
         assert set(item) == ({"post"} if action.mutating else {"get", "post"})
         props = item["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
         assert list(props) == [i.name for i in action.inputs]
+    assert doc["paths"][f"{CONTROLLER}/isRunning"]["get"]["operationId"] == "isRunningGet"
 
 
 # --- audit ------------------------------------------------------------------------------------
@@ -384,7 +388,7 @@ def test_changes_are_refused_while_an_overrun_recovery_is_pending(env):
 def test_an_end_line_that_cannot_be_written_goes_to_the_daemon_log(caplog):
     """The change has happened by then: the line is not lost, it goes to the journal."""
     from imapd_ctl.adapters.audit import AuditLog
-    AuditLog("/dev/full").record(who="panel", peer="here", transport="http", action="stop",
-                                 inputs={"cascade_to_nodes": 0}, status=0, payload="stopped x")
+    AuditLog("/dev/full").record(who="panel", peer="here", transport="http", controller="/nodeworx/mail/imap",
+                                 action="stop", inputs={"cascade_to_nodes": 0}, status=0, payload="stopped x")
     assert "audit log /dev/full cannot be written (No space left on device); the line: {" in caplog.text
     assert '"phase": "end"' in caplog.text and '"result": "stopped x"' in caplog.text

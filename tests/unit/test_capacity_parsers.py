@@ -113,3 +113,14 @@ def test_dovecot_ports_fall_back_to_the_setting_and_a_failing_doveadm_is_an_erro
     assert flavour.capacity_ports() == (143,)
     with pytest.raises(ActionFailed, match="doveadm service status failed: Fatal: connect"):
         flavour.pools(FakeSystemd({"dovecot.service": "active"}))
+
+
+def test_dovecot_restarting_master_gives_the_configured_pool(tmp_path):
+    """systemd says active before Dovecot's master socket answers (a restart): no process can be
+    serving, so the pool is the configured one with none in use, not an error."""
+    flavour = flavour_with(tmp_path,
+                           "echo 'Fatal: net_connect_unix(/run/dovecot/master) failed: Connection refused' >&2; exit 75",
+                           "printf '143\\n'")
+    flavour.effective = lambda: (7, None)  # type: ignore[method-assign]
+    (imap,) = flavour.pools(FakeSystemd({"dovecot.service": "active"}))
+    assert (imap.processes, imap.process_limit) == (0, 7)

@@ -1,6 +1,7 @@
 """The `imapd-ctl` command (imapd_ctl.entry.cli) without root or a mail host: argument
 parsing, key management on a scratch key store, `call` against a tiny server on a unix socket,
 `check` and `recover` on the fakes of fakes.py (conftest.py's fake_wiring patches wiring.build)."""
+import io
 import json
 import time
 import os
@@ -76,14 +77,35 @@ def test_key_create_list_revoke(config, capsys):
     assert not os.path.exists(os.path.join(os.path.dirname(config), "audit.log"))
 
 
-def test_key_import(config, capsys, monkeypatch):
-    assert run(config, "key", "import", "iworx", "--value", "k" * 40) == 0
-    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("s" * 40 + "\n"))
+BLOCK = ("-----BEGIN INTERWORX API KEY-----\n" + "\n".join(["Ab3+/x9Z" * 8] * 5)
+         + "\n-----END INTERWORX API KEY-----\n")
+
+
+def test_key_import(config, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("sys.stdin", io.StringIO("s" * 40 + "\n"))
     assert run(config, "key", "import", "fromstdin") == 0
-    assert run(config, "key", "import", "short", "--value", "tooshort") == 2
+    monkeypatch.setattr("sys.stdin", io.StringIO(BLOCK))          # the block as panels hold it
+    assert run(config, "key", "import", "iworx-stdin") == 0
+    (tmp_path / "k").write_text(BLOCK.replace("\n", "\r\n").replace("Ab3", "Cd4"))
+    assert run(config, "key", "import", "iworx-file", "--file", str(tmp_path / "k")) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("tooshort\n"))
+    assert run(config, "key", "import", "short") == 2
     assert "key: must be 32 to 1024" in capsys.readouterr().err
+    assert run(config, "key", "import", "none", "--file", str(tmp_path / "missing")) == 2
+    assert "--file: cannot read" in capsys.readouterr().err
     assert run(config, "key", "create", "bad name") == 2
-    assert run(config, "key", "create", "iworx") == 2     # the name is taken
+    assert run(config, "key", "create", "iworx-stdin") == 2     # the name is taken
+    assert run(config, "key", "list") == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == [
+        "fromstdin", "iworx-stdin", "iworx-file"]
+
+
+def test_key_import_refuses_a_key_on_the_command_line(config, capsys):
+    assert run(config, "key", "import", "argv", "--value", "k" * 40) == 2
+    err = capsys.readouterr().err
+    assert "--value is refused" in err and "stdin" in err and "--file" in err
+    assert run(config, "key", "list") == 0
+    assert capsys.readouterr().out == ""
 
 
 # --- call -----------------------------------------------------------------------------------
@@ -198,6 +220,7 @@ def test_check_reports_the_flavours_checks(config, fake_wiring, capsys, monkeypa
     assert run(config, "check") == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1:] == ["ok   systemd over D-Bus: systemd 252 (fake)", "ok   IMAP server: fake (fake-imapd.service)",
+                       "ok   IMAP over TLS (simap): fake-imapd.service on port 993",
                        "ok   config writable: /etc/fake", f"ok   state dir writable: {os.path.dirname(config)}/state",
                        "ok   no interrupted change: none"]
     monkeypatch.setattr(fake_wiring["Flavour"], "checks", lambda self: [Check("validator", False, "/usr/bin/fakeconf")])

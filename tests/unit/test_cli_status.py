@@ -11,6 +11,7 @@ from test_cli import _UnixHTTPServer
 
 from imapd_ctl.adapters import hostinfo
 from imapd_ctl.adapters.cluster import Cluster
+from imapd_ctl.core.actions import CONTROLLER
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.entry import cli, show, status, statusview
 
@@ -90,11 +91,12 @@ def test_status_without_a_key_says_how_to_make_one(served, fake_wiring, capsys, 
 
 
 def _other_nodes(monkeypatch, env):
-    """node2 answers as this node's app does; node3 cannot be reached."""
-    def call(self, node, action, inputs):
+    """node2 answers as this node's app does (for the controller asked); node3 cannot be reached."""
+    def call(self, node, action, inputs, controller=CONTROLLER):
         if node.id == "node3":
             return 502, "node node3: cannot reach https://198.18.0.3:8443: [Errno 111] Connection refused"
-        return tuple(env.call(action, json=inputs).get_json().values())
+        reply = env.client.post(f"{controller}/{action}", json=inputs, headers=env.auth())
+        return tuple(reply.get_json().values())
     monkeypatch.setattr(Cluster, "call", call)
 
 
@@ -119,7 +121,9 @@ def test_call_node_forwards_through_the_registry(served, env, fake_wiring, capsy
     assert "node node3: cannot reach" in capsys.readouterr().err
     assert ctl(served, "call", "isRunning", "--node", "mail1") == 0        # this node: the socket
     assert capsys.readouterr().out == "true\n"
-    monkeypatch.setattr(Cluster, "call", lambda self, node, action, inputs: (401, "unknown API key"))
+    assert ctl(served, "call", "listPortNumbers", "--node", "node2", "--controller", "simap") == 0
+    assert capsys.readouterr().out == "993\n"            # node2's simap, not its imap
+    monkeypatch.setattr(Cluster, "call", lambda self, node, action, inputs, controller: (401, "unknown API key"))
     assert ctl(served, "call", "isRunning", "--node", "node2") == 5
     assert "node node2 refused the key this host holds for it" in capsys.readouterr().err
 

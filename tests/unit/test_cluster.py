@@ -136,3 +136,24 @@ def test_replay_runs_on_every_node_in_parallel_without_cascading_again(server, p
     assert took < 1.0, f"{took:.2f} s: the nodes were called one after the other"
     assert [body for _, _, body in server.seen] == [{"imap_max_connections": 50, "cascade_to_nodes": 0}] * 3
     assert Cluster("mail1", [], timeout=5).replay("update", {}) == []
+
+
+def test_the_key_is_read_from_its_key_file_at_each_call(server, pki, tmp_path):
+    key_file = tmp_path / "mail2.key"
+    key_file.write_text(KEY + "\n")
+    server.seen.clear()
+    remote = Node("mail2", f"https://127.0.0.1:{server.server_address[1]}", "", pki["ca"], key_file=str(key_file))
+    cluster = Cluster("mail1", [remote], timeout=5)
+    assert cluster.call(cluster.node("mail2"), "isRunning", {}) == (0, True)
+    assert server.seen[-1][1] == f"Bearer {KEY}"
+    key_file.unlink()
+    assert cluster.call(cluster.node("mail2"), "isRunning", {}) == \
+        (502, f"node mail2: cannot read its key from {key_file}: No such file or directory")
+
+
+def test_calls_and_replays_go_to_the_controller_named(server, pki):
+    server.seen.clear()
+    cluster = Cluster("mail1", [node(server, pki)], timeout=5)
+    assert cluster.call(cluster.node("mail2"), "isRunning", {}, "/nodeworx/mail/simap") == (0, True)
+    assert cluster.replay("stop", {}, "/nodeworx/mail/simap")[0]["status"] == 0
+    assert [path for path, _, _ in server.seen] == ["/nodeworx/mail/simap/isRunning", "/nodeworx/mail/simap/stop"]

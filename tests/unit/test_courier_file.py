@@ -347,7 +347,7 @@ def test_validate_accepts_the_plan_and_leaves_live_files_alone(tmp_path):
     flavour.validate(files)
     assert (conf / "imapd").read_bytes() == STOCK_IMAPD
     assert (conf / "imapd-ssl").read_bytes() == STOCK_SSL
-    assert os.listdir(tmp_path / "state") == []           # no temp dirs left behind
+    assert os.listdir(tmp_path / "state" / "validation") == []   # no scratch dirs left behind
 
 
 def test_syntax_error_is_refused_naming_the_live_file(tmp_path):
@@ -492,7 +492,11 @@ def test_ssl_unit_is_left_out_when_systemd_does_not_know_it(tmp_path):
     settings.flavour = "courier"
     sd = courier_systemd(loaded=("courier-imap.service",))
     assert detect(settings, sd).units == ("courier-imap.service",)
+    assert detect(settings, sd).secure_unit is None          # nothing for simap to act on
     assert detect(settings, courier_systemd()).units == ("courier-imap.service", "courier-imap-ssl.service")
+    assert detect(settings, courier_systemd()).secure_unit == "courier-imap-ssl.service"
+    settings.ssl_port = 1993      # the SSL daemon's port when SSLPORT is not read from the files
+    assert Courier(settings).unit_ports() == {"courier-imap.service": 143, "courier-imap-ssl.service": 1993}
     # discovery happens in detection: the constructor takes the units and never calls systemd
     assert Courier(settings, ("courier-imap.service",)).units == ("courier-imap.service",)
     assert Courier(settings).units == BOTH

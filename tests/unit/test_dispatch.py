@@ -4,7 +4,7 @@ only for a caller with a valid key, every mutating call audited, never an except
 import pytest
 from fakes import FakeAudit, FakeKeyStore
 
-from imapd_ctl.core.actions import CONTROLLER
+from imapd_ctl.core.actions import CONTROLLER, CONTROLLERS, IMAP, SIMAP
 from imapd_ctl.core.dispatch import Context, dispatch
 from imapd_ctl.core.errors import ActionFailed, BadInput, Unauthorized
 from imapd_ctl.core.request import Request, Result
@@ -16,8 +16,8 @@ class Runner:
     def __init__(self, outcome="done"):
         self.outcome, self.ran = outcome, []
 
-    def run(self, action, values):
-        self.ran.append((action.name, values))
+    def run(self, action, values, service=IMAP):
+        self.ran.append((action.name, values) if service == IMAP else (service.path, action.name, values))
         if isinstance(self.outcome, Exception):
             raise self.outcome
         return self.outcome
@@ -46,12 +46,22 @@ def test_a_call_runs_once_authenticated_and_audited(ctx):
     assert dispatch(req, ctx) == Result(0, "done")
     assert ctx.keys.asked == 1 and reads == [1]
     assert ctx.runner.ran == [("restart", {"cascade_to_nodes": 0})]
-    assert ctx.audit.lines == [{"who": "panel", "peer": "here", "transport": "test", "action": "restart",
-                                "inputs": {"cascade_to_nodes": 0}, "status": 0, "payload": "done"}]
+    assert ctx.audit.lines == [{"who": "panel", "peer": "here", "transport": "test", "controller": CONTROLLER,
+                                "action": "restart", "inputs": {"cascade_to_nodes": 0}, "status": 0,
+                                "payload": "done"}]
+
+
+def test_the_controller_named_is_the_one_run_and_audited(ctx):
+    req, _ = request(controller="/nodeworx/mail/simap", inputs={"mda_imap_startonboot": 0}, action="startOnBoot")
+    assert dispatch(req, ctx) == Result(0, "done")
+    assert ctx.runner.ran == [(SIMAP.path, "startOnBoot", {"mda_imap_startonboot": 0, "cascade_to_nodes": 0})]
+    assert [(l["controller"], l["action"]) for l in ctx.audit.lines] == [(SIMAP.path, "startOnBoot")]
 
 
 @pytest.mark.parametrize("kw, status", [
     ({"controller": "/nodeworx/mail/pop3"}, 404),
+    ({"controller": "/nodeworx/mail/simap/"}, 404),
+    ({"controller": ["/nodeworx/mail/simap"]}, 404),
     ({"action": "nope"}, 404),
     ({"method": "GET"}, 405),
     ({"inputs": BadInput("body: not valid JSON")}, 400),
@@ -91,6 +101,13 @@ def test_errors_of_the_action_become_results(ctx):
 
 def test_http_and_xmlrpc_name_our_controller():
     assert Request(transport="t", peer="p", action="a", read_key=lambda: None).controller == CONTROLLER
+    assert list(CONTROLLERS) == ["/nodeworx/mail/imap", "/nodeworx/mail/simap"]
+
+
+def test_an_unknown_controller_names_the_ones_served(ctx):
+    result = dispatch(request(controller="/nodeworx/mail/pop3")[0], ctx)
+    assert result == Result(404, "unknown controller '/nodeworx/mail/pop3'; this server serves "
+                                 "/nodeworx/mail/imap, /nodeworx/mail/simap")
 
 
 def test_a_change_is_refused_when_its_audit_line_cannot_be_written(ctx):
@@ -105,10 +122,10 @@ def test_a_change_is_refused_when_its_audit_line_cannot_be_written(ctx):
 
 def test_a_change_is_announced_before_it_runs(ctx):
     class Announcing(Runner):
-        def run(self, action, values):
+        def run(self, action, values, service=IMAP):
             assert ctx.audit.begun and ctx.audit.begun[-1]["action"] == action.name
-            return super().run(action, values)
+            return super().run(action, values, service)
     ctx = Context(keys=ctx.keys, audit=ctx.audit, runner=Announcing())
     assert dispatch(request()[0], ctx).status == 0
-    assert ctx.audit.begun == [{"who": "panel", "peer": "here", "transport": "test",
+    assert ctx.audit.begun == [{"who": "panel", "peer": "here", "transport": "test", "controller": CONTROLLER,
                                 "action": "restart", "inputs": {"cascade_to_nodes": 0}}]

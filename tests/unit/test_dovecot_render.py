@@ -173,7 +173,7 @@ def test_validate_accepts_a_good_candidate_and_leaves_the_live_tree_alone(flavou
     values = {**SEED_VALUES, "imap_secure_max_connections": 10, "imap_secure_mem_limit": 300000000}
     flavour.validate(flavour.plan(values))
     assert snapshot(live) == before
-    assert list((tmp_path / "state").iterdir()) == []  # the candidate tree is gone
+    assert list((tmp_path / "state" / "validation").iterdir()) == []  # the candidate tree is gone
 
 
 @needs_doveconf

@@ -1,4 +1,5 @@
 """API keys (imapd_ctl.adapters.keys.KeyStore): hashed storage, authentication, CLI operations."""
+import hashlib
 import json
 import os
 import stat
@@ -102,7 +103,8 @@ def test_missing_or_unknown_key_is_unauthorized(store, secret):
 
 def test_near_miss_keys_are_unauthorized(store):
     key = store.create("panel", ["EMAIL"])
-    for wrong in (key[:-1], key + "x", key.upper(), " " + key, key + "\n"):
+    for wrong in (key[:-1], key + "x", key.upper(), key[:10] + "\n" + key[10:], key + "\x85",
+                  "\u00a0" + key, key + "\x00"):
         with pytest.raises(Unauthorized):
             store.authenticate(wrong, "EMAIL")
 
@@ -164,6 +166,43 @@ def test_another_worker_sees_keys_created_and_revoked_by_the_cli(path):
     with pytest.raises(Unauthorized):
         worker.authenticate(first, "EMAIL")
     assert worker.authenticate(second, "EMAIL").name == "panel2"
+
+
+BODY = ["Zm9vYmFyYmF6cXV4" * 4, "MTIzNDU2Nzg5MGFi" * 4, "c2VjcmV0Lz0r"]
+BLOCK = "-----BEGIN INTERWORX API KEY-----\n" + "\n".join(BODY) + "\n-----END INTERWORX API KEY-----"
+
+
+@pytest.mark.parametrize("sent", [
+    BLOCK, BLOCK + "\n", BLOCK + "\r\n", BLOCK.replace("\n", "\r\n"), "\n  " + BLOCK + "\n\n",
+    BLOCK.replace("\n", " "), "".join(BODY), " " + "".join(BODY) + "\n",
+])
+def test_an_interworx_block_is_one_key_however_it_is_wrapped(store, sent):
+    store.import_key("iworx", BLOCK + "\n", ["EMAIL"])
+    assert store.authenticate(sent, "EMAIL").name == "iworx"
+
+
+def test_surrounding_whitespace_of_a_key_is_not_part_of_it(store):
+    key = store.create("panel", ["EMAIL"])
+    for sent in (key + "\n", key + "\r\n", " " + key, "\t" + key + " \n"):
+        assert store.authenticate(sent, "EMAIL").name == "panel"
+
+
+def test_only_a_hash_of_the_canonical_key_is_stored(store, path):
+    store.import_key("iworx", BLOCK, ["EMAIL"])
+    stored = path.read_text()
+    assert all(line not in stored for line in BODY) and "INTERWORX" not in stored
+    assert json.loads(stored)["keys"][0]["sha256"] == hashlib.sha256("".join(BODY).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("block", [
+    "-----BEGIN INTERWORX API KEY-----\n-----END INTERWORX API KEY-----",
+    "-----BEGIN INTERWORX API KEY-----\nshort\n-----END INTERWORX API KEY-----",
+    "-----BEGIN INTERWORX API KEY-----\n" + "x" * 40 + "\nEND",
+])
+def test_a_broken_block_is_refused_naming_the_forms(store, path, block):
+    with pytest.raises(BadInput, match="INTERWORX API KEY"):
+        store.import_key("iworx", block, ["EMAIL"])
+    assert not path.exists()
 
 
 def _create(path, name, out):

@@ -208,7 +208,7 @@ def test_a_failed_call_that_means_unreachable_drops_the_link():
 
 def test_systemd_errors_keep_the_connection():
     world = World()
-    sd = world.systemd()
+    sd = world.systemd(via_helpers=False)
     sd.active_state(DOVECOT)
     world.fail = dbus_error("org.freedesktop.systemd1.NoSuchUnit", "Unit x.service not found.")
     with pytest.raises(NoSuchUnit):
@@ -271,3 +271,23 @@ def test_a_read_under_way_never_overwrites_a_newer_signal():
     world.links[0].emit("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
                         "UnitFilesChanged", ())
     assert sd.active_state(DOVECOT) == "deactivating"
+
+
+@pytest.mark.parametrize("verb", ["enable", "disable"])
+def test_without_root_start_on_boot_goes_through_the_packaged_helper_unit(verb):
+    """polkit cannot limit unit-file changes to some units (systemd 252 names none), so a
+    daemon that is not root starts the one-shot helper instance for that unit instead."""
+    world = World()
+    sd = world.systemd(via_helpers=True)
+    started = []
+
+    def start(name):
+        started.append(name)
+        world.links[-1].emit("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
+                             "JobRemoved", (1, "/job/1", name, "done"))
+        return "/job/1"
+
+    world.jobs["StartUnit"] = start
+    getattr(sd, verb)(DOVECOT)
+    assert started == [f"imapd-ctl-{verb}@dovecot.service.service"]
+    assert not {"EnableUnitFiles", "DisableUnitFiles"} & set(world.links[-1].calls)

@@ -13,14 +13,13 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from imapd_ctl.core.actions import MEM_MAX, UPDATE_FIELDS
 from imapd_ctl.core.errors import ActionFailed, ConfigInvalid, ConfigWriteError
 from imapd_ctl.adapters import ports
-from imapd_ctl.adapters.flavours import dovecot_status
+from imapd_ctl.adapters.flavours import dovecot_status, validation
 from imapd_ctl.adapters.flavours.base import config_checks
 from imapd_ctl.core.capacity import Pool
 from imapd_ctl.core.protocols import Applied, Check, Files, Systemd, Values
@@ -80,6 +79,9 @@ class Dovecot:
         self.state_dir = Path(settings.state_dir)
         self.units: tuple[str, ...] = (self.s.unit,)
         self.primary_unit = self.s.unit
+        # One unit serves 143 and 993 (one master, one `service imap`): the secure-IMAP
+        # controller acts on it too, and so on both ports (README: "Two controllers").
+        self.secure_unit: str | None = self.s.unit
 
     # -- helpers -----------------------------------------------------------------
     def _run(self, argv: list[str], what: str) -> subprocess.CompletedProcess:
@@ -145,25 +147,14 @@ class Dovecot:
         try:
             self._validate(files)
         except OSError as exc:
-            # Copying the tree into the state dir failed (typically ENOSPC): nothing live was touched.
+            # Making the candidate tree in the state dir failed (typically ENOSPC): nothing live was touched.
             raise ConfigWriteError(f"cannot prepare the candidate configuration for validation in "
                                    f"{self.state_dir}: {_os_reason(exc)}; nothing was changed") from None
 
     def _validate(self, files: Files) -> None:
         conf_dir = Path(self.s.config).parent
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with tempfile.TemporaryDirectory(prefix="validate-", dir=self.state_dir,
-                                         ignore_cleanup_errors=True) as tmp:
-            tree = Path(tmp) / "conf"
-            shutil.copytree(conf_dir, tree, symlinks=True)
-            for path, data in files.items():
-                rel = Path(path).relative_to(conf_dir)
-                target = tree / rel
-                if data is None:
-                    target.unlink(missing_ok=True)
-                else:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(data)
+        # Symlinks to the live files plus the candidate drop-in: nothing (no key) is copied.
+        with validation.candidate_tree(self.state_dir, conf_dir, files) as tree:
             candidate = str(tree / Path(self.s.config).name)
             proc = self._run([self.s.doveconf, "-n", "-c", candidate], "run doveconf")
             if proc.returncode != 0:
@@ -235,17 +226,24 @@ class Dovecot:
         """imap and imap-login as the running Dovecot reports them; while it is stopped, imap
         with the configured process_limit."""
         if systemd.active_state(self.s.unit) != "active":
-            limit = self.effective()[0]
-            return (Pool(name="imap", unit=self.s.unit, ports=self.capacity_ports(), processes=0,
-                         process_limit=limit or None),)
+            return self._configured_pools()
         proc = self._run([self.s.doveadm, "-f", "json", "service", "status", "imap", "imap-login"],
                          "ask the running Dovecot")
         if proc.returncode != 0:
+            # Restarting (systemd calls it active before its master socket answers) or just
+            # stopped: no process can be serving, so the configured pool is the truth.
+            if "net_connect_unix" in proc.stderr or systemd.active_state(self.s.unit) != "active":
+                return self._configured_pools()
             raise ActionFailed(f"doveadm service status failed: {proc.stderr.strip() or proc.returncode}")
         try:
             return dovecot_status.pools(proc.stdout, self.s.unit, self.capacity_ports())
         except dovecot_status.StatusError as exc:
             raise ActionFailed(str(exc)) from None
+
+    def _configured_pools(self) -> tuple[Pool, ...]:
+        limit = self.effective()[0]
+        return (Pool(name="imap", unit=self.s.unit, ports=self.capacity_ports(), processes=0,
+                     process_limit=limit or None),)
 
     def running_process_limit(self) -> int | None:
         proc = self._run([self.s.doveadm, "service", "status", "imap"], "ask the running Dovecot")

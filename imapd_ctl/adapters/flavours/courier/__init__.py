@@ -6,8 +6,8 @@ from imapd_ctl.adapters.flavours.courier.shellfile import (
     DEFAULT_MAXDAEMONS, FIELDS, ORDER, PLAIN, SSL, edit, int_value, kib, managed_line, requested_bytes, split,
     textual, wanted)
 from imapd_ctl.adapters.flavours.courier.sourcing import SH
-from imapd_ctl.adapters.flavours.courier.flavour import CONFIG_DIRS, DEFAULT_SSL_PORT, Courier, find_config_dir
+from imapd_ctl.adapters.flavours.courier.flavour import CONFIG_DIRS, Courier, find_config_dir
 
-__all__ = ["Courier", "CONFIG_DIRS", "DEFAULT_MAXDAEMONS", "DEFAULT_SSL_PORT", "FIELDS", "ORDER", "PLAIN", "SH",
+__all__ = ["Courier", "CONFIG_DIRS", "DEFAULT_MAXDAEMONS", "FIELDS", "ORDER", "PLAIN", "SH",
            "SSL", "edit", "find_config_dir", "int_value", "kib", "managed_line", "requested_bytes", "split",
            "textual", "wanted"]

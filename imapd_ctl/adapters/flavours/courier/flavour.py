@@ -14,14 +14,15 @@ returns what it restarted and verify() gets that back, nothing is kept in betwee
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from imapd_ctl.adapters import ports
+from imapd_ctl.adapters.flavours import validation
 from imapd_ctl.adapters.flavours.base import config_checks
 from imapd_ctl.adapters.flavours.courier import sourcing, tcpd
 from imapd_ctl.adapters.flavours.courier.shellfile import (
@@ -37,7 +38,6 @@ from imapd_ctl.core.waiting import wait_until
 log = logging.getLogger(__name__)
 
 CONFIG_DIRS = ("/etc/courier", "/etc/courier-imap")   # Debian, RHEL-style
-DEFAULT_SSL_PORT = 993
 VERIFY_INTERVAL = 0.05
 
 
@@ -59,6 +59,7 @@ class Courier:
         out when systemd does not know it); None: the configured ones."""
         self.s = settings.courier
         self.port: int = settings.port
+        self.ssl_port: int = settings.ssl_port
         self.listen_timeout: float = settings.listen_timeout
         self.state_dir = Path(settings.state_dir)
         self.config_dir: str = find_config_dir(self.s.config_dir) or self.s.config_dir or CONFIG_DIRS[0]
@@ -68,6 +69,8 @@ class Courier:
             units = [u for u in (self.s.unit, self.s.ssl_unit) if u]
         self.units: tuple[str, ...] = tuple(units)
         self.primary_unit: str = self.s.unit
+        # The SSL daemon has its own unit: the secure-IMAP controller acts on it alone.
+        self.secure_unit: str | None = self.s.ssl_unit if self.s.ssl_unit in self.units else None
 
     # -- reading -------------------------------------------------------------------------
     def _read(self) -> Files:
@@ -132,13 +135,11 @@ class Courier:
         planned = {name: files.get(path) for name, path in self.paths.items()}
         live = self._read() if None in planned.values() else {}   # not planned: the live file
         by_name = {name: (live[name] or b"") if data is None else data for name, data in planned.items()}
-        tmp_dir = None
-        try:
+        with contextlib.ExitStack() as scratch:
             try:
-                self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-                tmp_dir = tempfile.TemporaryDirectory(prefix="validate-", dir=self.state_dir,
-                                                      ignore_cleanup_errors=True)
-                paths = {name: os.path.join(tmp_dir.name, name) for name in self.paths}
+                # A private (0700) scratch directory, removed however validation ends.
+                tmp_dir = scratch.enter_context(validation.scratch(self.state_dir))
+                paths = {name: os.path.join(tmp_dir, name) for name in self.paths}
                 for name, path in paths.items():
                     Path(path).write_bytes(by_name[name])
             except OSError as exc:
@@ -151,9 +152,6 @@ class Courier:
                     raise ConfigInvalid(f"{self.paths[name]} would not be valid shell for Courier's start "
                                         f"scripts: {problem}")
             got = sourcing.source(self.config_dir, paths, self.paths)
-        finally:
-            if tmp_dir is not None:
-                tmp_dir.cleanup()
         problems = []
         for name in (PLAIN, SSL):
             # After plan() each file sets both variables, and each daemon sources its own
@@ -184,10 +182,11 @@ class Courier:
         return Applied(restarted=tuple(running), idle=tuple(u for u in affected if u not in running))
 
     def unit_ports(self, effective: sourcing.Effective | None = None) -> dict[str, int]:
-        """{unit: the port it must listen on}: settings.port for the 143 unit, SSLPORT for SSL."""
+        """{unit: the port it must listen on}: settings.port for the 143 unit, SSLPORT for SSL
+        (settings.ssl_port when not read from the files)."""
         result = {self.s.unit: self.port}
         if self.s.ssl_unit in self.units:
-            ssl_port = DEFAULT_SSL_PORT
+            ssl_port = self.ssl_port
             if effective is not None:
                 # SSLPORT may be "993" or "ip.port,..." lists; the first entry's port.
                 m = re.fullmatch(r"(?:[^,]*\.)?([0-9]{1,5})(?:,.*)?", effective[SSL]["PORT"].strip())
