@@ -147,6 +147,13 @@ class Daemon:
                             check=check)
         return json.loads(run.stdout) if check else run
 
+    def go(self, binary: str, path: str, calls: list, *, base: str = "http://127.0.0.1:8143") -> list[dict]:
+        """The Go client (tests/e2e/go_client, built to `binary`, a path the host sees) making
+        `calls` (route's parameters, the key a string) from inside the host to `base` + `path`,
+        one run per call; one dict per call, shaped as php()'s."""
+        return [json.loads(self.host.run([binary, base + path, key, ctrl, action], input=json.dumps(inputs)).stdout)
+                for key, ctrl, action, inputs in calls]
+
     def ctl(self, *args: str, check: bool = True, input: str | None = None):
         """Run the imapd-ctl command inside the host with this daemon's config."""
         return self.host.run([IMAPD_CTL, "--config", self.config, *args], check=check, input=input)
@@ -195,6 +202,11 @@ def write_config(share: Path, node_id: str, workers: int = 2, extra: str = "",
         + extra
     )
     return str(path)
+
+
+def tls_settings(cert: str, key: str) -> str:
+    """The settings lines (TOML) that make the daemon serve TLS on its TCP listeners."""
+    return f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
 
 
 def launch(host, share: Path, *, node_id: str = "node1", workers: int = 2, timeout: float = 30,

@@ -17,56 +17,12 @@ import pytest
 
 from daemon import REPO
 from imapd_ctl.core.actions import CONTROLLER, CONTROLLERS
+from panel_walk import UPDATE, check_same_as_xmlrpc, walk
 
 pytestmark = pytest.mark.mailhost
 
 FIXTURES = REPO / "tests" / "unit" / "fixtures" / "soap"
 CAPTURE = os.environ.get("IMAPD_CTL_SOAP_CAPTURE") == "1"
-
-
-UPDATE = {"imap_mem_limit": 268435456, "imap_max_connections": 61, "imap_secure_mem_limit": 201326592,
-          "imap_secure_max_connections": 41}
-
-
-def walk(key: str, current: dict, ctrl: str = CONTROLLER) -> list[tuple[str, list]]:
-    """(label, route's parameters as PHP passes them) for the panels' calls, leaving the host as
-    it was: update with numbers as strings, startOnBoot 0 and 1 (PHP's true), restart."""
-    return [
-        ("isRunning", [key, ctrl, "isRunning", {}]),           # {} is PHP's array()
-        ("listServiceInfo", [key, ctrl, "listServiceInfo", {}]),
-        ("queryUpdate", [key, ctrl, "queryUpdate", {}]),
-        ("update", [key, ctrl, "update", {n: str(v) for n, v in UPDATE.items()}]),
-        ("queryUpdate-raised", [key, ctrl, "queryUpdate", {}]),
-        ("update-back", [key, ctrl, "update", {n: str(v) for n, v in current.items()}]),
-        ("startOnBoot-0", [key, ctrl, "startOnBoot", {"mda_imap_startonboot": "0"}]),
-        ("queryStartOnBoot-0", [key, ctrl, "queryStartOnBoot", {}]),
-        ("startOnBoot-true", [key, ctrl, "startOnBoot", {"mda_imap_startonboot": True, "perms": ["EMAIL"]}]),
-        ("queryStartOnBoot-1", [key, ctrl, "queryStartOnBoot", {}]),
-        ("restart", [key, ctrl, "restart", {}]),
-        ("apikey-map-nil-input", [{"apikey": key}, ctrl, "listPortNumbersArray", None]),
-        ("wrong-key", ["wrong-" + key, ctrl, "isRunning", {}]),
-    ]
-
-
-def xmlrpc_answers(daemon, calls: list) -> list[dict]:
-    """The same calls through Python's xmlrpc.client (PHP's {} is an empty struct there)."""
-    proxy = daemon.xmlrpc()
-    return [proxy.iworx.route(*params) for _, params in calls]
-
-
-def check_same_as_xmlrpc(daemon, calls: list, entries: list[dict]) -> None:
-    expected = xmlrpc_answers(daemon, calls)
-    for (label, _), entry, want in zip(calls, entries, expected):
-        assert "fault" not in entry, (label, entry)
-        assert entry["is_array"] is True, (label, entry)
-        assert entry["result"] == want, label
-    assert [e["result"]["status"] for e in entries] == [0] * (len(calls) - 1) + [401]
-    labelled = dict(zip((label for label, _ in calls), (e["result"] for e in entries)))
-    assert labelled["isRunning"] == {"status": 0, "payload": True}
-    assert labelled["queryStartOnBoot-0"] == {"status": 0, "payload": {"mda_imap_startonboot": 0}}
-    assert labelled["queryStartOnBoot-1"] == {"status": 0, "payload": {"mda_imap_startonboot": 1}}
-    assert labelled["listServiceInfo"]["payload"]["is_running"] == 1
-    assert labelled["queryUpdate-raised"] == {"status": 0, "payload": UPDATE}
 
 
 def fixture_text(envelope: str, key: str) -> str:

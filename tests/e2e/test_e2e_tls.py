@@ -14,7 +14,7 @@ import xmlrpc.client
 
 import pytest
 
-from daemon import launch, write_config
+from daemon import launch, tls_settings, write_config
 
 pytestmark = pytest.mark.mailhost
 
@@ -25,10 +25,6 @@ TLS_DIR = "/etc/imapd-ctl/tls"
 
 def openssl(*args, cwd):
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def tls_settings(cert: str, key: str) -> str:
-    return f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
 
 
 @pytest.fixture(scope="module")

@@ -59,6 +59,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, note, settings, strategies as st
 
 from daemon import UNIT as DAEMON_UNIT
+from soapwire import Raw as XmlRaw, esc as xml_escape   # one XML fragment type and escape for both codecs
 from imapd_ctl.core.actions import ACTIONS, CONTROLLER, Action, Input
 from imapd_ctl.transports.http import MAX_BODY
 
@@ -434,16 +435,6 @@ def chunks(body: bytes, size: int) -> bytes:
 class Members:
     """An XML-RPC struct written member by member (so a name can repeat)."""
     pairs: tuple
-
-
-@dataclass(frozen=True)
-class XmlRaw:
-    """An XML fragment written as is (entity references, broken values)."""
-    xml: str
-
-
-def xml_escape(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
 
 
 def xml_value(v) -> str:
