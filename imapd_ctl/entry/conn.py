@@ -104,8 +104,8 @@ class Conn:
                 self.handshaking = False
             while len(self.buf) <= HEAD_MAX + BODY_PREREAD_MAX:   # until recv would block
                 data = self.sock.recv(RECV_CHUNK)
-                if not data:
-                    return CLOSE                     # the client went away
+                if not data:    # the client is done sending (or gone): answer what came, if any
+                    return READY if self.buf and not self.handshaking else CLOSE
                 self.buf += data
         except ssl.SSLWantReadError:
             pass

@@ -158,6 +158,19 @@ def test_keep_alive_serves_pipelined_requests_in_order(serving):
     assert data.index(b"/one 0") < data.index(b"/two 0")
 
 
+@pytest.mark.parametrize("raw, reply", [
+    (b"GET /half HTTP/1.1\r\nHost: x\r\n\r\n", b"/half 0"),
+    (b"POST /short HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc", b"HTTP/1.1 "),
+])
+def test_a_client_that_half_closes_after_its_request_gets_the_answer(serving, raw, reply):
+    worker, path = serving
+    with connect(path) as s:
+        s.sendall(raw)
+        s.shutdown(socket.SHUT_WR)   # request and FIN may reach the loop together
+        data = read_all(s)
+    assert data.startswith(b"HTTP/1.1 ") and reply in data
+
+
 def test_a_request_not_read_whole_in_the_loop_closes_its_connection(serving):
     worker, path = serving
     with connect(path) as s:     # chunked: the thread reads the body; nothing is drained after
