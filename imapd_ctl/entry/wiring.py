@@ -84,7 +84,7 @@ class Services:
         first request (any worker may take any request, so each must know its flavour before
         the bus may go away). Missing bus or server: the first use says why."""
         try:
-            self.controller.flavour
+            logging.getLogger(__name__).info("worker ready: %s", self.controller.flavour.name)
         except ApiError as exc:
             logging.getLogger(__name__).warning("at worker start: %s", exc.message)
 
