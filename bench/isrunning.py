@@ -15,34 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import statistics
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
+from common import dovecot_daemon, latency, shell_latency
+from daemon import UNIT
 
-from daemon import UNIT, launch  # noqa: E402
-from mailhost import MailHost  # noqa: E402
+from imapd_ctl.entry import client
 
-from imapd_ctl.entry import client  # noqa: E402
-
-SHELL_TIMER = r"""
-import statistics, subprocess, sys, time
-n, limit = int(sys.argv[1]), float(sys.argv[2])
-samples, end = [], time.monotonic() + limit
-while len(samples) < n and time.monotonic() < end:
-    t = time.perf_counter()
-    r = subprocess.run("systemctl is-active dovecot >/dev/null && ss -Hltn 'sport = :143'",
-                       shell=True, capture_output=True, text=True)
-    samples.append(time.perf_counter() - t)
-    assert r.returncode == 0 and r.stdout.strip()
-print(statistics.median(samples), len(samples))
-"""
+SHELL = "systemctl is-active dovecot >/dev/null && ss -Hltn 'sport = :143'"
 
 # Holds N established TCP connections inside the host (a listener and N clients to it) until
 # the file `stop` appears or 300 s pass; writes `ready` once they are all up.
@@ -93,15 +75,6 @@ def throughput(fn, seconds: float, threads: int, max_requests: int) -> tuple[flo
     return sum(count) / (time.perf_counter() - started), sum(count)
 
 
-def latency(fn, n: int, seconds: float) -> tuple[float, int]:
-    samples, end = [], time.monotonic() + seconds
-    while len(samples) < n and time.monotonic() < end:
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples), len(samples)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0, help="time bound of each measurement")
@@ -110,12 +83,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=5000, help="established connections for 3.")
     args = ap.parse_args()
 
-    share = Path(tempfile.mkdtemp(prefix="imapd-ctl-bench-", dir="/var/tmp"))
-    host = MailHost(binds=[str(REPO), str(share)])
-    try:
-        host.boot()
-        host.start_dovecot()
-        d = launch(host, share, workers=args.workers)
+    with dovecot_daemon(workers=args.workers) as (host, d, share):
 
         # The same client work for both (GET, the key in the header, the envelope parsed), so
         # the ratio compares the server's work.
@@ -141,9 +109,7 @@ def main() -> int:
         run_rps, run_n = throughput(is_running, args.seconds, args.threads, 50_000)
         post_rps, post_n = throughput(is_running_post, args.seconds, args.threads, 50_000)
         run_lat, run_lat_n = latency(is_running, 2_000, args.seconds)
-        out = host.run([sys.executable, "-c", SHELL_TIMER, "500", str(args.seconds)],
-                       timeout=args.seconds + 60).stdout.split()
-        shell_lat, shell_n = float(out[0]), int(out[1])
+        shell_lat, shell_n = shell_latency(host, SHELL, 500, args.seconds)
 
         quiet_lat, quiet_n = latency(is_running, 2_000, args.seconds)
         ready, stop = share / "ready", share / "stop"
@@ -180,9 +146,6 @@ def main() -> int:
         print(f"  3. ratio p50 loaded/quiet:                    {loaded_lat / quiet_lat:.2f}   (target <= 1.2)")
         print(f"  4. daemon PSS, {procs} processes (master + workers): {pss_kib / 1024:.1f} MiB  "
               "(target <= 80 MiB)")
-    finally:
-        host.shutdown()
-        shutil.rmtree(share, ignore_errors=True)
     return 0
 
 
