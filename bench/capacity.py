@@ -13,61 +13,27 @@ Every loop is bounded in count and time.
 from __future__ import annotations
 
 import argparse
-import shutil
 import socket
-import statistics
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
+from common import dovecot_daemon, latency, shell_latency
 
-from daemon import launch  # noqa: E402
-from mailhost import MailHost  # noqa: E402
+from imapd_ctl.entry import client
 
-from imapd_ctl.entry import client  # noqa: E402
-
-SHELL_TIMER = r"""
-import statistics, subprocess, sys, time
-n, limit = int(sys.argv[1]), float(sys.argv[2])
-samples, end = [], time.monotonic() + limit
-while len(samples) < n and time.monotonic() < end:
-    t = time.perf_counter()
-    status = subprocess.run(["doveadm", "service", "status", "imap", "imap-login"], capture_output=True, text=True)
-    conns = subprocess.run(["ss", "-Htn", "state", "established", "( sport = :143 or sport = :993 )"],
-                           capture_output=True, text=True).stdout.count("\n")
-    samples.append(time.perf_counter() - t)
-    assert status.returncode == 0
-print(statistics.median(samples), len(samples))
-"""
-
-
-def latency(fn, n: int, seconds: float) -> tuple[float, int]:
-    samples, end = [], time.monotonic() + seconds
-    while len(samples) < n and time.monotonic() < end:
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples), len(samples)
+SHELL = ("doveadm service status imap imap-login >/dev/null && "
+         "ss -Htn state established '( sport = :143 or sport = :993 )' | wc -l")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0, help="time bound of each measurement")
     ap.add_argument("--connections", type=int, default=50, help="open IMAP connections for (3), at most 90")
-    ap.add_argument("--index", type=int, default=231)
+    ap.add_argument("--index", type=int, default=None, help="mail host index (default: the first free)")
     args = ap.parse_args()
     n_conn = max(1, min(args.connections, 90))     # below imap-login's default process_limit (100)
 
-    share = Path(tempfile.mkdtemp(prefix="imapd-ctl-bench-", dir="/var/tmp"))
-    host = MailHost(args.index, binds=[str(REPO), str(share)])
     conns: list[socket.socket] = []
-    try:
-        host.boot()
-        host.start_dovecot()
-        d = launch(host, share)
+    with dovecot_daemon(args.index) as (host, d, _):
         seen = [0]
 
         def is_running():
@@ -88,16 +54,14 @@ def main() -> int:
         run_lat, run_n = latency(is_running, 500, args.seconds)
         cap_lat, cap_n = latency(capacity, 500, args.seconds)
         scrape_lat, scrape_n = latency(scrape, 500, args.seconds)
-        out = host.run([sys.executable, "-c", SHELL_TIMER, "200", str(args.seconds)],
-                       timeout=args.seconds + 60).stdout.split()
-        shell_lat, shell_n = float(out[0]), int(out[1])
+        shell_lat, shell_n = shell_latency(host, SHELL, 200, args.seconds)
         for _ in range(n_conn):
             c = socket.create_connection((host.address, 143), timeout=10)
             assert c.recv(100).startswith(b"* OK")
             conns.append(c)
         busy_lat, busy_n = latency(capacity, 500, args.seconds)
 
-        print("Dovecot, gunicorn workers=2, unix socket, 1 client, median latency, one run")
+        print("Dovecot, the daemon as launched by the tests, unix socket, 1 client, median latency, one run")
         print(f"  isRunning                 {run_lat * 1e3:7.2f} ms  ({run_n} samples)")
         print(f"  queryCapacity             {cap_lat * 1e3:7.2f} ms  ({cap_n} samples)")
         print(f"  GET /metrics              {scrape_lat * 1e3:7.2f} ms  ({scrape_n} samples)")
@@ -107,11 +71,8 @@ def main() -> int:
         print(f"  ratio /metrics/isRunning:              {scrape_lat / run_lat:.2f}")
         print(f"  ratio queryCapacity/shell:             {cap_lat / shell_lat:.2f}")
         print(f"  ratio queryCapacity {n_conn} open/none:     {busy_lat / cap_lat:.2f}")
-    finally:
         for c in conns:
             c.close()
-        host.shutdown()
-        shutil.rmtree(share, ignore_errors=True)
     return 0
 
 

@@ -9,6 +9,9 @@ narrower question instead:
      (what `ss -ltn` does), falling back to /proc/PID/net/tcp{,6};
   2. does the process hold one of them (its fd that held it last time is tried first, then
      a scan of /proc/PID/fd).
+Once found, the next checks ask only whether the same fd of the same process still names
+that socket (one readlink, microseconds): a listening socket listens until it is closed, and
+closing it frees the fd. A stopped or restarted unit has another main PID anyway.
 psutil still finds the unit's processes (main process, then its descendants).
 """
 from __future__ import annotations
@@ -27,6 +30,7 @@ _SOCK_DIAG_BY_FAMILY = 20
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _last_fd: dict[tuple[int, int], str] = {}   # (pid, inode) -> fd name that held it last time
+_held: dict[tuple[int, int], tuple[int, str, int]] = {}   # (main pid, port) -> (pid, fd, inode)
 
 
 def listening_inodes(pid: int, port: int) -> set[int]:
@@ -131,17 +135,58 @@ def holds_socket(pid: int, inodes: set[int]) -> bool:
     return False
 
 
+def _still_held(main_pid: int, port: int) -> bool:
+    """The fast path: the socket found listening last time is still held by the same fd of
+    the same process. A listening socket stays listening until it is closed, and closing it
+    frees the fd (a reused fd names another inode), so one readlink answers."""
+    known = _held.get((main_pid, port))
+    if known is None:
+        return False
+    pid, fd, inode = known
+    try:
+        if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]" and \
+                (pid == main_pid or _descends(pid, main_pid)):
+            return True
+    except OSError:
+        pass
+    _held.pop((main_pid, port), None)
+    return False
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    try:
+        return any(p.pid == ancestor for p in psutil.Process(pid).parents())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _remember(main_pid: int, port: int, pid: int, inodes: set[int]) -> None:
+    for (holder, inode), fd in list(_last_fd.items()):
+        if holder == pid and inode in inodes:
+            if len(_held) > 64:
+                _held.clear()
+            _held[(main_pid, port)] = (pid, fd, inode)
+            return
+
+
 def unit_listens(main_pid: int, port: int) -> bool:
     """True if main_pid or one of its descendants has a TCP socket listening on port."""
     if main_pid <= 0:
         return False
+    if _still_held(main_pid, port):
+        return True
     inodes = listening_inodes(main_pid, port)
     if not inodes:
         return False
     if holds_socket(main_pid, inodes):
+        _remember(main_pid, port, main_pid, inodes)
         return True
     try:
         children = psutil.Process(main_pid).children(recursive=True)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    return any(holds_socket(child.pid, inodes) for child in children)
+    for child in children:
+        if holds_socket(child.pid, inodes):
+            _remember(main_pid, port, child.pid, inodes)
+            return True
+    return False

@@ -60,7 +60,7 @@ class Settings:
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:8143"])
     tls_cert: str = ""
     tls_key: str = ""
-    workers: int = 2
+    workers: int = 1               # gunicorn processes (each: an event loop and 32 threads)
     audit_log: str = "/var/log/imapd-ctl/audit.log"
     flavour: str = "auto"          # auto | dovecot | courier
     port: int = 143                # the port isRunning checks and list* report (/nodeworx/mail/imap)

@@ -32,6 +32,7 @@ from gunicorn.app.base import BaseApplication
 from imapd_ctl.adapters import metrics, secrets
 from imapd_ctl.adapters.flavours import validation
 from imapd_ctl.core.settings import Settings
+from imapd_ctl.entry import worker
 from imapd_ctl.entry.recovery import recover_in_child
 
 log = logging.getLogger(__name__)
@@ -211,12 +212,9 @@ class _Gunicorn(BaseApplication):
         options = {
             "bind": self.binds,
             "workers": s.workers,
-            # gunicorn's sync worker, but unix-socket connections stay plain HTTP when TLS is
-            # configured for TCP (gunicorn alone would wrap those in TLS too).
-            "worker_class": "imapd_ctl.entry.worker.Worker",
-            # A start/restart may wait job_timeout for systemd plus listen_timeout for the port.
-            "timeout": int(s.job_timeout + s.listen_timeout + 30),
-            "graceful_timeout": 30,
+            # One event loop reading requests, a pool of threads running them (README
+            # "Serving model"); the timeouts derived from the action timeouts.
+            **worker.options(s),
             "umask": 0o117,          # the unix socket is rw for root and the socket's group only
             "errorlog": "-",
             "loglevel": "info",
@@ -237,6 +235,7 @@ class _Gunicorn(BaseApplication):
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="[%(process)d] %(levelname)s %(name)s: %(message)s")
         services = wiring.build(self.settings, unfinished_recovery=self.unfinished_recovery)
+        services.warm()
         return create_app(services.context(), scrape=services.scrape,
                           metrics_access=self.settings.metrics_access)
 

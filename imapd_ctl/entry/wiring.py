@@ -7,8 +7,11 @@ D-Bus connection (workers forked from it would hang on it).
 """
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 from imapd_ctl.adapters.audit import AuditLog
 from imapd_ctl.adapters.cluster import Cluster
@@ -18,11 +21,37 @@ from imapd_ctl.adapters.flavours import detect
 from imapd_ctl.adapters.keys import KeyStore
 from imapd_ctl.adapters.metrics import CONTENT_TYPE, ENV, Metrics
 from imapd_ctl.adapters.systemd import Systemd as DBusSystemd
-from imapd_ctl.core.dispatch import Context
+from imapd_ctl.core.actions import IMAP, Action, Service
+from imapd_ctl.core.dispatch import Context, Runner
+from imapd_ctl.core.errors import ApiError, Busy
 from imapd_ctl.core.protocols import Audit, Flavour, Systemd
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.operations.controller import Controller
 from imapd_ctl.transports import prose
+
+
+CHANGES_AT_ONCE = 8   # actions that change the server, running at once in one process
+
+
+class Admission:
+    """Actions that change the server may wait minutes (the change lock, a systemd job);
+    at most `limit` of them hold a request thread at once, so reads always find one free.
+    One more is told 409 at once, as if it had lost the race for the change lock."""
+
+    def __init__(self, runner: Runner, limit: int = CHANGES_AT_ONCE):
+        self.runner = runner
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def run(self, action: Action, values: dict[str, Any], service: Service = IMAP) -> Any:
+        if not action.mutating:
+            return self.runner.run(action, values, service)
+        if not self._slots.acquire(blocking=False):
+            raise Busy(f"{self.limit} changes are already in progress or waiting; try again")
+        try:
+            return self.runner.run(action, values, service)
+        finally:
+            self._slots.release()
 
 
 @dataclass(frozen=True)
@@ -47,8 +76,17 @@ class Services:
         (a change is refused while it cannot be written), not when the graph is built."""
         if isinstance(self.audit, AuditLog):
             self.audit.open()
-        return Context(keys=self.keys, audit=self.audit, runner=self.controller,
+        return Context(keys=self.keys, audit=self.audit, runner=Admission(self.controller),
                        render=prose.render, describe=prose.payload_of, telemetry=self.metrics)
+
+    def warm(self) -> None:
+        """In a worker, at start: connect to the bus and detect the flavour now, not in the
+        first request (any worker may take any request, so each must know its flavour before
+        the bus may go away). Missing bus or server: the first use says why."""
+        try:
+            logging.getLogger(__name__).info("worker ready: %s", self.controller.flavour.name)
+        except ApiError as exc:
+            logging.getLogger(__name__).warning("at worker start: %s", exc.message)
 
     def scrape(self) -> tuple[bytes, str]:
         """The text of /metrics: the counts of every process and the server's state now."""

@@ -155,7 +155,7 @@ class Controller(Serving):
         (NoFlavour, 500), not False: False reads as "installed but stopped, press Start", which
         cannot work; listServiceInfo follows it. Only the constant list* actions answer then."""
         unit = next(iter(self.unit_ports()))
-        if self.systemd.active_state(unit) != "active":
+        if self.systemd.active_state(unit) not in SERVING:
             return False
         return ports.unit_listens(self.systemd.main_pid(unit), self.port)
 
@@ -256,6 +256,10 @@ class Controller(Serving):
         """What recovery did (prose renders it), or None if nothing was pending."""
         with self._locked():
             return self._count_recovery(transaction.recover(self.flavour, self.systemd, self.journal))
+
+
+# Dovecot keeps serving while it reloads (an update's reload may take a while).
+SERVING = ("active", "reloading")
 
 
 # Each action of the table (but the *OnNode ones, which run their local_action) and the code

@@ -187,10 +187,19 @@ def test_recovery_during_a_dbus_outage_keeps_the_journal_until_the_bus_returns(p
     host = ctl.host
     serve(ctl, env={"IMAPD_CTL_CRASH_AT": "applied"})
     assert on_each_worker(ctl, "isRunning") == [(0, True)] * 2     # both know their flavour
+    workers = daemon_pids(host)[1]
     with pytest.raises(CRASHED):
         ctl.call("update", probe.NEW)                 # killed after the server took up NEW
     txn = json.loads(cat(host, JOURNAL))["txn_id"]
     probe.assert_running(host, probe.NEW)
+    # gunicorn's replacement worker connects and learns its flavour as it starts: let it, or
+    # it would meet the outage knowing nothing (any worker may take the calls below).
+    deadline = time.monotonic() + 30
+    while not (new := daemon_pids(host)[1] - workers):
+        assert time.monotonic() < deadline, "no replacement worker"
+        time.sleep(0.1)
+    ready = f"[{new.pop()}] INFO imapd_ctl.entry.wiring: worker ready"
+    assert ready in wait_log(host, ready, timeout=30)
     with bus_down(host):
         # The surviving worker restores the files but cannot reload or restart the server: the
         # journal must stay, or the server would keep running NEW under OLD files with nothing

@@ -1,5 +1,6 @@
 """The systemd adapter without systemd: D-Bus errors (real GLib.Error objects) mapped to typed
-errors, and the connection's drop-and-reconnect logic with a fake pydbus connection."""
+errors, the connection's drop-and-reconnect logic, and the unit state kept from signals, with
+a fake link (what bus.Link does over Gio)."""
 import os
 
 import pytest
@@ -53,205 +54,223 @@ def test_anything_else_is_unavailable(error):
                                  "Connection refused"))
 
 
-# --- reconnecting ---------------------------------------------------------------------------
+# --- the state kept from signals, reconnecting -----------------------------------------------
 
-class FakeSignal:
-    def __init__(self):
-        self.handlers = []
-
-    def connect(self, fn):
-        self.handlers.append(fn)
+DOVECOT = "dovecot.service"
+PATH = "/org/freedesktop/systemd1/unit/dovecot_2eservice"
 
 
-class FakeManager:
-    def __init__(self, conn):
-        self.conn = conn
-        self.JobRemoved = FakeSignal()
-        self.subscribed = False
+class FakeLink:
+    """One connection: method calls answered from `world`, signals sent by the test."""
 
-    def Subscribe(self):
-        self.subscribed = True
-
-    def LoadUnit(self, name):
-        self.conn.check()
-        return f"/org/freedesktop/systemd1/unit/{name.replace('.', '_2e')}"
-
-    def Reload(self):
-        self.conn.check()
-
-    def EnableUnitFiles(self, names, runtime, force):
-        self.conn.check()
-        self.conn.enabled += names
-
-    def StartUnit(self, name, mode):
-        """A job that finishes at once (JobRemoved delivered before the caller waits)."""
-        self.conn.check()
-        self.conn.started.append(name)
-        job = f"/org/freedesktop/systemd1/job/{len(self.conn.started)}"
-        for handler in self.JobRemoved.handlers:
-            handler(len(self.conn.started), job, name, "done")
-        return job
-
-
-class FakeCon:
-    def __init__(self, bus):
-        self.bus = bus
+    def __init__(self, world, on_signal, on_closed):
+        self.world, self.on_signal, self.on_closed = world, on_signal, on_closed
         self.closed = False
+        self.matches = []
+        self.calls = []
+        self.pending = []
 
-    def is_closed(self):
-        return self.closed
-
-    def close_sync(self, _cancellable):
-        self.closed = True
-
-    def set_exit_on_close(self, flag):
-        self.exit_on_close = flag
-
-    def call_sync(self, bus_name, path, iface, method, params, reply_type, flags, timeout, cancellable):
-        self.bus.check()
-        prop = params.unpack()[1]
-        return GLib.Variant("(v)", (GLib.Variant("s", self.bus.props.get((path, prop), "active")),))
-
-
-class FakeBus:
-    """What pydbus.connect() returns: .con and .get(); `fail` makes the next calls raise."""
-
-    def __init__(self, world):
-        self.world = world
-        self.con = FakeCon(self)
-        self.enabled = []
-        self.started = []
-        self.props = world.props
-        self.manager = FakeManager(self)
-
-    def check(self):
+    def call(self, dest, path, iface, method, signature, args, reply):
         if self.world.fail is not None:
             raise self.world.fail
+        self.calls.append(method)
+        if method == "LoadUnit":
+            return (f"/org/freedesktop/systemd1/unit/{args[0].replace('.', '_2e')}",)
+        if method == "GetAll":
+            reply = dict(self.world.props[args[0]])
+            if self.world.during_read is not None:   # a signal arrives while the read is under way
+                self.world.during_read, during = None, self.world.during_read
+                during()
+            return (reply,)
+        if method == "Get":
+            return ("254",)
+        if method in self.world.jobs:
+            return (self.world.jobs[method](args[0]),)
+        return ()
 
-    def get(self, bus_name, path):
-        self.check()
-        return self.manager
+    def add_match(self, rule):
+        if self.world.fail is not None:
+            raise self.world.fail
+        self.matches.append(rule)
+
+    def close(self):
+        self.closed = True
+
+    def idle(self, fn):
+        self.pending.append(fn)     # the loop thread: after the signal's handling
+
+    def run_loop(self):
+        while self.pending:
+            self.pending.pop(0)()
+
+    def emit(self, path, iface, member, args):
+        self.on_signal(path, iface, member, args)
+        self.run_loop()
 
 
 class World:
     def __init__(self):
         self.fail = None
-        self.connects = []
-        self.props = {}
+        self.down = False
+        self.links = []
+        self.jobs = {}
+        self.during_read = None
+        self.props = {
+            "org.freedesktop.systemd1.Unit": {"LoadState": "loaded", "ActiveState": "active",
+                                              "SubState": "running", "UnitFileState": "enabled"},
+            "org.freedesktop.systemd1.Service": {"MainPID": 42, "Result": "success", "NRestarts": 0},
+        }
 
-    def opener(self, address):
-        if self.world_down:
+    def opener(self, address, on_signal, on_closed):
+        if self.down:
             raise GLib.Error("Could not connect: No such file or directory")
-        bus = FakeBus(self)
-        self.connects.append(bus)
-        return bus
+        link = FakeLink(self, on_signal, on_closed)
+        self.links.append(link)
+        return link
 
-    world_down = False
+    def systemd(self, **kw):
+        return Systemd(bus_address="unix:path=/nonexistent", opener=self.opener, **kw)
+
+    def set(self, **props):
+        for iface in self.props.values():
+            for k, v in props.items():
+                if k in iface:
+                    iface[k] = v
+
+    def changed(self, **values):
+        """PropertiesChanged as systemd sends it: the new values; the rest invalidated."""
+        self.set(**values)
+        self.links[-1].emit(PATH, "org.freedesktop.DBus.Properties", "PropertiesChanged",
+                            ("org.freedesktop.systemd1.Unit", values, []))
 
 
-def test_connects_lazily_once_and_subscribes():
+def test_connects_lazily_and_asks_only_for_the_watched_units_signals():
     world = World()
-    sd = Systemd(bus_address="unix:path=/nonexistent", opener=world.opener)
-    assert world.connects == []                        # nothing at construction (gunicorn's master)
-    assert sd.active_state("dovecot.service") == "active"
-    sd.active_state("dovecot.service")
-    [bus] = world.connects
-    assert bus.manager.subscribed and bus.manager.JobRemoved.handlers
+    sd = world.systemd()
+    assert world.links == []                           # nothing at construction (gunicorn's master)
+    assert sd.unit(DOVECOT).main_pid == 42
+    [link] = world.links
+    assert "Subscribe" in link.calls
+    assert any("member='JobRemoved'" in r and "arg2='dovecot.service'" in r for r in link.matches)
+    assert any(f"path='{PATH}'" in r and "PropertiesChanged" in r for r in link.matches)
+    assert not any("JobRemoved" in r and "arg2" not in r for r in link.matches)  # never every job
 
 
-def test_unreachable_drops_the_connection_and_the_next_call_reconnects():
+def test_reads_come_from_memory_and_follow_the_signals():
     world = World()
-    sd = Systemd(bus_address="unix:path=/nonexistent", opener=world.opener)
-    sd.active_state("dovecot.service")
-    first = world.connects[0]
+    sd = world.systemd()
+    assert sd.active_state(DOVECOT) == "active"
+    world.links[0].run_loop()                            # the watch's second read
+    calls = len(world.links[0].calls)
+    for _ in range(100):
+        assert sd.active_state(DOVECOT) == "active" and sd.main_pid(DOVECOT) == 42
+    assert len(world.links[0].calls) == calls           # no round trip per read
+    world.changed(ActiveState="inactive", MainPID=0, NRestarts=3)
+    assert sd.active_state(DOVECOT) == "inactive" and sd.unit(DOVECOT).n_restarts == 3
+    assert len(world.links[0].calls) == calls           # the signal carried the values
+    world.set(SubState="dead")
+    world.links[0].emit(PATH, "org.freedesktop.DBus.Properties", "PropertiesChanged",
+                        ("org.freedesktop.systemd1.Unit", {}, ["SubState"]))
+    assert sd.unit(DOVECOT).sub_state == "dead"          # invalidated: read again
+    world.set(UnitFileState="disabled")                  # no change signal of its own
+    world.links[0].emit("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
+                        "UnitFilesChanged", ())
+    assert sd.unit(DOVECOT).unit_file_state == "disabled"
+
+
+def test_unreachable_drops_the_connection_and_the_next_read_reads_afresh():
+    world = World()
+    sd = world.systemd()
+    sd.active_state(DOVECOT)
+    first = world.links[0]
+    world.set(ActiveState="inactive")                    # changed while nobody was told
+    first.on_closed()                                    # the bus went away
+    world.down = True
+    with pytest.raises(Unavailable):                     # 503, never the stale "active"
+        sd.active_state(DOVECOT)
+    assert first.closed
+    world.down = False
+    assert sd.active_state(DOVECOT) == "inactive"
+    assert len(world.links) == 2
+
+
+def test_a_failed_call_that_means_unreachable_drops_the_link():
+    world = World()
+    sd = world.systemd()
+    sd.active_state(DOVECOT)
     world.fail = dbus_error("org.freedesktop.DBus.Error.NoReply", "Did not receive a reply")
     with pytest.raises(Unavailable):
-        sd.active_state("dovecot.service")
-    assert first.con.closed                             # dropped (and closed)
-    assert sd.bus.unit_paths == {}                      # unit paths belong to the old connection
+        sd.ping()
+    assert world.links[0].closed
     world.fail = None
-    assert sd.active_state("dovecot.service") == "active"
-    assert len(world.connects) == 2 and world.connects[1] is not first
+    assert sd.ping() == "254" and len(world.links) == 2
 
 
 def test_systemd_errors_keep_the_connection():
     world = World()
-    sd = Systemd(bus_address="unix:path=/nonexistent", opener=world.opener, via_helpers=False)
-    sd.active_state("dovecot.service")
+    sd = world.systemd(via_helpers=False)
+    sd.active_state(DOVECOT)
     world.fail = dbus_error("org.freedesktop.systemd1.NoSuchUnit", "Unit x.service not found.")
     with pytest.raises(NoSuchUnit):
         sd.active_state("x.service")
     world.fail = None
-    sd.enable("dovecot.service")
-    assert len(world.connects) == 1 and not world.connects[0].con.closed
-    assert world.connects[0].enabled == ["dovecot.service"]
-
-
-def test_no_bus_at_all_is_unavailable_and_retried():
-    world = World()
-    world.world_down = True
-    sd = Systemd(bus_address="unix:path=/nonexistent", opener=world.opener)
-    with pytest.raises(Unavailable, match="connect to the system bus"):
-        sd.ping()
-    world.world_down = False
-    assert sd.ping() == "active"
+    sd.enable(DOVECOT)
+    assert len(world.links) == 1 and not world.links[0].closed
+    assert "EnableUnitFiles" in world.links[0].calls
 
 
 def test_a_connection_inherited_across_fork_is_replaced_not_closed(monkeypatch):
     world = World()
-    sd = Systemd(bus_address="unix:path=/nonexistent", opener=world.opener)
-    sd.active_state("dovecot.service")
-    parent = world.connects[0]
+    sd = world.systemd()
+    sd.active_state(DOVECOT)
+    parent = world.links[0]
     monkeypatch.setattr(os, "getpid", lambda: -1)       # "we are the child now"
-    sd.active_state("dovecot.service")
-    assert len(world.connects) == 2
-    assert not parent.con.closed                        # the parent's connection is left alone
+    sd.active_state(DOVECOT)
+    assert len(world.links) == 2
+    assert not parent.closed                            # the parent's connection is left alone
 
 
-def test_a_job_that_never_ends_times_out_and_a_lost_bus_is_unavailable(monkeypatch):
+def test_job_results_arrive_through_job_removed_and_stay_bounded(monkeypatch):
     world = World()
-    sd = Systemd(bus_address="unix:path=/nonexistent", job_timeout=0.05, opener=world.opener)
-    def restart(name, mode):
-        return "/org/freedesktop/systemd1/job/1"
+    sd = world.systemd(job_timeout=0.2)
 
-    sd.bus.manager()
-    world.connects[0].manager.RestartUnit = restart
-    with pytest.raises(JobFailed, match="no result from systemd after 0 s"):
-        sd.restart("dovecot.service")
-    # the bus goes away while waiting
-    world.connects[0].con.closed = True
-    monkeypatch.setattr(type(sd.bus), "manager", lambda self: world.connects[0].manager)
-    with pytest.raises(Unavailable, match="lost the D-Bus connection"):
-        sd.restart("dovecot.service")
+    def job(result, n):
+        def run(name):
+            link = world.links[-1]
+            world.changed(ActiveState="active", MainPID=100 + n)
+            link.emit("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "JobRemoved",
+                      (n, f"/job/{n}", name, result))
+            return f"/job/{n}"
+        return run
 
-
-def test_a_job_result_arrives_through_job_removed(monkeypatch):
-    world = World()
-    sd = Systemd(bus_address="unix:path=/nonexistent", opener=world.opener)
-    sd.bus.manager()
-    manager = world.connects[0].manager
-
-    def reload(name, mode):
-        for handler in manager.JobRemoved.handlers:
-            handler(1, "/job/7", name, "done")
-        return "/job/7"
-
-    manager.ReloadUnit = reload
-    sd.reload("dovecot.service")
-    assert "/job/7" not in sd.bus.removed
-
-    def start(name, mode):
-        for handler in manager.JobRemoved.handlers:
-            handler(2, "/job/8", name, "failed")
-        return "/job/8"
-
-    manager.StartUnit = start
-    world.props[("/org/freedesktop/systemd1/unit/dovecot_2eservice", "Result")] = "exit-code"
+    world.jobs["RestartUnit"] = job("done", 7)
+    sd.restart(DOVECOT)
+    assert sd.main_pid(DOVECOT) == 107                  # the state the job left, at once
+    assert sd.state.results == {}
+    world.jobs["StartUnit"] = job("failed", 8)
+    world.set(Result="exit-code")
     monkeypatch.setattr(jobs, "failure_tail", lambda name, since: "dovecot: Fatal: bad config")
-    with pytest.raises(JobFailed) as ei:
-        sd.start("dovecot.service")
-    assert ei.value.message == ("start dovecot.service failed: systemd job result 'failed'; last journal lines "
-                                "of dovecot.service:\ndovecot: Fatal: bad config")
+    with pytest.raises(JobFailed, match="(?s)result 'failed'.*Fatal: bad config"):
+        sd.start(DOVECOT)
+    for n in range(1000):                               # jobs nobody waits for stay bounded
+        world.links[-1].emit("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
+                             "JobRemoved", (n, f"/job/x{n}", DOVECOT, "done"))
+    assert len(sd.state.results) <= 64
+    world.jobs["StopUnit"] = lambda name: "/job/never"
+    with pytest.raises(JobFailed, match="no result from systemd after 0 s"):
+        sd.stop(DOVECOT)
+
+
+def test_a_read_under_way_never_overwrites_a_newer_signal():
+    world = World()
+    sd = world.systemd()
+    sd.active_state(DOVECOT)
+    # A re-read (after UnitFilesChanged) answers "active"; while it is under way systemd
+    # announces "deactivating". The signal is newer: it stays, and a further read confirms it.
+    world.during_read = lambda: world.changed(ActiveState="deactivating")
+    world.links[0].emit("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
+                        "UnitFilesChanged", ())
+    assert sd.active_state(DOVECOT) == "deactivating"
 
 
 @pytest.mark.parametrize("verb", ["enable", "disable"])
@@ -259,8 +278,16 @@ def test_without_root_start_on_boot_goes_through_the_packaged_helper_unit(verb):
     """polkit cannot limit unit-file changes to some units (systemd 252 names none), so a
     daemon that is not root starts the one-shot helper instance for that unit instead."""
     world = World()
-    sd = Systemd(bus_address="unix:path=/nonexistent", opener=world.opener, via_helpers=True)
-    getattr(sd, verb)("dovecot.service")
-    [bus] = world.connects
-    assert bus.started == [f"imapd-ctl-{verb}@dovecot.service.service"]
-    assert bus.enabled == []                            # no EnableUnitFiles / DisableUnitFiles
+    sd = world.systemd(via_helpers=True)
+    started = []
+
+    def start(name):
+        started.append(name)
+        world.links[-1].emit("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
+                             "JobRemoved", (1, "/job/1", name, "done"))
+        return "/job/1"
+
+    world.jobs["StartUnit"] = start
+    getattr(sd, verb)(DOVECOT)
+    assert started == [f"imapd-ctl-{verb}@dovecot.service.service"]
+    assert not {"EnableUnitFiles", "DisableUnitFiles"} & set(world.links[-1].calls)

@@ -6,15 +6,13 @@ import logging
 import subprocess
 import time
 
-from imapd_ctl.adapters.systemd.bus import Bus
+from imapd_ctl.adapters.systemd.state import UnitCache
 from imapd_ctl.adapters.systemd.errors import JobFailed
 from imapd_ctl.core.errors import Unavailable
 from imapd_ctl.core.waiting import wait_until
 
 log = logging.getLogger(__name__)
 
-SERVICE_IFACE = "org.freedesktop.systemd1.Service"
-PUMP_INTERVAL = 0.005        # between looks at the main context while a job runs
 JOURNAL_LAG = 3.0            # how long journald may lag behind systemd's job result
 JOURNAL_INTERVAL = 0.1
 
@@ -43,40 +41,30 @@ def failure_tail(name: str, since: float) -> str:
     return tails[-1]
 
 
-def run_job(bus: Bus, verb: str, method: str, name: str, timeout: float, *,
+def run_job(state: UnitCache, verb: str, method: str, name: str, timeout: float, *,
             since: float | None = None) -> None:
     """Queue a job and wait for JobRemoved; raise JobFailed with systemd's result and
     the unit's last journal lines unless the result is 'done'."""
+    bus = state.bus
     started = time.time()
-    job = bus.call(f"{verb} {name}", lambda m: getattr(m, method), name, "replace")
-
-    def finished() -> bool:
-        # Signals are only delivered while the main context runs; pump it until ours arrives.
-        bus.pump()
-        if job in bus.removed:
-            return True
+    state.get(name)     # watched: its JobRemoved reaches us (the bus daemon filters by unit)
+    job = str(bus.manager_call(f"{verb} {name}", method, "(ss)", (name, "replace"), "(o)")[0])
+    result = state.wait_job(job, timeout)
+    if result is None:
         if bus.closed:
             bus.drop()
             raise Unavailable(f"{verb} {name}: lost the D-Bus connection while waiting for the job")
-        return False
-
-    if not wait_until(finished, timeout, PUMP_INTERVAL):
         raise JobFailed(f"{verb} {name}: no result from systemd after {timeout:.0f} s "
                         f"(job {job} still queued or running)")
-    result = bus.removed.pop(job)
     log.info("systemd job %s %s: %s (%.2f s)", verb, name, result, time.time() - started)
     if result == "done":
         return
-    if since is None and method in ("StartUnit", "RestartUnit") and unit_result(bus, name) == "start-limit-hit":
+    if since is None and method in ("StartUnit", "RestartUnit") and state.get(name).result == "start-limit-hit":
         # systemd's crash-loop brake also stops an operator's explicit request after a few
         # quick restarts; like `systemctl reset-failed`, clear it once and try again.
         log.warning("%s hit its start limit; resetting it and retrying %s once", name, verb)
-        bus.call(f"reset the start limit of {name}", lambda m: m.ResetFailedUnit, name)
-        return run_job(bus, verb, method, name, timeout, since=started)
+        bus.manager_call(f"reset the start limit of {name}", "ResetFailedUnit", "(s)", (name,))
+        return run_job(state, verb, method, name, timeout, since=started)
     tail = failure_tail(name, since or started)
     raise JobFailed(f"{verb} {name} failed: systemd job result '{result}'"
                     + (f"; last journal lines of {name}:\n{tail}" if tail else ""))
-
-
-def unit_result(bus: Bus, name: str) -> str:
-    return str(bus.get(bus.unit_path(name), SERVICE_IFACE, "Result", f"read the result of {name}"))
