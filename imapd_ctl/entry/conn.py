@@ -158,3 +158,25 @@ class Prebuffered:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+LINGER_SECONDS = 2.0       # at most this long discarding what a client still sends
+LINGER_BYTES = 8 << 20     # and at most this much (read in chunks, never kept)
+
+
+def linger(sock: socket.socket) -> None:
+    """After a reply to a request whose body was not read (refused 413 unread): FIN first, then
+    discard what the client still sends until it closes or a bound is hit. Closing with unread
+    data sends RST, and the client's kernel then drops the reply it had not read yet. Runs in
+    the request's thread; the loop closes the socket afterwards."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline, drained = time.monotonic() + LINGER_SECONDS, 0
+        while drained < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            chunk = sock.recv(RECV_CHUNK)
+            if not chunk:
+                break
+            drained += len(chunk)
+    except (OSError, ValueError):
+        pass

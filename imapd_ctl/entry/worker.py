@@ -35,7 +35,7 @@ from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.base import Worker as BaseWorker
 
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.entry.conn import CLOSE, READY, WANT_WRITE, Conn, Prebuffered
+from imapd_ctl.entry.conn import CLOSE, READY, WANT_WRITE, Conn, Prebuffered, linger
 
 TICK = 1.0            # the loop wakes at least this often (heartbeat, deadlines)
 SEND_TIMEOUT = 30.0   # a client that does not read its reply is dropped after this
@@ -245,6 +245,8 @@ class Worker(BaseWorker):
         except Exception:   # noqa: BLE001 - never lose the completion
             self.log.exception("unexpected error serving a connection")
         finally:
+            if rest is None:
+                linger(conn.sock)
             self.done.put((conn, keep, rest or b""))
             try:
                 os.write(self.waker_w, b"\0")
@@ -290,3 +292,4 @@ class Worker(BaseWorker):
             return False
         req.body.read()    # what the app left unread: in the prebuffer (whole requests only)
         return True
+
