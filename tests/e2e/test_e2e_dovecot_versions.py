@@ -25,20 +25,20 @@ def read(host, path: str) -> bytes | None:
 @contextlib.contextmanager
 def files(host, changes: dict[str, bytes | None]):
     """`changes` in place for the block (None: removed), then the old files back."""
+    def put(path: str, data: bytes | None) -> None:
+        if data is None:
+            host.run(["rm", "-f", path])
+        else:
+            host.write_file(path, data)
+
     saved = {path: read(host, path) for path in changes}
     try:
         for path, data in changes.items():
-            if data is None:
-                host.run(["rm", "-f", path])
-            else:
-                host.write_file(path, data)
+            put(path, data)
         yield
     finally:
         for path, data in saved.items():
-            if data is None:
-                host.run(["rm", "-f", path])
-            else:
-                host.write_file(path, data)
+            put(path, data)
 
 
 def version(host) -> str:
