@@ -273,6 +273,37 @@ def test_a_read_under_way_never_overwrites_a_newer_signal():
     assert sd.active_state(DOVECOT) == "deactivating"
 
 
+def test_an_announced_change_is_seen_by_the_next_read_before_the_loop_handles_it():
+    """UnitFilesChanged (or an invalidation) owes a re-read; a read while it is owed reads at
+    once instead of answering from memory, whether the loop thread has come to it or not."""
+    world = World()
+    sd = world.systemd()
+    sd.active_state(DOVECOT)
+    world.links[0].run_loop()
+    world.set(UnitFileState="disabled")
+    world.links[0].on_signal("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
+                             "UnitFilesChanged", ())       # handled by GDBus; the loop not yet run
+    assert sd.unit(DOVECOT).unit_file_state == "disabled"
+    calls = len(world.links[0].calls)
+    assert sd.unit(DOVECOT).unit_file_state == "disabled"
+    assert len(world.links[0].calls) == calls              # paid: memory again
+
+
+def test_our_own_disable_is_seen_even_when_a_signal_races_its_reread():
+    """The re-read after DisableUnitFiles meets a PropertiesChanged: it keeps the newer signal
+    and still owes the read, so the next request sees the unit file disabled."""
+    world = World()
+    sd = world.systemd()
+    sd.active_state(DOVECOT)
+    world.links[0].run_loop()
+    world.set(UnitFileState="disabled")
+    world.during_read = lambda: world.links[0].on_signal(
+        PATH, "org.freedesktop.DBus.Properties", "PropertiesChanged",
+        ("org.freedesktop.systemd1.Unit", {"SubState": "running"}, ["ActiveState"]))
+    sd.disable(DOVECOT)
+    assert sd.unit(DOVECOT).unit_file_state == "disabled"
+
+
 @pytest.mark.parametrize("verb", ["enable", "disable"])
 def test_without_root_start_on_boot_goes_through_the_packaged_helper_unit(verb):
     """polkit cannot limit unit-file changes to some units (systemd 252 names none), so a

@@ -47,6 +47,10 @@ class UnitCache:
         self._watch_lock = threading.Lock()
         self._dirty: set[str] = set()
         self.versions: dict[str, int] = {}          # name -> signals applied to it so far
+        # Re-reads asked for (a signal without values, unit files changed) and those done: a
+        # read while one is owed reads now, so an announced change is seen by the next request.
+        self.owed: dict[str, int] = {}
+        self.paid: dict[str, int] = {}
         self.generation = 0                         # bumped on every drop
         bus.listeners.append(self._signal)
         bus.on_drop.append(self._forget)
@@ -57,7 +61,11 @@ class UnitCache:
         self.bus.link()          # raises Unavailable with the bus down; reconnects if dropped
         state = self.units.get(name)
         if state is None:
-            state = self.watch(name)
+            return self.watch(name)
+        if self.paid.get(name, 0) < self.owed.get(name, 0):
+            path = self.bus.unit_paths.get(name)
+            if path is not None:
+                state = self.refresh(name, path)
         return state
 
     def watch(self, name: str) -> UnitState:
@@ -86,6 +94,7 @@ class UnitCache:
         with lock:
             generation = self.generation
             seen = self.versions.get(name, 0)
+            owed = self.owed.get(name, 0)
             what = f"read the state of {name}"
             unit = self.bus.get_all(path, UNIT_IFACE, what)
             load_state = str(unit.get("LoadState", ""))
@@ -108,6 +117,7 @@ class UnitCache:
                 self._refresh_soon(name)
                 return self.units[name]
             self.units[name] = state
+            self.paid[name] = max(self.paid.get(name, 0), owed)
             return state
 
     # -- signals (on GDBus's reader thread: memory only, nothing that calls) ------------
@@ -140,6 +150,7 @@ class UnitCache:
     def _refresh_soon(self, name: str) -> None:
         """Read the unit again once the signals already queued are handled (one read per
         burst), on the loop thread."""
+        self.owed[name] = self.owed.get(name, 0) + 1
         if name in self._dirty:
             return
         self._dirty.add(name)
