@@ -19,11 +19,13 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from imapd_ctl.adapters.files import atomic_write
+from imapd_ctl.adapters.filewatch import FileWatch
 from imapd_ctl.core.errors import BadInput, Forbidden, Unauthorized
 from imapd_ctl.core.protocols import Principal
 
@@ -47,6 +49,11 @@ def canonical(secret: str) -> str:
     return text
 
 
+def _stamp(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when the file is replaced or rewritten."""
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -66,18 +73,37 @@ class KeyStore:
         self.path = Path(path)
         self._held: Any = None          # the loaded file, kept open (see above)
         self._stamp: tuple[int, ...] | None = None
+        self._watch = FileWatch(self.path)
+        self._stale = True               # look at the file: the watch saw a change, or cannot tell
+        self._loading = threading.Lock()
         self._by_digest: dict[str, dict[str, Any]] = {}
         self._entries: list[dict[str, Any]] = []
 
     # -- reading ---------------------------------------------------------------
     def _load(self, *, fresh: bool = False) -> None:
+        """Every request: the file is looked at only when its directory's inotify queue says
+        it may have changed (adapters.filewatch: no system call that releases the GIL).
+        `_stale` is cleared before the look and set by whoever reads a later event, so a
+        change that lands during a load is looked at again."""
+        if self._watch.changed():
+            self._stale = True
+        if not (self._stale or fresh):
+            return
+        with self._loading:
+            self._stale = False
+            try:
+                self._look(fresh)
+            except BaseException:
+                self._stale = True
+                raise
+
+    def _look(self, fresh: bool) -> None:
         try:
             st = self.path.stat()
         except FileNotFoundError:
             self._forget()
             return
-        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-        if stamp == self._stamp and not fresh:
+        if _stamp(st) == self._stamp and not fresh:
             return
         try:
             held = open(self.path, "rb")
@@ -92,7 +118,7 @@ class KeyStore:
         self._forget()
         self._held, self._entries = held, entries
         self._by_digest = {e["sha256"]: e for e in entries}
-        self._stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        self._stamp = _stamp(st)
 
     def _forget(self) -> None:
         if self._held is not None:
@@ -136,6 +162,7 @@ class KeyStore:
         data = json.dumps({"keys": entries}, indent=1, sort_keys=True).encode() + b"\n"
         atomic_write(self.path, data, default_mode=0o600)   # temp, fsync, rename, fsync dir
         self._forget()
+        self._stale = True
 
     @staticmethod
     def _check(name: str, perms: list[str]) -> None:

@@ -125,12 +125,16 @@ class Metrics:
         self.lock_waits = Histogram(P + "lock_wait_seconds", "Waits for the change lock, by outcome "
                                     "(acquired, or busy: gave up after lock_timeout)", ["outcome"],
                                     buckets=LOCK_BUCKETS, registry=reg)
+        self._action_series: dict[tuple[str, int], Histogram] = {}
         self.reconnects = Counter(P + "bus_reconnects", "Connections to the system bus made again after "
                                   "one was lost", registry=reg)
 
     # -- Telemetry ---------------------------------------------------------------------
     def action(self, name: str, status: int, seconds: float) -> None:
-        self.actions.labels(name, str(status)).observe(seconds)
+        child = self._action_series.get((name, status))
+        if child is None:     # labels() takes a lock and builds the key each time: once per series
+            child = self._action_series[(name, status)] = self.actions.labels(name, str(status))
+        child.observe(seconds)
 
     def change(self, outcome: str) -> None:
         self.changes.labels(outcome).inc()

@@ -10,8 +10,9 @@ narrower question instead:
   2. does the process hold one of them (its fd that held it last time is tried first, then
      a scan of /proc/PID/fd).
 Once found, the next checks ask only whether the same fd of the same process still names
-that socket (one readlink, microseconds): a listening socket listens until it is closed, and
-closing it frees the fd. A stopped or restarted unit has another main PID anyway.
+that socket (one readlink, microseconds, made without releasing the GIL: adapters.quickcalls):
+a listening socket listens until it is closed, and closing it frees the fd. A stopped or
+restarted unit has another main PID anyway.
 psutil still finds the unit's processes (main process, then its descendants).
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ import socket
 import struct
 
 import psutil
+
+from imapd_ctl.adapters.quickcalls import readlink
 
 _LISTEN = "0A"                       # TCP_LISTEN in /proc/net/tcp's st column
 _TCP_LISTEN = 10
@@ -114,7 +117,7 @@ def holds_socket(pid: int, inodes: set[int]) -> bool:
         fd = _last_fd.get((pid, inode))
         if fd is not None:
             try:
-                if os.readlink(f"{fd_dir}/{fd}") == f"socket:[{inode}]":
+                if readlink(f"{fd_dir}/{fd}") == f"socket:[{inode}]":
                     return True
             except OSError:
                 pass
@@ -144,7 +147,7 @@ def _still_held(main_pid: int, port: int) -> bool:
         return False
     pid, fd, inode = known
     try:
-        if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]" and \
+        if readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]" and \
                 (pid == main_pid or _descends(pid, main_pid)):
             return True
     except OSError:

@@ -70,7 +70,7 @@ class Controller(Serving):
 
     def run(self, action: Action, values: dict[str, Any], service: Service = IMAP) -> Any:
         """Run for `service` (a copy answering for it shares every part, the flavour too)."""
-        runner = self if service == self.service else copy.copy(self)
+        runner = self if service is self.service or service == self.service else copy.copy(self)
         runner.service = service
         return runner._run(action, values)
 
@@ -154,10 +154,10 @@ class Controller(Serving):
         """Active AND listening. With no supported IMAP server installed this is an error
         (NoFlavour, 500), not False: False reads as "installed but stopped, press Start", which
         cannot work; listServiceInfo follows it. Only the constant list* actions answer then."""
-        unit = next(iter(self.unit_ports()))
-        if self.systemd.active_state(unit) not in SERVING:
+        state = self.systemd.unit(next(iter(self.unit_ports())))    # one snapshot: state and pid agree
+        if state.active_state not in SERVING:
             return False
-        return ports.unit_listens(self.systemd.main_pid(unit), self.port)
+        return ports.unit_listens(state.main_pid, self.port)
 
     def list_general_name(self) -> str:
         return self.service.general_name

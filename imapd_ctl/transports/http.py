@@ -23,19 +23,26 @@ def envelope(status: int, payload: Any) -> Response:
     return Response(body, status=status or 200, mimetype="application/json")
 
 
+# The WSGI environ is read directly where it holds the answer: each attribute of Flask's
+# `request` goes through a context-local proxy, and a panel's poll is mostly this layer.
+
 def peer() -> str:
-    return request.remote_addr or "unix-socket"
+    return request.environ.get("REMOTE_ADDR") or "unix-socket"
+
+
+def _bearer_in(environ: dict[str, Any]) -> str | None:
+    scheme, _, key = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
 
 
 def bearer() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
-    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+    return _bearer_in(request.environ)
 
 
 def _inputs() -> dict[str, Any]:
     """Inputs from the query string and a form or JSON-object body; each name at most once."""
-    if not request.query_string and not request.content_length:
+    environ = request.environ
+    if not environ.get("QUERY_STRING") and environ.get("CONTENT_LENGTH", "0") in ("", "0"):
         return {}   # the panels' polls (isRunning): nothing to parse (the body layer set the true length)
     found: dict[str, Any] = {}
 
@@ -97,8 +104,10 @@ def handle(controller: str, action: str, dispatch: Callable[[Request], Result]) 
     """The current Flask request to `action` of `controller` -> Request -> dispatch -> the envelope. The
     inputs are read when dispatch asks, after authentication: bad encoding is reported only
     to a caller with a valid key, like any input error."""
-    req = Request(transport="http", peer=peer(), action=action, controller=controller,
-                  read_key=bearer, read_inputs=_inputs,
-                  method="GET" if request.method == "HEAD" else request.method)
+    environ = request.environ
+    method = environ["REQUEST_METHOD"]
+    req = Request(transport="http", peer=environ.get("REMOTE_ADDR") or "unix-socket", action=action,
+                  controller=controller, read_key=lambda: _bearer_in(environ), read_inputs=_inputs,
+                  method="GET" if method == "HEAD" else method)
     result = dispatch(req)
     return envelope(result.status, result.payload)

@@ -50,7 +50,10 @@ class Link:
             self.con = Gio.DBusConnection.new_for_address_sync(address, flags, None, None)
             # Never Gio's "exit-on-close": GLib would SIGTERM the process when the bus goes away.
             self.con.set_exit_on_close(False)
-            self.con.connect("closed", lambda *_: on_closed())
+            # Known from GDBus's "closed" signal, not asked of it on every read: a GObject
+            # call releases the GIL, and each release costs a busy worker two thread switches.
+            self._closed = False
+            self.con.connect("closed", lambda *_: self._on_closed(on_closed))
             # Signals are handled as GDBus reads them, on its worker thread, before anything
             # else sees the connection again: a request that comes after systemd announced a
             # change finds it applied (no hop to a main loop that may lag under load). The
@@ -81,9 +84,13 @@ class Link:
         finally:
             self.context.pop_thread_default()
 
+    def _on_closed(self, on_closed: Callable[[], None]) -> None:
+        self._closed = True
+        on_closed()
+
     @property
     def closed(self) -> bool:
-        return bool(self.con.is_closed())
+        return self._closed
 
     def call(self, dest: str, path: str, iface: str, method: str, signature: str | None,
              args: tuple, reply: str | None) -> tuple:
@@ -109,6 +116,7 @@ class Link:
                   "AddMatch", "(s)", (rule,), None)
 
     def close(self) -> None:
+        self._closed = True
         self.loop.quit()
         try:
             if not self.con.is_closed():

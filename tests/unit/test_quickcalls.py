@@ -1,0 +1,123 @@
+"""adapters.quickcalls (system calls that keep the GIL) answer as the os functions do, through
+libc and through the os fallback; adapters.filewatch says when a file may have changed, and
+says so whenever it cannot tell."""
+import errno
+import os
+
+import pytest
+
+from imapd_ctl.adapters import filewatch, quickcalls
+from imapd_ctl.adapters.filewatch import FileWatch
+
+
+@pytest.fixture(params=["libc", "os"])
+def calls(request, monkeypatch):
+    """quickcalls through libc (PyDLL), and with libc unavailable (the os fallback)."""
+    if request.param == "os":
+        monkeypatch.setattr(quickcalls, "_readlink", None)
+        monkeypatch.setattr(quickcalls, "_read", None)
+    else:
+        assert quickcalls._readlink is not None and quickcalls._read is not None
+    return quickcalls
+
+
+def test_readlink_reads_links_as_os_does(calls, tmp_path):
+    link = tmp_path / "link"
+    for target in ("socket:[123456]", "x" * 600):         # the second is over the buffer
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        assert calls.readlink(str(link)) == os.readlink(link) == target
+    r, w = os.pipe()
+    try:
+        assert calls.readlink(f"/proc/self/fd/{r}") == os.readlink(f"/proc/self/fd/{r}")
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_readlink_errors_are_the_os_errors(calls, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        calls.readlink(str(tmp_path / "missing"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError) as raised:
+        calls.readlink(str(tmp_path / "file"))
+    assert raised.value.errno == errno.EINVAL
+
+
+def test_read_nonblocking_says_none_when_nothing_is_ready(calls):
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    try:
+        assert calls.read_nonblocking(r, 100) is None
+        os.write(w, b"abc")
+        assert calls.read_nonblocking(r, 2) == b"ab"
+        assert calls.read_nonblocking(r, 100) == b"c"
+        os.close(w)
+        assert calls.read_nonblocking(r, 100) == b""      # end of file
+    finally:
+        os.close(r)
+    with pytest.raises(OSError):
+        calls.read_nonblocking(r, 100)                       # closed
+
+
+@pytest.fixture
+def watched(tmp_path):
+    path = tmp_path / "keys.json"
+    path.write_text("{}")
+    watch = FileWatch(path)
+    assert watch.changed()          # the first look is always a look
+    assert not watch.changed()
+    yield path, watch
+    watch.close()
+
+
+def test_a_replaced_or_rewritten_file_is_a_change(watched):
+    path, watch = watched
+    tmp = path.with_name(".keys.tmp")
+    tmp.write_text('{"keys": []}')
+    tmp.rename(path)                                         # what the key commands do
+    assert watch.changed() and not watch.changed()
+    with open(path, "a") as fh:                              # a hand edit in place
+        fh.write(" ")
+    assert watch.changed() and not watch.changed()
+    path.unlink()
+    assert watch.changed()
+
+
+def test_other_files_in_the_directory_are_not_a_change(watched):
+    path, watch = watched
+    path.with_name("keys.json.lock").write_text("")
+    path.with_name("audit.log").write_text("x")
+    assert not watch.changed()
+
+
+def test_a_lost_watch_says_changed_until_it_is_back(watched, tmp_path):
+    path, watch = watched
+    moved = tmp_path.parent / (tmp_path.name + "-moved")
+    tmp_path.rename(moved)                                   # the directory goes away
+    try:
+        assert watch.changed()
+        assert watch.changed()                               # no directory: cannot tell
+    finally:
+        moved.rename(tmp_path)
+    assert watch.changed()                                   # watching the new one
+    assert not watch.changed()
+
+
+def test_without_inotify_or_through_a_symlink_it_always_says_changed(tmp_path, monkeypatch):
+    real = tmp_path / "real.json"
+    real.write_text("{}")
+    link = tmp_path / "keys.json"
+    link.symlink_to(real)
+    through_link = FileWatch(link)
+    assert through_link.changed() and through_link.changed()
+    monkeypatch.setattr(filewatch, "_LIBC", None)
+    without = FileWatch(real)
+    assert without.changed() and without.changed()
+
+
+def test_a_forked_process_watches_afresh(watched, monkeypatch):
+    path, watch = watched
+    monkeypatch.setattr(os, "getpid", lambda: -2)
+    assert watch.changed()
+    assert not watch.changed()
