@@ -24,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from imapd_ctl.adapters.quickcalls import pid
 from imapd_ctl.core.capacity import Capacity
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def use_multiprocess(directory: str) -> None:
     before this call keep counting in memory; serve calls it before any is made."""
     os.environ[ENV] = directory
     if _multiprocess_in.get(os.getpid()) != directory:
-        values.ValueClass = values.MultiProcessValue()
+        values.ValueClass = values.MultiProcessValue(process_identifier=pid)    # no getpid() per count
         _multiprocess_in[os.getpid()] = directory
 
 

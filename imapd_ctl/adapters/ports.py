@@ -33,7 +33,8 @@ _SOCK_DIAG_BY_FAMILY = 20
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _last_fd: dict[tuple[int, int], str] = {}   # (pid, inode) -> fd name that held it last time
-_held: dict[tuple[int, int], tuple[int, str, int]] = {}   # (main pid, port) -> (pid, fd, inode)
+# (main pid, port) -> (the pid holding the socket, its /proc/PID/fd/N, what that names)
+_held: dict[tuple[int, int], tuple[int, bytes, bytes]] = {}
 
 
 def listening_inodes(pid: int, port: int) -> set[int]:
@@ -117,7 +118,7 @@ def holds_socket(pid: int, inodes: set[int]) -> bool:
         fd = _last_fd.get((pid, inode))
         if fd is not None:
             try:
-                if readlink(f"{fd_dir}/{fd}") == f"socket:[{inode}]":
+                if os.readlink(f"{fd_dir}/{fd}") == f"socket:[{inode}]":
                     return True
             except OSError:
                 pass
@@ -145,10 +146,9 @@ def _still_held(main_pid: int, port: int) -> bool:
     known = _held.get((main_pid, port))
     if known is None:
         return False
-    pid, fd, inode = known
+    pid, link, target = known
     try:
-        if readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]" and \
-                (pid == main_pid or _descends(pid, main_pid)):
+        if readlink(link) == target and (pid == main_pid or _descends(pid, main_pid)):
             return True
     except OSError:
         pass
@@ -168,7 +168,7 @@ def _remember(main_pid: int, port: int, pid: int, inodes: set[int]) -> None:
         if holder == pid and inode in inodes:
             if len(_held) > 64:
                 _held.clear()
-            _held[(main_pid, port)] = (pid, fd, inode)
+            _held[(main_pid, port)] = (pid, f"/proc/{pid}/fd/{fd}".encode(), f"socket:[{inode}]".encode())
             return
 
 

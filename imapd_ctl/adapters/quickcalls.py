@@ -1,4 +1,5 @@
-"""readlink(2) and a non-blocking read(2), called without letting go of the GIL.
+"""readlink(2) and a non-blocking read(2), called without letting go of the GIL, and this
+process's id without a system call.
 
 Why: Python's `os` functions release the GIL around every system call. In a busy worker the
 event loop and the request threads all want it, so each release hands it to a waiting thread
@@ -11,13 +12,16 @@ the GIL across them is cheaper than sharing it. Use them for nothing that can bl
 network file systems; reads only of descriptors that never block (an inotify queue).
 
 They go through libc with ctypes.PyDLL (which keeps the GIL); where that cannot be loaded,
-the os functions do the same job.
+the os functions do the same job. Even a system call that keeps the GIL costs a busy worker
+more than its own time, so what can be known without one is: `pid` is kept by a fork hook
+(glibc's getpid() is a system call; the D-Bus link and the metrics ask on every request).
 """
 from __future__ import annotations
 
 import ctypes
 import errno
 import os
+import threading
 
 _LINK_MAX = 512          # /proc/PID/fd/N names "socket:[INODE]"; longer targets take os.readlink
 
@@ -38,22 +42,34 @@ def _bind() -> tuple[object | None, object | None]:
 _readlink, _read = _bind()
 
 
+_local = threading.local()
+
+
+def _buffer(size: int) -> ctypes.Array[ctypes.c_char]:
+    """This thread's buffer of at least `size` bytes (a thread may switch between a call and
+    the read of its result: threads never share one)."""
+    buf: ctypes.Array[ctypes.c_char] | None = getattr(_local, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _local.buf = ctypes.create_string_buffer(max(size, _LINK_MAX))
+    return buf
+
+
 def _error(path: str) -> OSError:
     code = ctypes.get_errno()
     return OSError(code, os.strerror(code), path)   # ENOENT makes a FileNotFoundError
 
 
-def readlink(path: str) -> str:
-    """os.readlink(path), holding the GIL."""
+def readlink(path: bytes) -> bytes:
+    """os.readlink(path) of a bytes path, holding the GIL."""
     if _readlink is None:
         return os.readlink(path)
-    buf = ctypes.create_string_buffer(_LINK_MAX)     # one per call: threads share nothing
-    n = _readlink(os.fsencode(path), buf, _LINK_MAX)  # type: ignore[operator]
+    buf = _buffer(_LINK_MAX)
+    n = _readlink(path, buf, _LINK_MAX)  # type: ignore[operator]
     if n < 0:
-        raise _error(path)
+        raise _error(os.fsdecode(path))
     if n >= _LINK_MAX:       # maybe cut short
         return os.readlink(path)
-    return os.fsdecode(buf.raw[:n])
+    return buf.raw[:n]
 
 
 def read_nonblocking(fd: int, size: int) -> bytes | None:
@@ -63,10 +79,26 @@ def read_nonblocking(fd: int, size: int) -> bytes | None:
             return os.read(fd, size)
         except BlockingIOError:
             return None
-    buf = ctypes.create_string_buffer(size)
+    buf = _buffer(size)
     n = _read(fd, buf, size)  # type: ignore[operator]
     if n < 0:
         if ctypes.get_errno() in (errno.EAGAIN, errno.EWOULDBLOCK):
             return None
         raise _error(f"fd {fd}")
     return buf.raw[:n]
+
+
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def pid() -> int:
+    """os.getpid(), from memory (updated in the child of every os.fork)."""
+    return _pid

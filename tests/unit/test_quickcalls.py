@@ -26,10 +26,10 @@ def test_readlink_reads_links_as_os_does(calls, tmp_path):
     for target in ("socket:[123456]", "x" * 600):         # the second is over the buffer
         link.unlink(missing_ok=True)
         link.symlink_to(target)
-        assert calls.readlink(str(link)) == os.readlink(link) == target
+        assert calls.readlink(bytes(link)) == os.readlink(bytes(link)) == target.encode()
     r, w = os.pipe()
     try:
-        assert calls.readlink(f"/proc/self/fd/{r}") == os.readlink(f"/proc/self/fd/{r}")
+        assert calls.readlink(f"/proc/self/fd/{r}".encode()) == os.readlink(f"/proc/self/fd/{r}".encode())
     finally:
         os.close(r)
         os.close(w)
@@ -37,10 +37,10 @@ def test_readlink_reads_links_as_os_does(calls, tmp_path):
 
 def test_readlink_errors_are_the_os_errors(calls, tmp_path):
     with pytest.raises(FileNotFoundError):
-        calls.readlink(str(tmp_path / "missing"))
+        calls.readlink(bytes(tmp_path / "missing"))
     (tmp_path / "file").write_text("")
     with pytest.raises(OSError) as raised:
-        calls.readlink(str(tmp_path / "file"))
+        calls.readlink(bytes(tmp_path / "file"))
     assert raised.value.errno == errno.EINVAL
 
 
@@ -58,6 +58,22 @@ def test_read_nonblocking_says_none_when_nothing_is_ready(calls):
         os.close(r)
     with pytest.raises(OSError):
         calls.read_nonblocking(r, 100)                       # closed
+
+
+def test_pid_is_the_process_id_in_a_forked_child_too():
+    assert quickcalls.pid() == os.getpid()
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:                                   # the child: report and leave at once
+        os.write(w, f"{quickcalls.pid()} {os.getpid()}".encode())
+        os._exit(0)
+    os.close(w)
+    try:
+        seen, real = os.read(r, 100).split()
+    finally:
+        os.close(r)
+        os.waitpid(child, 0)
+    assert seen == real == str(child).encode()
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
 """The systemd adapter without systemd: D-Bus errors (real GLib.Error objects) mapped to typed
 errors, the connection's drop-and-reconnect logic, and the unit state kept from signals, with
 a fake link (what bus.Link does over Gio)."""
-import os
 
 import pytest
 from gi.repository import Gio, GLib
 
+from imapd_ctl.adapters import quickcalls
 from imapd_ctl.adapters.systemd import JobFailed, NoSuchUnit, Systemd, map_error
 from imapd_ctl.adapters.systemd import jobs
 from imapd_ctl.core.errors import ActionFailed, Unavailable
@@ -224,7 +224,7 @@ def test_a_connection_inherited_across_fork_is_replaced_not_closed(monkeypatch):
     sd = world.systemd()
     sd.active_state(DOVECOT)
     parent = world.links[0]
-    monkeypatch.setattr(os, "getpid", lambda: -1)       # "we are the child now"
+    monkeypatch.setattr(quickcalls, "_pid", -1)         # "we are the child now" (the fork hook's value)
     sd.active_state(DOVECOT)
     assert len(world.links) == 2
     assert not parent.closed                            # the parent's connection is left alone

@@ -20,6 +20,7 @@ import os
 import threading
 from typing import Any, Callable
 
+from imapd_ctl.adapters.quickcalls import pid
 from imapd_ctl.adapters.systemd.errors import map_error
 from imapd_ctl.core.errors import Unavailable
 
@@ -153,7 +154,7 @@ class Bus:
     @property
     def closed(self) -> bool:
         link = self._link
-        return link is None or self._pid != os.getpid() or link.closed
+        return link is None or self._pid != pid() or link.closed
 
     def drop(self, link: Any = None) -> None:
         """Forget the connection (it failed or the bus went away); the next call reconnects."""
@@ -164,23 +165,23 @@ class Bus:
             self.unit_paths.clear()
             for fn in self.on_drop:
                 fn()
-        if old is not None and self._pid == os.getpid():
+        if old is not None and self._pid == pid():
             old.close()
 
     def link(self) -> Any:
         """The live link, connecting (again) when there is none."""
         link = self._link
-        if link is not None and self._pid == os.getpid() and not link.closed:
+        if link is not None and self._pid == pid() and not link.closed:
             return link
         with self._lock:
-            if self._link is not None and self._pid == os.getpid() and not self._link.closed:
+            if self._link is not None and self._pid == pid() and not self._link.closed:
                 return self._link
-            if self._pid == os.getpid():
+            if self._pid == pid():
                 self.drop()
             else:   # inherited across fork(): unusable here, and must not be closed from here
                 self._link = None
                 self.unit_paths.clear()
-            self._pid = os.getpid()
+            self._pid = pid()
             holder: list[Any] = []
             try:
                 link = self.opener(self.address, self._signal,
@@ -229,7 +230,7 @@ class Bus:
 
     def idle(self, fn: Callable[[], None]) -> None:
         link = self._link
-        if link is not None and self._pid == os.getpid():
+        if link is not None and self._pid == pid():
             link.idle(fn)
 
     def add_match(self, what: str, match: str) -> None:
