@@ -53,7 +53,7 @@ class Link:
             self.con.set_exit_on_close(False)
             # Known from GDBus's "closed" signal, not asked of it on every read: a GObject
             # call releases the GIL, and each release costs a busy worker two thread switches.
-            self._closed = False
+            self.closed = False
             self.con.connect("closed", lambda *_: self._on_closed(on_closed))
             # Signals are handled as GDBus reads them, on its worker thread, before anything
             # else sees the connection again: a request that comes after systemd announced a
@@ -86,12 +86,8 @@ class Link:
             self.context.pop_thread_default()
 
     def _on_closed(self, on_closed: Callable[[], None]) -> None:
-        self._closed = True
+        self.closed = True
         on_closed()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def call(self, dest: str, path: str, iface: str, method: str, signature: str | None,
              args: tuple, reply: str | None) -> tuple:
@@ -117,7 +113,7 @@ class Link:
                   "AddMatch", "(s)", (rule,), None)
 
     def close(self) -> None:
-        self._closed = True
+        self.closed = True
         self.loop.quit()
         try:
             if not self.con.is_closed():
