@@ -90,7 +90,7 @@ def exercise_every_action(call, node_id: str) -> dict:
 VENV_BIN = REPO / ".venv" / "bin"
 # The command inside a test host (install_project puts it there): on Debian 12 it runs this
 # checkout's venv; on Debian 13 (Python 3.13) this checkout's code on Debian's own python3
-# modules (Flask 3.1, gunicorn 23, psutil 7, pydbus), which the venv's 3.11 cannot load.
+# modules (Flask 3.1, gunicorn 23, psutil 7, gi), which the venv's 3.11 cannot load.
 IMAPD_CTL = "/usr/local/bin/imapd-ctl"
 UNIT = "imapd-ctl-test.service"
 

@@ -11,7 +11,6 @@ import base64
 import contextlib
 import imaplib
 import json
-import socket
 import ssl
 import time
 from pathlib import Path
@@ -81,21 +80,25 @@ def daemon_pids(host) -> tuple[int, set[int]]:
 
 
 def on_each_worker(d: Daemon, action: str) -> list[tuple[int, object]]:
-    """Call `action` once on each of the two workers: a request whose headers are only half
-    sent pins one worker (it waits for the rest) while the other serves the second call."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(120)
-        s.connect(d.socket)
-        s.sendall(f"POST /nodeworx/mail/imap/{action} HTTP/1.1\r\nHost: localhost\r\n".encode())
-        time.sleep(0.3)
-        other = d.call(action)
-        s.sendall(f"Authorization: Bearer {d.key}\r\nContent-Type: application/json\r\n"
-                  "Content-Length: 2\r\nConnection: close\r\n\r\n{}".encode())
-        raw = b""
-        while chunk := s.recv(65536):
-            raw += chunk
-    reply = json.loads(raw.split(b"\r\n\r\n", 1)[1])
-    return [other, (reply["status"], reply["payload"])]
+    """Call `action` once on each worker, in pid order: the others are stopped (SIGSTOP) for
+    the call, so only that one can accept it, and continued right after (long before gunicorn's
+    heartbeat timeout). Any worker accepts on the shared socket otherwise, and an event-loop
+    worker is never pinned by a half-sent request."""
+    workers = sorted(daemon_pids(d.host)[1])
+    assert len(workers) >= 2, workers
+    replies = []
+    for target in workers:
+        others = [str(w) for w in workers if w != target]
+        d.host.run(["kill", "-STOP", *others])
+        try:
+            deadline = time.monotonic() + 10
+            while d.host.run(["ps", "-o", "stat=", "-p", ",".join(others)]).stdout.split() != ["T"] * len(others):
+                assert time.monotonic() < deadline, "a worker did not stop"
+                time.sleep(0.02)
+            replies.append(d.call(action))
+        finally:
+            d.host.run(["kill", "-CONT", *others])
+    return replies
 
 
 def log(host) -> str:

@@ -39,7 +39,7 @@ ENV_DISTS = "IMAPD_CTL_TEST_DISTS"
 TRIXIE_PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "iproute2", "procps", "curl", "openssl", "ca-certificates",
     "ssl-cert", "passwd", "dovecot-core", "dovecot-imapd", "python3", "python3-flask",
-    "python3-werkzeug", "python3-gunicorn", "python3-psutil", "python3-pydbus", "python3-gi",
+    "python3-werkzeug", "python3-gunicorn", "python3-psutil", "python3-gi",
     "python3-prometheus-client", "prometheus",   # /metrics, and the real Prometheus of its test
     "man-db", "bash-completion", "zsh",          # the package test reads the man page, completes
     "python3-defusedxml",                        # the .deb's XML parsing
