@@ -92,7 +92,9 @@ def on_each_worker(d: Daemon, action: str) -> list[tuple[int, object]]:
         d.host.run(["kill", "-STOP", *others])
         try:
             deadline = time.monotonic() + 10
-            while d.host.run(["ps", "-o", "stat=", "-p", ",".join(others)]).stdout.split() != ["T"] * len(others):
+            # ps shows a stopped process as T (Tl: with threads)
+            while [s[:1] for s in d.host.run(["ps", "-o", "stat=", "-p", ",".join(others)]).stdout.split()] \
+                    != ["T"] * len(others):
                 assert time.monotonic() < deadline, "a worker did not stop"
                 time.sleep(0.02)
             replies.append(d.call(action))
