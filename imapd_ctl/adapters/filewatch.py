@@ -17,7 +17,7 @@ import ctypes
 import os
 import struct
 
-from imapd_ctl.adapters.quickcalls import read_nonblocking
+from imapd_ctl.adapters.quickcalls import pid, read_nonblocking
 
 _IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 _IN_MODIFY, _IN_ATTRIB, _IN_CLOSE_WRITE = 0x2, 0x4, 0x8
@@ -56,7 +56,7 @@ class FileWatch:
     def changed(self) -> bool:
         """True if the file may have changed since the last call (always true on the first
         call, and whenever the watch cannot tell)."""
-        if self._fd < 0 or self._pid != os.getpid():
+        if self._fd < 0 or self._pid != pid():
             return self._start()
         seen = False
         while True:
@@ -87,7 +87,7 @@ class FileWatch:
 
     def _start(self) -> bool:
         self._stop()
-        self._pid = os.getpid()
+        self._pid = pid()
         if _LIBC is None or os.path.islink(self.path):
             return True
         fd = _LIBC.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
@@ -100,7 +100,7 @@ class FileWatch:
         return True
 
     def _stop(self) -> None:
-        if self._fd >= 0 and self._pid == os.getpid():
+        if self._fd >= 0 and self._pid == pid():
             os.close(self._fd)
         self._fd = -1
 

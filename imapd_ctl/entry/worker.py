@@ -35,7 +35,7 @@ from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.base import Worker as BaseWorker
 
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.entry.conn import CLOSE, READY, WANT_WRITE, Conn, Prebuffered, linger
+from imapd_ctl.entry.conn import CLOSE, READY, WANT_WRITE, Conn, Gathered, Prebuffered, linger
 
 TICK = 1.0            # the loop wakes at least this often (heartbeat, deadlines)
 SEND_TIMEOUT = 30.0   # a client that does not read its reply is dropped after this
@@ -274,7 +274,8 @@ class Worker(BaseWorker):
 
     def _respond(self, req: Any, conn: Conn, cfg: Any, whole: bool) -> bool:
         started = datetime.now()
-        resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, cfg)
+        out: Any = Gathered(conn.sock)     # head and body in one send
+        resp, environ = wsgi.create(req, out, conn.client, conn.server, cfg)
         environ["wsgi.multithread"] = True
         if not whole or not self.alive or not self.cfg.keepalive:
             resp.force_close()     # never drain a body the loop did not read whole
@@ -284,6 +285,7 @@ class Worker(BaseWorker):
             for item in body:
                 resp.write(item)
             resp.close()
+            out.flush()
         finally:
             self.log.access(resp, req, environ, datetime.now() - started)
             if hasattr(body, "close"):

@@ -134,6 +134,6 @@ def test_without_inotify_or_through_a_symlink_it_always_says_changed(tmp_path, m
 
 def test_a_forked_process_watches_afresh(watched, monkeypatch):
     path, watch = watched
-    monkeypatch.setattr(os, "getpid", lambda: -2)
+    monkeypatch.setattr(quickcalls, "_pid", -2)
     assert watch.changed()
     assert not watch.changed()

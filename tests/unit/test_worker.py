@@ -13,7 +13,7 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.http.errors import InvalidHeaderName, InvalidRequestLine, LimitRequestLine
 
-from imapd_ctl.entry.conn import BODY_PREREAD_MAX, HEAD_MAX, request_length
+from imapd_ctl.entry.conn import BODY_PREREAD_MAX, GATHER_BYTES, HEAD_MAX, Gathered, request_length
 from imapd_ctl.entry.worker import Worker
 
 
@@ -223,3 +223,22 @@ def test_a_request_gunicorn_rejects_gets_the_envelope(serving, raw, status, star
 ])
 def test_request_length(buf, length):
     assert request_length(buf) == (len(buf) if length == "all" else length)
+
+
+def test_a_reply_is_gathered_into_one_send():
+    a, b = socket.socketpair()
+    with a, b:
+        b.setblocking(False)
+        out = Gathered(a)
+        out.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+        out.sendall(memoryview(b"body"))
+        with pytest.raises(BlockingIOError):
+            b.recv(100)                                   # nothing sent yet
+        out.flush()
+        assert b.recv(100) == b"HTTP/1.1 200 OK\r\n\r\nbody"
+        out.sendall(b"x" * GATHER_BYTES)                  # a large body goes at once
+        assert len(b.recv(2 * GATHER_BYTES)) > 0
+        out.sendall(b"tail")
+        assert out.fileno() == a.fileno()                 # anything else sends what waits first
+        assert b.recv(2 * GATHER_BYTES).endswith(b"tail")
+
