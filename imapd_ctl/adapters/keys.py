@@ -75,7 +75,7 @@ class KeyStore:
         self._held: Any = None          # the loaded file, kept open (see above)
         self._stamp: tuple[int, ...] | None = None
         self._watch = FileWatch(self.path)
-        self._stale = True               # look at the file: the watch saw a change, or cannot tell
+        self._seen, self._covered = 1, 0   # the first call looks at the file
         self._loading = threading.Lock()
         self._by_digest: dict[str, dict[str, Any]] = {}
         # Keys as sent that authenticated since the file was loaded -> who they are: a panel's
@@ -89,19 +89,20 @@ class KeyStore:
     def _load(self, *, fresh: bool = False) -> None:
         """Every request: the file is looked at only when its directory's inotify queue says
         it may have changed (adapters.filewatch: no system call that releases the GIL).
-        `_stale` is cleared before the look and set by whoever reads a later event, so a
-        change that lands during a load is looked at again."""
+        Changes seen are counted (`_seen`); a load covers those counted before it began
+        (`_covered`). A request that knows of a change no finished load covers waits for the
+        load under way, or makes one: it never reads a key set that is being replaced or
+        predates what it knows."""
         if self._watch.changed():
-            self._stale = True
-        if not (self._stale or fresh):
+            self._seen += 1         # two threads may count one; a load still covers both
+        if self._covered >= self._seen and not fresh:
             return
         with self._loading:
-            self._stale = False
-            try:
-                self._look(fresh)
-            except BaseException:
-                self._stale = True
-                raise
+            seen = self._seen
+            if self._covered >= seen and not fresh:
+                return              # loaded while this thread waited
+            self._look(fresh)
+            self._covered = seen
 
     def _look(self, fresh: bool) -> None:
         try:
@@ -178,7 +179,7 @@ class KeyStore:
         data = json.dumps({"keys": entries}, indent=1, sort_keys=True).encode() + b"\n"
         atomic_write(self.path, data, default_mode=0o600)   # temp, fsync, rename, fsync dir
         self._forget()
-        self._stale = True
+        self._seen += 1
 
     @staticmethod
     def _check(name: str, perms: list[str]) -> None:

@@ -3,6 +3,8 @@ import hashlib
 import json
 import os
 import stat
+import threading
+import time
 
 import pytest
 
@@ -255,3 +257,23 @@ def test_a_reader_sees_every_change_at_once(path):
         assert cli.revoke("same")
         with pytest.raises(Unauthorized):
             worker.authenticate(key, "EMAIL")
+
+
+def test_a_request_during_another_ones_load_waits_for_it(path, monkeypatch):
+    """Two first requests at once (a worker's threads): the second must not read the key set
+    while the first is still loading it (it answered 401 to a valid key)."""
+    key = KeyStore(path).create("panel", ["EMAIL"])
+    worker = KeyStore(path)
+    real_look, loading = worker._look, threading.Event()
+
+    def slow_look(fresh):
+        loading.set()
+        time.sleep(0.3)                  # the load under way when the second request comes
+        real_look(fresh)
+    monkeypatch.setattr(worker, "_look", slow_look)
+    first = threading.Thread(target=worker.authenticate, args=(key, "EMAIL"))
+    first.start()
+    assert loading.wait(5)
+    assert worker.authenticate(key, "EMAIL").name == "panel"
+    first.join()
+
