@@ -75,12 +75,25 @@ def throughput(fn, seconds: float, threads: int, max_requests: int) -> tuple[flo
     return sum(count) / (time.perf_counter() - started), sum(count)
 
 
+def interleaved(fns: dict, seconds: float, threads: int, max_requests: int, rounds: int) -> dict:
+    """{name: (req/s, requests)} of each fn, measured in `rounds` alternating slices of
+    seconds/rounds each: a drift of the machine during the run weighs on all of them alike."""
+    done = {name: [0, 0.0] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            rps, n = throughput(fn, seconds / rounds, threads, max_requests // rounds)
+            done[name][0] += n
+            done[name][1] += n / rps
+    return {name: (n / elapsed, n) for name, (n, elapsed) in done.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0, help="time bound of each measurement")
     ap.add_argument("--threads", type=int, default=4, help="concurrent clients for req/s")
     ap.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
     ap.add_argument("--connections", type=int, default=5000, help="established connections for 3.")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating slices of the req/s measurements")
     args = ap.parse_args()
 
     with dovecot_daemon(workers=args.workers) as (host, d, share):
@@ -105,9 +118,9 @@ def main() -> int:
             for _ in range(50):
                 fn()
 
-        noop_rps, noop_n = throughput(noop, args.seconds, args.threads, 50_000)
-        run_rps, run_n = throughput(is_running, args.seconds, args.threads, 50_000)
-        post_rps, post_n = throughput(is_running_post, args.seconds, args.threads, 50_000)
+        rates = interleaved({"noop": noop, "get": is_running, "post": is_running_post}, args.seconds,
+                            args.threads, 50_000, args.rounds)
+        (noop_rps, noop_n), (run_rps, run_n), (post_rps, post_n) = rates["noop"], rates["get"], rates["post"]
         run_lat, run_lat_n = latency(is_running, 2_000, args.seconds)
         shell_lat, shell_n = shell_latency(host, SHELL, 500, args.seconds)
 
@@ -131,7 +144,8 @@ def main() -> int:
         pss_kib = int(host.run([sys.executable, "-c", PSS, cgroup]).stdout)
         procs = len(host.run(["cat", f"/sys/fs/cgroup{cgroup}/cgroup.procs"]).stdout.split())
 
-        print(f"gunicorn worker processes={args.workers}, clients={args.threads}, unix socket, one run")
+        print(f"gunicorn worker processes={args.workers}, clients={args.threads}, unix socket, one run "
+              f"(req/s: {args.rounds} alternating slices each)")
         print(f"  /healthz (no-op)   {noop_rps:8.0f} req/s  ({noop_n} requests)")
         print(f"  isRunning (GET)    {run_rps:8.0f} req/s  ({run_n} requests)")
         print(f"  isRunning (POST {{}}) {post_rps:7.0f} req/s  ({post_n} requests; "

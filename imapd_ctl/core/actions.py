@@ -8,6 +8,8 @@ Every controller has every action: they differ only in the service they describe
 """
 from __future__ import annotations
 
+import functools
+
 import re
 import reprlib
 from dataclasses import dataclass
@@ -113,11 +115,11 @@ class Action:
     # Which code runs an action is not data of this table: operations.controller.HANDLERS
     # binds each action (but the *OnNode ones) to its handler, and a test keeps the two in step.
 
-    @property
+    @functools.cached_property      # asked on every call: worked out once per action
     def methods(self) -> tuple[str, ...]:
         return ("POST",) if self.mutating else ("GET", "POST")
 
-    @property
+    @functools.cached_property
     def handler_inputs(self) -> tuple[str, ...]:
         """The inputs its handler takes as named parameters: all but the routing ones, which
         the controller acts on itself (cascade_to_nodes, node_id)."""

@@ -17,7 +17,7 @@ from imapd_ctl.core.errors import ApiError, NotFound
 from imapd_ctl.core.dispatch import Context, check_metrics_reader, dispatch
 from imapd_ctl.core.request import Request, Result
 from imapd_ctl.transports import http, openapi, soap, xmlrpc
-from imapd_ctl.transports.body import bounded, envelope_refusal
+from imapd_ctl.transports.body import WSGIApp, bounded, envelope_refusal
 from imapd_ctl.transports.http import MAX_BODY, envelope
 
 
@@ -32,13 +32,44 @@ def _refusal(environ: dict[str, Any], status: int, text: str) -> tuple[bytes, st
 Scrape = Callable[[], "tuple[bytes, str]"]   # /metrics: the body and its content type
 
 
+def healthy() -> Response:
+    return envelope(0, "ok")
+
+
+def _direct(flask_app: WSGIApp, run: Callable[[Request], Result]) -> WSGIApp:
+    """A GET, HEAD or POST to CONTROLLER/ACTION (the panels' polls: most of what the daemon
+    serves) and a GET or HEAD of /healthz go to the HTTP transport without Flask's request
+    context, routing and hooks, which cost a poll more than the action itself
+    (bench/isrunning.py). Only requests the routes below would take and the hooks let through
+    go this way; everything else is Flask's, which would answer them the same."""
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        path, method, raw = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD"), environ.get("RAW_URI", "")
+        controller, _, action = path.rpartition("/")
+        if not (isinstance(raw, str) and raw.isascii()):
+            reply = None                                         # Flask's hook answers 400
+        elif path == "/healthz" and method in ("GET", "HEAD"):
+            reply = healthy()
+        elif controller in CONTROLLERS and action and method in ("GET", "HEAD", "POST"):
+            try:
+                reply = http.handle(controller, action, run, environ)
+            except Exception as exc:   # a bug (dispatch itself never raises): as internal_error below
+                logging.getLogger(__name__).exception("unhandled error")
+                reply = envelope(500, f"internal error in imapd-ctl: {type(exc).__name__}")
+        else:
+            reply = None
+        return flask_app(environ, start_response) if reply is None else reply(environ, start_response)
+    return app
+
+
 def create_app(ctx: Context, *, scrape: Scrape | None = None, metrics_access: str = "local") -> Flask:
     """The app for one object graph's dispatch context (entry.wiring.Services.context());
     `scrape` makes the text of /metrics, which `metrics_access` says who may read."""
     app = Flask("imapd_ctl")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    # Every body passes the limit below Flask, for all transports (transports.body).
-    app.wsgi_app = bounded(app.wsgi_app, MAX_BODY, _refusal)  # type: ignore[method-assign,assignment]
+    # Every body passes the limit below Flask, for all transports (transports.body); action
+    # calls and /healthz then go straight to the HTTP transport (_direct).
+    app.wsgi_app = bounded(_direct(app.wsgi_app, lambda req: dispatch(req, ctx)),  # type: ignore[method-assign,assignment]
+                           MAX_BODY, _refusal)
     # `//` in a path is not merged with a 308 redirect (an HTML page, outside the envelope):
     # such a path matches no route and is a 404 like any other unknown path. Werkzeug also
     # drops leading slashes before matching, so those are refused here, before routing.
@@ -61,8 +92,8 @@ def create_app(ctx: Context, *, scrape: Scrape | None = None, metrics_access: st
         if isinstance(raw, str) and not raw.isascii():
             raise BadRequest("the request target must be ASCII (percent-encode other bytes)")
 
-    def action_route(controller: str, action: str) -> Response:
-        return http.handle(controller, action, run)
+    def action_route(controller: str, action: str) -> Response:   # what _direct leaves to Flask
+        return http.handle(controller, action, run, request.environ, request._get_current_object())  # type: ignore[attr-defined]
 
     # No automatic OPTIONS: its empty 200 would be the one reply without the envelope.
     for path in CONTROLLERS:
@@ -86,8 +117,8 @@ def create_app(ctx: Context, *, scrape: Scrape | None = None, metrics_access: st
                          provide_automatic_options=False)
 
     @app.get("/healthz", provide_automatic_options=False)
-    def healthz() -> Response:
-        return envelope(0, "ok")
+    def healthz() -> Response:      # GET and HEAD take _direct's way; here other methods get 405
+        return healthy()
 
     @app.get("/openapi.json", provide_automatic_options=False)
     def openapi_route() -> Response:

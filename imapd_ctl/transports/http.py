@@ -9,11 +9,18 @@ import json
 from typing import Any, Callable
 
 from flask import Response, request
+from werkzeug.wrappers import Request as WerkzeugRequest
 
 from imapd_ctl.core.errors import BadInput
 from imapd_ctl.core.request import Request, Result
 
 MAX_BODY = 64 * 1024
+
+
+class Incoming(WerkzeugRequest):
+    """A request as this transport reads it, outside Flask's request context (the app's fast
+    path for action calls) or as Flask's own request is: the same body limit as the app."""
+    max_content_length = MAX_BODY
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
@@ -39,11 +46,12 @@ def bearer() -> str | None:
     return _bearer_in(request.environ)
 
 
-def _inputs() -> dict[str, Any]:
+def _inputs(environ: dict[str, Any], incoming: WerkzeugRequest | None) -> dict[str, Any]:
     """Inputs from the query string and a form or JSON-object body; each name at most once."""
-    environ = request.environ
     if not environ.get("QUERY_STRING") and environ.get("CONTENT_LENGTH", "0") in ("", "0"):
         return {}   # the panels' polls (isRunning): nothing to parse (the body layer set the true length)
+    if incoming is None:
+        incoming = Incoming(environ)
     found: dict[str, Any] = {}
 
     def put(name: str, values: list[Any]) -> None:
@@ -52,13 +60,13 @@ def _inputs() -> dict[str, Any]:
         found[name] = values[0]
 
     try:
-        args = request.args
+        args = incoming.args
     except UnicodeDecodeError:   # Werkzeug 3 (Debian 13) decodes strictly; 2.2 replaced bytes
         raise BadInput("query string: not valid UTF-8") from None
     for name in args:
         put(name, args.getlist(name))
-    if request.mimetype == "application/json":
-        raw = request.get_data(cache=True)
+    if incoming.mimetype == "application/json":
+        raw = incoming.get_data(cache=True)
         try:
             body = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates) if raw.strip() else {}
         except UnicodeDecodeError:
@@ -71,22 +79,22 @@ def _inputs() -> dict[str, Any]:
             raise BadInput(f"body: must be a JSON object of named inputs, got {type(body).__name__}")
         for name, value in body.items():
             put(name, [value])
-    elif request.mimetype in FORM_TYPES:
+    elif incoming.mimetype in FORM_TYPES:
         # request.form would turn a body Werkzeug cannot parse (invalid UTF-8, a broken
         # multipart) into an empty form, and the action would run without its inputs.
-        parser = request.make_form_data_parser()
+        parser = incoming.make_form_data_parser()
         parser.silent = False
-        data = request.get_data(cache=True)
+        data = incoming.get_data(cache=True)
         try:
-            _, form, files = parser.parse(io.BytesIO(data), request.mimetype, len(data), request.mimetype_params)
+            _, form, files = parser.parse(io.BytesIO(data), incoming.mimetype, len(data), incoming.mimetype_params)
         except ValueError as exc:
-            raise BadInput(f"body: not a valid {request.mimetype} body ({exc})") from None
+            raise BadInput(f"body: not a valid {incoming.mimetype} body ({exc})") from None
         for name in form:
             put(name, form.getlist(name))
         for name in files:   # an uploaded file is not a value: the input refuses it
             put(name, files.getlist(name))
-    elif request.get_data(cache=True).strip():
-        raise BadInput(f"body: send application/json or a form, not {request.mimetype or 'an untyped body'}")
+    elif incoming.get_data(cache=True).strip():
+        raise BadInput(f"body: send application/json or a form, not {incoming.mimetype or 'an untyped body'}")
     return found
 
 
@@ -100,14 +108,15 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
-def handle(controller: str, action: str, dispatch: Callable[[Request], Result]) -> Response:
-    """The current Flask request to `action` of `controller` -> Request -> dispatch -> the envelope. The
-    inputs are read when dispatch asks, after authentication: bad encoding is reported only
-    to a caller with a valid key, like any input error."""
-    environ = request.environ
+def handle(controller: str, action: str, dispatch: Callable[[Request], Result], environ: dict[str, Any],
+           incoming: WerkzeugRequest | None = None) -> Response:
+    """The request in `environ` (to `action` of `controller`; `incoming`: Flask's request for it,
+    if there is one) -> Request -> dispatch -> the envelope. The inputs are read when dispatch
+    asks, after authentication: bad encoding is reported only to a caller with a valid key,
+    like any input error."""
     method = environ["REQUEST_METHOD"]
     req = Request(transport="http", peer=environ.get("REMOTE_ADDR") or "unix-socket", action=action,
-                  controller=controller, read_key=lambda: _bearer_in(environ), read_inputs=_inputs,
-                  method="GET" if method == "HEAD" else method)
+                  controller=controller, read_key=lambda: _bearer_in(environ),
+                  read_inputs=lambda: _inputs(environ, incoming), method="GET" if method == "HEAD" else method)
     result = dispatch(req)
     return envelope(result.status, result.payload)
