@@ -15,13 +15,13 @@ from imapd_ctl.core.errors import BadInput
 from imapd_ctl.core.request import Request, Result
 
 MAX_BODY = 64 * 1024
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 class Incoming(WerkzeugRequest):
-    """A request as this transport reads it, outside Flask's request context (the app's fast
-    path for action calls) or as Flask's own request is: the same body limit as the app."""
+    """A request as this transport reads it outside Flask's request context (app._direct),
+    with the app's body limit, as Flask's own request has."""
     max_content_length = MAX_BODY
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def envelope(status: int, payload: Any) -> Response:
