@@ -15,9 +15,11 @@ master must never touch it; one inherited across fork() is forgotten, never clos
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
+import weakref
 from typing import Any, Callable
 
 from imapd_ctl.adapters.quickcalls import pid
@@ -61,12 +63,14 @@ class Link:
             # handlers only update memory and schedule work on the loop; they never call.
             self._signal_type = Gio.DBusMessageType.SIGNAL
             self._on_signal = on_signal
-            self.con.add_filter(self._filter)
+            self._filter_id = self.con.add_filter(self._filter)
         finally:
             self.context.pop_thread_default()
         self.loop = GLib.MainLoop.new(self.context, False)
         self.thread = threading.Thread(target=self._run, name="dbus-signals", daemon=True)
         self.thread.start()
+        self._pid = pid()
+        _open.add(self)
 
     def _filter(self, _con: Any, message: Any, incoming: bool) -> Any:
         try:
@@ -113,13 +117,30 @@ class Link:
                   "AddMatch", "(s)", (rule,), None)
 
     def close(self) -> None:
+        """Stop the filter, the loop and the connection (in the process that made them)."""
         self.closed = True
+        _open.discard(self)
         self.loop.quit()
         try:
+            self.con.remove_filter(self._filter_id)   # GDBus's thread stops calling into Python
             if not self.con.is_closed():
                 self.con.close_sync(None)
         except Exception:  # noqa: BLE001 - it is being thrown away
             pass
+
+
+# Links of this process still open. At exit they are closed before Python is torn down:
+# GDBus's own thread runs the filter for every message, and calling it into a finalizing
+# interpreter crashed `imapd-ctl check` once (SIGSEGV after its output, in
+# g_dbus_message_to_blob, Debian 12 CI).
+_open: "weakref.WeakSet[Link]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for link in list(_open):
+        if link._pid == pid():        # one inherited across fork() is the parent's
+            link.close()
 
 
 def rule(member: str, *, iface: str = MANAGER_IFACE, path: str = MANAGER_PATH, **args: str) -> str:
