@@ -104,12 +104,12 @@ def create_app(ctx: Context, *, scrape: Scrape | None = None, metrics_access: st
     def soap_route() -> Response:
         if request.method != "POST":    # GET (?wsdl, as clients ask; any query) and HEAD
             return Response(soap.wsdl(request.base_url), content_type="text/xml; charset=utf-8")
-        body, status, ctype = soap.handle(request.get_data(), request.content_type, http.peer(), run)
+        body, status, ctype = soap.handle(http.body_of(request.environ, request), request.content_type, http.peer(), run)
         return Response(body, status=status, content_type=ctype)
 
     @app.post("/xmlrpc", provide_automatic_options=False)
     def xmlrpc_route() -> Response:
-        body = xmlrpc.handle(request.get_data(), http.peer(), run)
+        body = xmlrpc.handle(http.body_of(request.environ, request), http.peer(), run)
         return Response(body, mimetype="text/xml")
 
     for path in soap.PATHS:

@@ -23,7 +23,13 @@ Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
-_REASONS = {400: "Bad Request", 413: "Request Entity Too Large"}
+_REASONS = {400: "Bad Request", 413: "Request Entity Too Large", 431: "Request Header Fields Too Large"}
+
+# What the daemon's own server (imapd_ctl.server) puts in the environ of a request it framed:
+# the body, whole and within the limit (the one copy every transport reads), and, for a body
+# it refused unread, (HTTP status, why): worded here like every other refusal.
+BODY_KEY = "imapd_ctl.body"
+REFUSED_KEY = "imapd_ctl.refused"
 READ_SIZE = 16 * 1024
 
 
@@ -58,6 +64,11 @@ def bounded(app: WSGIApp, limit: int, refusal: Refusal = envelope_refusal) -> WS
         return [body]
 
     def middleware(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if BODY_KEY in environ:      # framed and bounded by the server already
+            refused = environ.get(REFUSED_KEY)
+            if refused is not None:
+                return _answer(environ, start_response, refused[0], refused[1])
+            return app(environ, start_response)
         raw_length = environ.get("CONTENT_LENGTH") or ""
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         length: int | None = None

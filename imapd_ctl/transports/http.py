@@ -11,8 +11,11 @@ from typing import Any, Callable
 from flask import Response, request
 from werkzeug.wrappers import Request as WerkzeugRequest
 
-from imapd_ctl.core.errors import BadInput
+from imapd_ctl.core.actions import PERMISSION
+from imapd_ctl.core.errors import ApiError, BadInput, Forbidden
+from imapd_ctl.core.protocols import KeyStore
 from imapd_ctl.core.request import Request, Result
+from imapd_ctl.transports.body import BODY_KEY
 
 MAX_BODY = 64 * 1024
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -37,9 +40,37 @@ def peer() -> str:
     return request.environ.get("REMOTE_ADDR") or "unix-socket"
 
 
-def _bearer_in(environ: dict[str, Any]) -> str | None:
-    scheme, _, key = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+def bearer_of(authorization: str) -> str | None:
+    """The key of an `Authorization: Bearer KEY` header value."""
+    scheme, _, key = authorization.partition(" ")
     return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+
+
+def _bearer_in(environ: dict[str, Any]) -> str | None:
+    return bearer_of(environ.get("HTTP_AUTHORIZATION", ""))
+
+
+def key_gate(keys: KeyStore) -> Callable[[str | None], bool]:
+    """Does an Authorization header value carry a key of this daemon (whatever its
+    permissions)? The server asks before it reads a body over its keyless limit."""
+    def gate(authorization: str | None) -> bool:
+        key = bearer_of(authorization or "")
+        if key is None:
+            return False
+        try:
+            keys.authenticate(key, PERMISSION)
+        except Forbidden:
+            return True       # a known key: the action answers 403 itself
+        except ApiError:
+            return False
+        return True
+    return gate
+
+
+def body_of(environ: dict[str, Any], incoming: WerkzeugRequest) -> bytes:
+    """The request body: the server's one copy when it framed the request (transports.body)."""
+    body = environ.get(BODY_KEY)
+    return body if isinstance(body, bytes) else incoming.get_data(cache=True)
 
 
 def bearer() -> str | None:
@@ -66,7 +97,7 @@ def _inputs(environ: dict[str, Any], incoming: WerkzeugRequest | None) -> dict[s
     for name in args:
         put(name, args.getlist(name))
     if incoming.mimetype == "application/json":
-        raw = incoming.get_data(cache=True)
+        raw = body_of(environ, incoming)
         try:
             body = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates) if raw.strip() else {}
         except UnicodeDecodeError:
@@ -84,7 +115,7 @@ def _inputs(environ: dict[str, Any], incoming: WerkzeugRequest | None) -> dict[s
         # multipart) into an empty form, and the action would run without its inputs.
         parser = incoming.make_form_data_parser()
         parser.silent = False
-        data = incoming.get_data(cache=True)
+        data = body_of(environ, incoming)
         try:
             _, form, files = parser.parse(io.BytesIO(data), incoming.mimetype, len(data), incoming.mimetype_params)
         except ValueError as exc:
@@ -93,7 +124,7 @@ def _inputs(environ: dict[str, Any], incoming: WerkzeugRequest | None) -> dict[s
             put(name, form.getlist(name))
         for name in files:   # an uploaded file is not a value: the input refuses it
             put(name, files.getlist(name))
-    elif incoming.get_data(cache=True).strip():
+    elif body_of(environ, incoming).strip():
         raise BadInput(f"body: send application/json or a form, not {incoming.mimetype or 'an untyped body'}")
     return found
 

@@ -1,5 +1,5 @@
-"""The folder tree is the architecture: calls flow transports/entry -> operations -> core and the
-host adapters, never back. Each module's imports of imapd_ctl, read from its source."""
+"""The folder tree is the architecture: calls flow entry -> server -> transports -> operations ->
+core and the host adapters, never back. Each module's imports of imapd_ctl, read from its source."""
 import ast
 from pathlib import Path
 
@@ -13,7 +13,8 @@ ALLOWED = {
     "adapters": {"core"},
     "operations": {"core", "adapters"},
     "transports": {"core", "operations"},
-    "entry": {"core", "adapters", "operations", "transports"},
+    "server": {"core", "transports"},
+    "entry": {"core", "adapters", "operations", "transports", "server"},
 }
 
 

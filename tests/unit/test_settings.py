@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from imapd_ctl.entry import serve
+from imapd_ctl.server import listeners
 from imapd_ctl.core import settings
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "imapd-ctl.toml"
@@ -47,14 +48,14 @@ def test_explicit_missing_file_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("bind", ["127.0.0.1:8143", "[::1]:8143", "localhost:8143", "127.0.0.2:9"])
 def test_loopback_binds_are_allowed_without_tls(bind):
-    serve.check_binds(settings.Settings(listen=[bind]))
+    listeners.check_binds(settings.Settings(listen=[bind]))
 
 
 @pytest.mark.parametrize("bind", ["0.0.0.0:8143", "198.18.0.1:8143", "[::]:8143", "mail.example:8143"])
 def test_non_loopback_binds_need_tls(bind):
     with pytest.raises(SystemExit, match="not a loopback address and TLS is not configured"):
-        serve.check_binds(settings.Settings(listen=[bind]))
-    serve.check_binds(settings.Settings(listen=[bind], tls_cert="/c.pem", tls_key="/k.pem"))
+        listeners.check_binds(settings.Settings(listen=[bind]))
+    listeners.check_binds(settings.Settings(listen=[bind], tls_cert="/c.pem", tls_key="/k.pem"))
 
 
 NODE = '[[nodes]]\nid = "node2"\nurl = "https://198.18.0.2:8443"\nkey = "k"\nca = "/etc/imapd-ctl/ca.pem"\n'

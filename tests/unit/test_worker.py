@@ -1,6 +1,8 @@
-"""The gunicorn worker (imapd_ctl.entry.worker), its loop run in a thread without an arbiter:
-idle and slow clients cost no thread and are cut, the JSON envelope for requests gunicorn
-rejects itself, keep-alive, and how the loop sizes a request (imapd_ctl.entry.conn)."""
+"""The server (imapd_ctl.server): the gunicorn worker's loop run in a thread without an arbiter.
+Idle, slow and hostile clients cost no thread and are cut; the loop frames every request
+(chunked, Expect: 100-continue) and writes every reply; the budget; gunicorn's hooks."""
+import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -11,10 +13,9 @@ import time
 
 import pytest
 from gunicorn.config import Config
-from gunicorn.http.errors import InvalidHeaderName, InvalidRequestLine, LimitRequestLine
 
-from imapd_ctl.entry.conn import BODY_PREREAD_MAX, GATHER_BYTES, HEAD_MAX, Gathered, request_length
-from imapd_ctl.entry.worker import Worker
+from imapd_ctl.server.worker import KEYLESS_BODY, MAX_BODY, Worker
+from imapd_ctl.transports.body import bounded
 
 
 class _Log:
@@ -24,14 +25,27 @@ class _Log:
         return lambda *args, **kw: None
 
 
-def app(environ, start_response):
-    """A WSGI app: /slow waits until released; everything else echoes the body's length."""
+def echo(environ, start_response):
+    """A WSGI app: /slow waits until released; /big answers BIG bytes; everything else echoes
+    the body's length."""
     if environ["PATH_INFO"] == "/slow":
         app.release.wait(10)
+    if environ["PATH_INFO"] == "/big":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"b" * BIG]
     body = environ["wsgi.input"].read()
     reply = f"{environ['PATH_INFO']} {len(body)}".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(reply)))])
     return [reply]
+
+
+BIG = 4 << 20
+app = bounded(echo, MAX_BODY)      # the app's refusals, worded as in the daemon (transports.body)
+KEY = "k" * 20
+
+
+def gate(authorization):
+    return authorization == f"Bearer {KEY}"
 
 
 def start_worker(listener, cfg):
@@ -40,6 +54,7 @@ def start_worker(listener, cfg):
     w.client_timeout = 0.5
     w.notify = lambda: None
     w.wsgi = app
+    w.app = type("App", (), {"gate": staticmethod(gate)})()
     app.release = threading.Event()
     w.prepare()
     w.alive = True
@@ -105,7 +120,7 @@ def connect(path):
 
 def get(path, url="/x", body=b""):
     with connect(path) as s:
-        s.sendall(f"POST {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        s.sendall(f"POST {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {KEY}\r\n"
                   f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         return read_all(s)
 
@@ -143,7 +158,8 @@ def test_a_body_sent_in_pieces_is_read_whole(serving):
     worker, path = serving
     body = b"a" * 60_000
     with connect(path) as s:
-        s.sendall(f"POST /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        s.sendall(f"POST /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {KEY}\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n".encode())
         for i in range(0, len(body), 20_000):
             s.sendall(body[i:i + 20_000])
             time.sleep(0.01)
@@ -171,13 +187,14 @@ def test_a_client_that_half_closes_after_its_request_gets_the_answer(serving, ra
     assert data.startswith(b"HTTP/1.1 ") and reply in data
 
 
-def test_a_request_not_read_whole_in_the_loop_closes_its_connection(serving):
+def test_a_chunked_body_is_decoded_in_the_loop_and_the_connection_kept(serving):
     worker, path = serving
-    with connect(path) as s:     # chunked: the thread reads the body; nothing is drained after
-        s.sendall(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
-                  b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = read_all(s)       # EOF: the server closed it after the first reply
-    assert b"/c 3" in data and b"Connection: close" in data and b"/next" not in data
+    with connect(path) as s:
+        s.sendall(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n"
+                  b"2\r\nde\r\n0\r\nTrailer: x\r\n\r\n"
+                  b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = read_all(s)
+    assert b"/c 5" in data and data.endswith(b"/next 0")
 
 
 def test_a_stopping_worker_still_answers_a_connection_it_accepted(serving):
@@ -191,54 +208,210 @@ def test_a_stopping_worker_still_answers_a_connection_it_accepted(serving):
         assert read_all(s).endswith(b"/late 0")
 
 
+
+
+def reply_of(data):
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    return int(lines[0].split()[1]), lines[1:], body
+
+
 @pytest.mark.parametrize("raw, status, start", [
-    (b"GARBAGE\r\n\r\n", 400, "Bad Request: Invalid Request Line '"),
-    (b"GET / HTTP/1.1\r\nbad name: x\r\n\r\n", 400, "Bad Request: "),
+    (b"GARBAGE\r\n\r\n", 400, "Bad Request: invalid request line 'GARBAGE'"),
+    (b"GET / HTTP/1.1\r\nbad name: x\r\n\r\n", 400, "Bad Request: invalid header field"),
+    (b"GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n", 400, "Bad Request: obsolete line folding"),
+    (b"GET / HTTP/1.1\r\nX_Y: a\r\n\r\n", 400, "Bad Request: header name 'X_Y' contains '_'"),
     (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, "URI Too Long: "),
+    (b"GET /\xc3\xa9 HTTP/1.1\r\n\r\n", 400, "Bad Request: the request target must be ASCII"),
+    (b"GET / HTTP/2.0\r\n\r\n", 505, "HTTP Version Not Supported: "),
+    (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400,
+     "Bad Request: both Content-Length and Transfer-Encoding"),
+    (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400,
+     "Bad Request: differing Content-Length"),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501, "Not Implemented: "),
+    (b"POST / HTTP/1.1\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\n", 417, "Expectation Failed: "),
+    (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431, "Request Header Fields Too Large: "),
+    (b"GET / HTTP/1.1\r\nHost: x", 400, "Bad Request: the request head ended"),   # then FIN
 ])
-def test_a_request_gunicorn_rejects_gets_the_envelope(serving, raw, status, start):
+def test_a_request_that_cannot_be_framed_gets_the_envelope(serving, raw, status, start):
     worker, path = serving
     with connect(path) as s:
         s.sendall(raw)
+        s.shutdown(socket.SHUT_WR)
         data = read_all(s)
-    head, _, body = data.partition(b"\r\n\r\n")
-    head = head.decode("latin-1").split("\r\n")
-    assert head[0].startswith(f"HTTP/1.1 {status} ")
+    code, head, body = reply_of(data)
+    assert code == status, data
     assert "Content-Type: application/json" in head and "Connection: close" in head
     assert f"Content-Length: {len(body)}" in head
     doc = json.loads(body)
     assert list(doc) == ["status", "payload"] and doc["status"] == status
-    assert doc["payload"].startswith(start)
+    assert doc["payload"].startswith(start), doc
 
 
-@pytest.mark.parametrize("buf, length", [
-    (b"GET / HTTP/1.1\r\nHost: x", None),                                  # head not complete
-    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET", 27),                         # no body
-    (b"POST / HTTP/1.1\r\ncontent-LENGTH: 3\r\n\r\nab", None),             # body not complete
-    (b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET", 41),
-    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3", 48),       # the parser reads on
-    (b"POST / HTTP/1.1\r\nContent-Length: x1\r\n\r\n", 39),                # the parser says 400
-    (f"POST / HTTP/1.1\r\nContent-Length: {BODY_PREREAD_MAX + 1}\r\n\r\n".encode(), "all"),
-    (b"G" * (HEAD_MAX + 1), HEAD_MAX + 1),                                 # the parser says 431
+@pytest.mark.parametrize("body, start", [
+    (b"zz\r\nabc\r\n0\r\n\r\n", "Bad Request: the request body could not be read (invalid chunk size 'zz')"),
+    (b"3\r\nabcXX0\r\n\r\n", "Bad Request: the request body could not be read (a chunk's data is not followed"),
+    (b"3\r\nabc\r\n", "Bad Request: the request body could not be read (the chunked body ended"),
+    (b"%x\r\n" % (MAX_BODY + 1), "Request Entity Too Large: the request body is over the limit of 65536"),
 ])
-def test_request_length(buf, length):
-    assert request_length(buf) == (len(buf) if length == "all" else length)
+def test_a_broken_or_oversized_chunked_body_is_refused_by_the_app(serving, body, start):
+    worker, path = serving
+    with connect(path) as s:
+        s.sendall(b"POST /c HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                  + b"\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+        s.shutdown(socket.SHUT_WR)
+        code, head, reply = reply_of(read_all(s))
+    assert json.loads(reply)["payload"].startswith(start)
+    assert code == json.loads(reply)["status"] and "Connection: close" in head
 
 
-def test_a_reply_is_gathered_into_one_send():
-    a, b = socket.socketpair()
-    with a, b:
-        b.setblocking(False)
-        out = Gathered(a)
-        out.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
-        out.sendall(memoryview(b"body"))
-        with pytest.raises(BlockingIOError):
-            b.recv(100)                                   # nothing sent yet
-        out.flush()
-        assert b.recv(100) == b"HTTP/1.1 200 OK\r\n\r\nbody"
-        out.sendall(b"x" * GATHER_BYTES)                  # a large body goes at once
-        assert len(b.recv(2 * GATHER_BYTES)) > 0
-        out.sendall(b"tail")
-        assert out.fileno() == a.fileno()                 # anything else sends what waits first
-        assert b.recv(2 * GATHER_BYTES).endswith(b"tail")
+def test_expect_100_continue_is_answered_before_the_body_is_sent(serving):
+    worker, path = serving
+    with connect(path) as s:
+        s.sendall(b"POST /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"abcd")
+        code, _, body = reply_of(s.recv(1000))
+    assert (code, body) == (200, b"/e 4")
 
+
+@pytest.mark.parametrize("authorization, status", [(None, 413), ("Bearer nope", 413), (f"Bearer {KEY}", 200)])
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_a_body_over_the_keyless_limit_needs_a_valid_key_before_it_is_read(serving, authorization, status, framing):
+    worker, path = serving
+    body = b"a" * (KEYLESS_BODY + 1)
+    head = [b"POST /k HTTP/1.1", b"Host: x", b"Expect: 100-continue"]
+    if authorization:
+        head.append(b"Authorization: " + authorization.encode())
+    head.append(b"Content-Length: %d" % len(body) if framing == "length" else b"Transfer-Encoding: chunked")
+    with connect(path) as s:
+        s.sendall(b"\r\n".join(head) + b"\r\n\r\n")
+        first = s.recv(1000)
+        if status == 200:
+            assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+            s.sendall(body if framing == "length" else b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            code, _, reply = reply_of(read_all(s))
+            assert (code, reply) == (200, b"/k %d" % len(body))
+        elif framing == "length":          # refused from the head alone: no 100, no body read
+            code, _, reply = reply_of(first + read_all(s))
+            assert code == 413 and "without a valid API key" in json.loads(reply)["payload"]
+        else:                              # chunked: refused once the keyless limit is passed
+            assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+            s.sendall(b"%x\r\n%s\r\n" % (len(body), body))
+            code, _, reply = reply_of(read_all(s))
+            assert code == 413 and "without a valid API key" in json.loads(reply)["payload"]
+
+
+def test_body_keyed_paths_take_bodies_up_to_the_limit_without_a_header_key(serving):
+    worker, path = serving
+    with connect(path) as s:
+        s.sendall(b"POST /xmlrpc HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % MAX_BODY + b"x" * MAX_BODY)
+        assert s.recv(1000).endswith(b"/xmlrpc %d" % MAX_BODY)
+
+
+def test_clients_that_do_not_read_their_replies_hold_no_thread_and_are_cut(tmp_path):
+    path = str(tmp_path / "s")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(64)
+    cfg = Config()
+    cfg.set("threads", 1)
+    w, loop = start_worker(listener, cfg)
+    w.rules = dataclasses.replace(w.rules, reply_timeout=0.5)
+    try:
+        stalled = []
+        for _ in range(8):     # each asks for a 4 MiB reply three times and reads nothing
+            s = connect(path)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+            stalled.append(s)
+        assert get(path).endswith(b"/x 0")        # the only thread is free
+        time.sleep(1.0)
+        for s in stalled:                          # cut when their reply deadline passed
+            got = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := s.recv(1 << 20):
+                    got += len(chunk)
+            assert got < 3 * BIG
+            s.close()
+    finally:
+        stop_worker(w, loop, listener)
+
+
+def test_past_the_connection_budget_the_oldest_keyless_connection_goes_first(tmp_path):
+    path = str(tmp_path / "s")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(64)
+    cfg = Config()
+    cfg.set("threads", 2)
+    cfg.set("worker_connections", 10)
+    w, loop = start_worker(listener, cfg)
+    try:
+        keyed = connect(path)     # the oldest, but it showed a valid key
+        keyed.sendall(f"GET /a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode())
+        assert keyed.recv(1000).endswith(b"/a 0")
+        keyless = [connect(path) for _ in range(9)]
+        for s in keyless:
+            s.sendall(b"GET / HTTP/1.1\r\nHo")
+        time.sleep(0.1)
+        extra = [connect(path) for _ in range(3)]
+        time.sleep(0.1)
+        for s in keyless[:3]:                      # the three oldest keyless ones made room
+            assert s.recv(10) == b""
+        keyed.sendall(b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_all(keyed).endswith(b"/b 0")   # the keyed one lives on
+        for s in keyless + extra:
+            s.close()
+    finally:
+        stop_worker(w, loop, listener)
+
+
+def test_past_the_byte_budget_the_oldest_keyless_connection_goes_first(tmp_path):
+    path = str(tmp_path / "s")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(64)
+    cfg = Config()
+    cfg.set("threads", 1)
+    w, loop = start_worker(listener, cfg)
+    w.budget_bytes = 3 * KEYLESS_BODY
+    try:
+        partial = []
+        for _ in range(4):      # each holds ~KEYLESS_BODY - 1 bytes of an unfinished body
+            s = connect(path)
+            s.sendall(b"POST /xmlrpc HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n"
+                      + b"x" * (KEYLESS_BODY - 1))
+            partial.append(s)
+            time.sleep(0.05)
+        assert partial[0].recv(10) == b""         # the oldest was cut to stay in the budget
+        assert w.held <= w.budget_bytes
+        assert get(path).endswith(b"/x 0")
+        for s in partial:
+            s.close()
+    finally:
+        stop_worker(w, loop, listener)
+
+
+def test_gunicorn_hooks_and_max_requests_are_honoured(tmp_path):
+    path = str(tmp_path / "s")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(64)
+    seen = []
+    cfg = Config()
+    cfg.set("threads", 1)
+    cfg.set("pre_request", lambda worker, req: seen.append(("pre", req.method, req.path)))
+    cfg.set("post_request", lambda worker, req, environ, resp: seen.append(("post", req.path, resp.status)))
+    cfg.set("max_requests", 2)
+    w, loop = start_worker(listener, cfg)
+    w.max_requests = 2
+    try:
+        assert get(path, "/one").endswith(b"/one 0")
+        assert get(path, "/two").endswith(b"/two 0")
+        loop.join(5)
+        assert not loop.is_alive()                 # restarted by the arbiter after max_requests
+        assert seen == [("pre", "POST", "/one"), ("post", "/one", "200 OK"),
+                        ("pre", "POST", "/two"), ("post", "/two", "200 OK")]
+    finally:
+        stop_worker(w, loop, listener)
