@@ -2,19 +2,22 @@
 
 Prints, from one run, side by side (issue 9's targets in brackets):
   1. isRunning req/s / /healthz (no-op endpoint) req/s, same clients, both GET  [>= 0.8]
-     (also isRunning POSTed with a JSON body, for reference)
+     on the unix socket, a connection per request (as the panels' curl makes them; also
+     isRunning POSTed with a JSON body, for reference), and on loopback TCP inside the host
+     with keep-alive connections (wrk, the load a panel behind a proxy makes)
   2. isRunning p50 / the shell approach's p50                              [<= 0.1]
      (`systemctl is-active dovecot && ss -Hltn 'sport = :143'`, run inside the host)
   3. isRunning p50 with 5000 established TCP connections on the host / without  [<= 1.2]
   4. the daemon's PSS, master plus workers                                 [<= 80 MiB]
 
-Run as root after scripts/setup:  .venv/bin/python bench/isrunning.py [--seconds 5]
+Run as root after scripts/setup:  .venv/bin/python bench/isrunning.py [--seconds 5] [--workers 2]
 Every loop is bounded in count and time.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import threading
 import time
@@ -75,6 +78,25 @@ def throughput(fn, seconds: float, threads: int, max_requests: int) -> tuple[flo
     return sum(count) / (time.perf_counter() - started), sum(count)
 
 
+def wrk_rates(host, key: str, seconds: float, connections: int, rounds: int) -> dict:
+    """{name: (req/s, requests)} of keyed GETs of /healthz and isRunning over keep-alive TCP
+    connections to 127.0.0.1:8143, by wrk inside the host, in alternating slices."""
+    urls = {"noop": "/healthz", "get": "/nodeworx/mail/imap/isRunning"}
+    done = {name: [0, 0.0] for name in urls}
+    for _ in range(rounds):
+        for name, url in urls.items():
+            out = host.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds / rounds))}s",
+                            "-H", f"Authorization: Bearer {key}", f"http://127.0.0.1:8143{url}"],
+                           timeout=seconds + 60).stdout
+            m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
+            if m is None or "Non-2xx" in out or "Socket errors" in out:
+                raise SystemExit(f"wrk: {out}")
+            elapsed = float(m.group(2)) / (1000 if m.group(3) == "ms" else 1)
+            done[name][0] += int(m.group(1))
+            done[name][1] += elapsed
+    return {name: (n / elapsed, n) for name, (n, elapsed) in done.items()}
+
+
 def interleaved(fns: dict, seconds: float, threads: int, max_requests: int, rounds: int) -> dict:
     """{name: (req/s, requests)} of each fn, measured in `rounds` alternating slices of
     seconds/rounds each: a drift of the machine during the run weighs on all of them alike."""
@@ -94,6 +116,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
     ap.add_argument("--connections", type=int, default=5000, help="established connections for 3.")
     ap.add_argument("--rounds", type=int, default=5, help="alternating slices of the req/s measurements")
+    ap.add_argument("--keepalive", type=int, default=8, help="wrk's keep-alive TCP connections")
     args = ap.parse_args()
 
     with dovecot_daemon(workers=args.workers) as (host, d, share):
@@ -121,6 +144,7 @@ def main() -> int:
         rates = interleaved({"noop": noop, "get": is_running, "post": is_running_post}, args.seconds,
                             args.threads, 50_000, args.rounds)
         (noop_rps, noop_n), (run_rps, run_n), (post_rps, post_n) = rates["noop"], rates["get"], rates["post"]
+        tcp = wrk_rates(host, d.key, args.seconds, args.keepalive, args.rounds)
         run_lat, run_lat_n = latency(is_running, 2_000, args.seconds)
         shell_lat, shell_n = shell_latency(host, SHELL, 500, args.seconds)
 
@@ -151,6 +175,11 @@ def main() -> int:
         print(f"  isRunning (POST {{}}) {post_rps:7.0f} req/s  ({post_n} requests; "
               f"ratio {post_rps / noop_rps:.2f}: the body's reading and parsing)")
         print(f"  1. ratio isRunning/no-op req/s (both GET):    {run_rps / noop_rps:.2f}   (target >= 0.8)")
+        (tnoop_rps, tnoop_n), (trun_rps, trun_n) = tcp["noop"], tcp["get"]
+        print(f"  TCP 127.0.0.1:8143, {args.keepalive} keep-alive connections (wrk in the host):")
+        print(f"  /healthz (no-op)   {tnoop_rps:8.0f} req/s  ({tnoop_n} requests)")
+        print(f"  isRunning (GET)    {trun_rps:8.0f} req/s  ({trun_n} requests)")
+        print(f"  1. ratio isRunning/no-op req/s, TCP keep-alive: {trun_rps / tnoop_rps:.2f}   (target >= 0.8)")
         print(f"  isRunning p50      {run_lat * 1e3:7.2f} ms  ({run_lat_n} samples, 1 client)")
         print(f"  shell p50          {shell_lat * 1e3:7.2f} ms  ({shell_n} samples: "
               "systemctl is-active dovecot && ss -Hltn 'sport = :143')")

@@ -3,7 +3,7 @@
 The flavours read their server's own process pools (Dovecot's `doveadm service status`,
 Courier's couriertcpd) into `Pool`s; operations.capacity adds the kernel's count of connections
 per port and systemd's view of each unit, and gives a `Capacity`. Words for it are made only at
-the edge (transports.prose).
+the edge (operations.prose).
 """
 from __future__ import annotations
 

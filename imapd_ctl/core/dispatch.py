@@ -35,7 +35,7 @@ def _message(exc: ApiError) -> Any:
 @dataclass(frozen=True)
 class Context:
     """What dispatch needs, built once by the wiring (entry.wiring). `render` and `describe`
-    are the edge's words (transports.prose): a handler's structured result and an error become
+    are the edge's words (operations.prose): a handler's structured result and an error become
     the reply's payload there, before the audit line records it."""
     keys: KeyStore
     audit: Audit

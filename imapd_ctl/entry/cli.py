@@ -9,6 +9,7 @@ from typing import Callable
 from imapd_ctl.core import settings as settings_mod
 from imapd_ctl.core.actions import PERMISSION
 from imapd_ctl.core.errors import ApiError
+from imapd_ctl.operations import prose
 from imapd_ctl.core.protocols import Check
 from imapd_ctl.entry import access, commands
 
@@ -46,7 +47,7 @@ def cmd_key(args: argparse.Namespace) -> int:
                 return 1
             print(f"key {args.name!r} revoked", file=sys.stderr)
     except ApiError as exc:
-        print(f"imapd-ctl: {exc.message}", file=sys.stderr)
+        print(f"imapd-ctl: {prose.message(exc)}", file=sys.stderr)
         return 2
     return 0
 
@@ -97,7 +98,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         for check in flavour.checks():
             report(check)
     except ApiError as exc:
-        report(Check("systemd / IMAP server", False, exc.message))
+        report(Check("systemd / IMAP server", False, prose.message(exc)))
         return 1
     report(Check("state dir writable", os.access(s.state_dir, os.W_OK) or not os.path.exists(s.state_dir),
                  s.state_dir))
@@ -147,7 +148,7 @@ def cmd_tls(args: argparse.Namespace) -> int:
         print(f"imapd-ctl: cannot read {cert}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except ApiError as exc:
-        print(f"imapd-ctl: {exc.message}", file=sys.stderr)
+        print(f"imapd-ctl: {prose.message(exc)}", file=sys.stderr)
         return 2
     print(f"SHA256 Fingerprint={made.fingerprint}")
     configured = (s.tls_cert, s.tls_key) == (made.cert, made.key)

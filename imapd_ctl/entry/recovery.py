@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 from imapd_ctl.core.errors import ApiError
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.transports import prose
+from imapd_ctl.operations import prose
 
 FAILED = ("could not finish or undo an interrupted change (it is kept and retried by the "
           "next change): ")
@@ -42,7 +42,7 @@ def recover(settings: Settings) -> RecoveryReport:
     try:
         what = wiring.build(settings).controller.recover()
     except ApiError as exc:
-        return RecoveryReport(False, FAILED + exc.message)
+        return RecoveryReport(False, FAILED + prose.message(exc))
     return RecoveryReport(True, prose.text(what) if what is not None else "no interrupted change")
 
 

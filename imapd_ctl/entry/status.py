@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from imapd_ctl.adapters import hostinfo
 from imapd_ctl.core.errors import ApiError
+from imapd_ctl.operations import prose
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.entry import client
 from imapd_ctl.entry.access import OK, FAILED, Refusal, unreachable
@@ -74,7 +75,7 @@ def local_facts(settings: Settings, flavour_of: Callable[[], Any]) -> dict[str, 
                            "units": list(flavour.units)}
         facts["ports"] = [asdict(hostinfo.port_state(unit, port)) for unit, port in ports_of(settings, flavour)]
     except ApiError as exc:
-        facts["server"] = {"error": exc.message}
+        facts["server"] = {"error": prose.message(exc)}
         facts["ports"] = []
     facts["interrupted_change"] = _pending(settings)
     return facts
@@ -87,7 +88,7 @@ def _pending(settings: Settings) -> dict[str, Any] | None:
     except PermissionError:
         return {"error": f"cannot read {settings.state_dir}: permission denied (run as root)"}
     except (ApiError, OSError) as exc:
-        return {"error": getattr(exc, "message", str(exc))}
+        return {"error": prose.message(exc)}
     if entry is None:
         return None
     return {"txn_id": entry.txn_id, "action": entry.action, "step": entry.step,

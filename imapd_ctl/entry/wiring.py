@@ -27,7 +27,7 @@ from imapd_ctl.core.errors import ApiError, Busy
 from imapd_ctl.core.protocols import Audit, Flavour, Systemd
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.operations.controller import Controller
-from imapd_ctl.transports import prose
+from imapd_ctl.operations import prose
 
 
 CHANGES_AT_ONCE = 8   # actions that change the server, running at once in one process
@@ -86,7 +86,7 @@ class Services:
         try:
             logging.getLogger(__name__).info("worker ready: %s", self.controller.flavour.name)
         except ApiError as exc:
-            logging.getLogger(__name__).warning("at worker start: %s", exc.message)
+            logging.getLogger(__name__).warning("at worker start: %s", prose.message(exc))
 
     def scrape(self) -> tuple[bytes, str]:
         """The text of /metrics: the counts of every process and the server's state now."""

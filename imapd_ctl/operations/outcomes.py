@@ -1,46 +1,21 @@
 """What a configuration change, its rollback and a crash recovery did, as data.
 
 The operations return and raise these; they never format sentences. The words a client or a log
-reads are made from them at the edge, by imapd_ctl.transports.prose:
+reads are made from them at the edge, by imapd_ctl.operations.prose:
   * prose.render(payload) turns a handler's return value (a ChangeOutcome, a Recovery, or plain
     JSON values holding them) into the reply's payload (core.dispatch calls it through its
     Context, which the wiring builds);
   * prose.message(exc) / prose.payload_of(exc) give an error's text.
-The structured errors' `.message` and the outcomes' str() (what a log line or the CLI prints)
-ask the words the edge registered with `use_words` (transports.prose does so when imported;
-entry.wiring imports it). This layer never imports the edge: until words are registered, they
-read as the data's repr.
+Whatever prints them (a reply, the CLI, a log line) asks operations.prose explicitly; nothing
+here knows words, so a structured error's `.message` is only its type's name.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from imapd_ctl.core.errors import ActionFailed, ApiError, ConfigWriteError, Unavailable
 from imapd_ctl.core.protocols import Applied, Values
-
-
-_words: Callable[[object], str] = repr
-
-
-def use_words(words: Callable[[object], str]) -> None:
-    """Register the edge's text for outcomes and structured errors (transports.prose.text)."""
-    global _words
-    _words = words
-
-
-def _text(obj: object) -> str:
-    return _words(obj)
-
-
-class Said:
-    """Text for a log argument, made only if the record is emitted: log.info("%s", Said(x))."""
-
-    def __init__(self, obj: object):
-        self.obj = obj
-
-    def __str__(self) -> str:
-        return _text(self.obj)
 
 
 @dataclass(frozen=True)
@@ -52,9 +27,6 @@ class ChangeOutcome:
     files: tuple[str, ...] = ()      # the changed files, sorted
     applied: Applied | None = None   # what the flavour's apply did (None: not applied)
     flavour: str = ""
-
-    def __str__(self) -> str:
-        return _text(self)
 
 
 @dataclass(frozen=True)
@@ -83,9 +55,6 @@ class Rollback:
     def kept_by(self) -> BaseException | None:
         return self.restore_error if self.restore_error is not None else self.unreachable
 
-    def __str__(self) -> str:
-        return _text(self)
-
 
 @dataclass(frozen=True)
 class Recovery:
@@ -99,23 +68,14 @@ class Recovery:
     def completed(self) -> bool:
         return self.rollback is None
 
-    def __str__(self) -> str:
-        return _text(self)
-
 
 class _Structured(ApiError):
-    """An ApiError that carries data; its text (`message`) comes from transports.prose."""
+    """An ApiError that carries data; its words are operations.prose.message(exc)."""
 
     def __init__(self) -> None:
         Exception.__init__(self)
         self.payload: Any = None
-
-    @property
-    def message(self) -> str:  # type: ignore[override]
-        return _text(self)
-
-    def __str__(self) -> str:
-        return self.message
+        self.message = type(self).__name__
 
 
 class ChangeFailed(_Structured, ActionFailed):

@@ -29,8 +29,9 @@ from imapd_ctl.adapters.journal import Journal, JournalEntry
 from imapd_ctl.core.errors import ActionFailed, ApiError, ConfigWriteError
 from imapd_ctl.core.protocols import Files, Flavour, Systemd
 from imapd_ctl.core.waiting import wait_until
+from imapd_ctl.operations import prose
 from imapd_ctl.operations.outcomes import (
-    ChangeFailed, ChangeOutcome, ChangeRefused, Recovery, RecoveryFailed, Rollback, Said)
+    ChangeFailed, ChangeOutcome, ChangeRefused, Recovery, RecoveryFailed, Rollback)
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +133,10 @@ def change(flavour: Flavour, requested: dict[str, int | None], *, systemd: Syste
         journal.mark("verified")
         _crash_point("verified")
     except Exception as exc:
-        log.error("update %s failed (%s); restoring the previous configuration", txn, Said(exc))
+        log.error("update %s failed (%s); restoring the previous configuration", txn, prose.reason(exc))
         raise ChangeFailed.of(exc, _undo(flavour, systemd, journal)) from None
     journal.clear()
-    log.info("update %s: %s -> %s (%s)", txn, current, values, Said(applied))
+    log.info("update %s: %s -> %s (%s)", txn, current, values, prose.applied(applied))
     return ChangeOutcome(changed=True, values=values, diff=outcome.diff, files=outcome.files,
                          applied=applied, flavour=flavour.name)
 

@@ -16,7 +16,8 @@ import ssl
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from imapd_ctl.server.framing import Chunked, Framed, Head, Limits, Refused, error_reply, head_end, parse_head
+from imapd_ctl.server.framing import (Chunked, Framed, Head, Limits, Refused, error_reply, head_end, parse_head,
+                                      too_large)
 
 RECV_CHUNK = 65536
 LINGER_SECONDS = 2.0       # at most this long discarding what a client still sends after a refusal
@@ -57,7 +58,7 @@ class Channel:
         if tls is not None:
             self.sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         self.phase = Phase.HANDSHAKE if tls is not None else Phase.READING
-        self.deadline = now + rules.request_timeout
+        self.deadline, self.timeout = now + rules.request_timeout, rules.request_timeout
         self.authenticated = False   # a request on it carried a valid key in its header
         self.served = 0
         self.buf = bytearray()       # what arrived and is not yet framed
@@ -72,6 +73,10 @@ class Channel:
         self._lingered = 0
         self._linger_after = False
         self.registered = 0          # the events the loop's selector has for it (the loop's to keep)
+        self.timed: float | None = None   # the timer group the loop has it in (the loop's to keep)
+
+    def _arm(self, timeout: float, now: float) -> None:
+        self.deadline, self.timeout = now + timeout, timeout
 
     # ------------------------------------------------------------------ what the loop asks
     @property
@@ -144,7 +149,7 @@ class Channel:
                 self._at_eof(now)
                 continue
             if not self.buf and self._head is None and self.served:
-                self.deadline = now + self.rules.request_timeout   # the next request begins
+                self._arm(self.rules.request_timeout, now)   # the next request begins
             self.buf += data
 
     def _frame(self, now: float) -> bool:
@@ -175,7 +180,7 @@ class Channel:
         self._limit = self.rules.max_body if keyed or head.path in self.rules.body_keyed \
             else self.rules.keyless_body
         if head.length is not None and head.length > self._limit:
-            raise Refused(413, self._too_large())
+            raise Refused(413, too_large(self._limit, self.rules.max_body))
         if head.chunked:
             self._chunked = Chunked(self._limit, self.rules.limits)
         if self._more_body():
@@ -185,12 +190,6 @@ class Channel:
             return True
         return False
 
-    def _too_large(self) -> str:
-        if self._limit < self.rules.max_body:
-            return (f"the request body is over the limit of {self._limit} bytes for a request "
-                    f"without a valid API key in its Authorization header ({self.rules.max_body} with one)")
-        return f"the request body is over the limit of {self._limit} bytes"
-
     def _more_body(self) -> bool:
         head = self._head
         assert head is not None
@@ -199,7 +198,7 @@ class Channel:
                 used = self._chunked.feed(self.buf)
             except Refused as exc:
                 if exc.status == 413:
-                    raise Refused(413, self._too_large()) from None
+                    raise Refused(413, too_large(self._limit, self.rules.max_body)) from None
                 raise Refused(400, f"the request body could not be read ({exc.message})") from None
             del self.buf[:used]
             if not self._chunked.done:
@@ -253,7 +252,7 @@ class Channel:
         self.request = None
         self.out = memoryview(data)
         self.phase = Phase.WRITING
-        self.deadline = now + self.rules.reply_timeout
+        self._arm(self.rules.reply_timeout, now)
         self.on_event(now)
 
     def _write(self, now: float) -> None:
@@ -272,10 +271,10 @@ class Channel:
         self.served += 1
         if self._keep:
             self.phase = Phase.READING
-            self.deadline = now + (self.rules.request_timeout if self.buf else self.rules.idle_timeout)
+            self._arm(self.rules.request_timeout if self.buf else self.rules.idle_timeout, now)
         elif self._linger_after and not self._eof:
             self.phase = Phase.LINGER
-            self.deadline = now + LINGER_SECONDS
+            self._arm(LINGER_SECONDS, now)
             self.buf = bytearray()
             self.sock.shutdown(socket.SHUT_WR)
         else:

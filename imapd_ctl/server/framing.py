@@ -241,6 +241,13 @@ class Chunked:
         return at
 
 
+def too_large(limit: int, max_body: int) -> str:
+    if limit < max_body:
+        return (f"the request body is over the limit of {limit} bytes for a request without a "
+                f"valid API key in its Authorization header ({max_body} with one)")
+    return f"the request body is over the limit of {limit} bytes"
+
+
 def error_reply(status: int, message: str, reason: str | None = None) -> bytes:
     """A refusal the loop answers itself (no request could be framed): the InterWorx envelope."""
     reason = reason or REASONS.get(status, "Error")

@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import collections
 import functools
-import heapq
 import os
-import queue
 import resource
 import selectors
 import socket
 import ssl
-import threading
 import time
 from typing import Any, Callable
 
@@ -39,6 +36,7 @@ from imapd_ctl.core.settings import Settings
 from imapd_ctl.server import task
 from imapd_ctl.server.channel import Channel, Phase, Rules
 from imapd_ctl.server.framing import Limits, error_reply
+from imapd_ctl.server.pool import Pool
 from imapd_ctl.transports.http import MAX_BODY
 
 TICK = 1.0             # the loop wakes at least this often (heartbeat, deadlines)
@@ -61,9 +59,8 @@ def options(s: Settings) -> dict[str, Any]:
 
 
 def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Worker(BaseWorker):
@@ -82,21 +79,13 @@ class Worker(BaseWorker):
             raise SystemExit("imapd-ctl: gunicorn's proxy_protocol is not supported by this worker")
         raise_fd_limit()
         self.sel = selectors.DefaultSelector()
-        self.waker_r, self.waker_w = os.pipe()
-        os.set_blocking(self.waker_r, False)
-        os.set_blocking(self.waker_w, False)
         self.channels: dict[Channel, None] = {}      # every open connection, oldest first
         self.ready: collections.deque[Channel] = collections.deque()   # whole requests, waiting
-        self.deadlines: list[tuple[float, int, Channel]] = []
-        self.seq = 0
+        # Connections by the timeout they were armed with, each group in arming order, hence in
+        # deadline order: expiry looks at the front of a few groups, nothing piles up.
+        self.timers: dict[float, dict[Channel, None]] = {}
         self.held = 0            # bytes held for all connections
-        self.busy = 0            # requests in threads
-        self.done: queue.SimpleQueue[tuple[Channel, task.Reply]] = queue.SimpleQueue()
-        self.tasks: queue.SimpleQueue[Channel | None] = queue.SimpleQueue()
-        self.threads = [threading.Thread(target=self._thread, name=f"request-{i}", daemon=True)
-                        for i in range(max(1, self.cfg.threads))]
-        for t in self.threads:
-            t.start()
+        self.pool: Pool[Channel, task.Reply] = Pool(self.cfg.threads, self._serve)
         self.tls: ssl.SSLContext | None = None
         if self.cfg.is_ssl:
             self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -120,7 +109,7 @@ class Worker(BaseWorker):
         for listener in self.sockets:
             listener.setblocking(False)
             self.sel.register(listener, selectors.EVENT_READ, listener)
-        self.sel.register(self.waker_r, selectors.EVENT_READ, None)
+        self.sel.register(self.pool.waker, selectors.EVENT_READ, None)
         while self.alive:
             self._beat()
             self._turn()
@@ -148,9 +137,8 @@ class Worker(BaseWorker):
             self.last_notify = now
 
     def _next_timeout(self) -> float:
-        if not self.deadlines:
-            return TICK
-        return max(0.0, min(TICK, self.deadlines[0][0] - time.monotonic()))
+        first = min((next(iter(group)).deadline for group in self.timers.values() if group), default=None)
+        return TICK if first is None else max(0.0, min(TICK, first - time.monotonic()))
 
     def is_parent_alive(self) -> bool:
         if self.ppid != os.getppid():
@@ -176,13 +164,11 @@ class Worker(BaseWorker):
                 sock.close()
                 continue
             self.channels[ch] = None
-            self.seq += 1
-            heapq.heappush(self.deadlines, (ch.deadline, self.seq, ch))
-            self._step(ch, ch.on_event)
+            self._step(ch, ch.on_event, new=True)
             self._shed()
 
     # ------------------------------------------------------------------ one connection's progress
-    def _step(self, ch: Channel, action: Callable[[float], None]) -> None:
+    def _step(self, ch: Channel, action: Callable[[float], None], new: bool = False) -> None:
         """Run `action` on `ch`, then bring the loop's view of it up to date."""
         before, old_phase, old_deadline = ch.held_bytes, ch.phase, ch.deadline
         action(time.monotonic())
@@ -196,26 +182,25 @@ class Worker(BaseWorker):
             else:
                 self.sel.unregister(ch.sock)
             ch.registered = events
+        if new or ch.deadline != old_deadline or old_phase is not ch.phase:
+            if ch.timed is not None:
+                del self.timers[ch.timed][ch]
+                ch.timed = None
+            if ch.phase not in (Phase.READY, Phase.RUNNING, Phase.CLOSED):
+                self.timers.setdefault(ch.timeout, {})[ch] = None
+                ch.timed = ch.timeout
         if ch.phase is Phase.CLOSED:
             self.channels.pop(ch, None)
-            return
-        if ch.phase is Phase.READY and old_phase is not Phase.READY:
+        elif ch.phase is Phase.READY and old_phase is not Phase.READY:
             self.ready.append(ch)
-        if ch.deadline != old_deadline or old_phase is not ch.phase:
-            if ch.phase not in (Phase.READY, Phase.RUNNING):
-                self.seq += 1
-                heapq.heappush(self.deadlines, (ch.deadline, self.seq, ch))
 
     def _cut(self, ch: Channel) -> None:     # a deadline passed, or the budget needs its room
         self._step(ch, lambda now: ch.close())
-
     def _expire(self) -> None:
         now = time.monotonic()
-        while self.deadlines and self.deadlines[0][0] <= now:
-            deadline, _, ch = heapq.heappop(self.deadlines)
-            if ch.phase in (Phase.CLOSED, Phase.READY, Phase.RUNNING) or ch.deadline != deadline:
-                continue     # a stale entry: the connection moved on
-            self._cut(ch)
+        for group in list(self.timers.values()):
+            while group and (ch := next(iter(group))).deadline <= now:
+                self._cut(ch)
 
     def _shed(self) -> None:
         """Keep within the budget: cut connections that showed no valid key first, oldest
@@ -240,49 +225,28 @@ class Worker(BaseWorker):
 
     # ------------------------------------------------------------------ threads
     def _schedule(self) -> None:
-        while self.ready and self.busy < len(self.threads):
+        while self.ready and self.pool.free:
             ch = self.ready.popleft()
-            if ch.phase is not Phase.READY:
-                continue      # cut while it waited
-            ch.running()
-            self.busy += 1
-            self.tasks.put(ch)
+            if ch.phase is Phase.READY:    # else cut while it waited
+                ch.running()
+                self.pool.submit(ch)
 
-    def _thread(self) -> None:
-        app: Any = None
-        while (ch := self.tasks.get()) is not None:
-            request = ch.request
-            assert request is not None
-            keep = self.alive and ch.keeps
-            try:
-                app = app or self.wsgi
-                reply = task.run(app, request, keep, self.cfg, self.log, self)
-            except Exception:   # noqa: BLE001 - never lose the completion
-                self.log.exception("unexpected error serving a request")
-                reply = task.Reply(data=error_reply(500, "internal error in imapd-ctl"), keep=False)
-            self.done.put((ch, reply))
-            try:
-                os.write(self.waker_w, b"\0")
-            except BlockingIOError:
-                pass   # the pipe is full: the loop is being woken anyway
+    def _serve(self, ch: Channel) -> task.Reply:
+        """In a thread: the reply to `ch`'s whole request."""
+        assert ch.request is not None
+        try:
+            return task.run(self.wsgi, ch.request, self.alive and ch.keeps, self.cfg, self.log, self)
+        except Exception:   # noqa: BLE001 - never lose the completion
+            self.log.exception("unexpected error serving a request")
+            return task.Reply(data=error_reply(500, "internal error in imapd-ctl"), keep=False)
 
     def _finished(self) -> None:
-        try:
-            os.read(self.waker_r, 4096)
-        except BlockingIOError:
-            pass
-        while True:
-            try:
-                ch, reply = self.done.get_nowait()
-            except queue.Empty:
-                return
-            self.busy -= 1
+        for ch, reply in self.pool.finished():
             self.nr += 1
             if self.nr >= self.max_requests and self.alive:
                 self.log.info("Autorestarting worker after current request.")
                 self.alive = False
-            keep = reply.keep and self.alive
-            self._step(ch, functools.partial(ch.reply, reply.data, keep))
+            self._step(ch, functools.partial(ch.reply, reply.data, reply.keep and self.alive))
 
     def _drain(self) -> None:
         """Stopping: no new connections; those accepted are still served (a client that
@@ -297,7 +261,4 @@ class Worker(BaseWorker):
         while self.channels:
             self._beat()
             self._turn()
-        for _ in self.threads:
-            self.tasks.put(None)
-        for t in self.threads:
-            t.join(5)
+        self.pool.stop()

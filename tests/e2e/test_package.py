@@ -29,7 +29,9 @@ from pathlib import Path
 
 import pytest
 
+from attacks import assert_isrunning_holds
 from bodies import assert_bounded, assert_odd_paths_answer_the_envelope
+from imapd_ctl.server.worker import CONNECTIONS
 import rootfs
 from mailhost import MailHost, machine_ready
 
@@ -321,6 +323,13 @@ def test_bodies_are_bounded_and_odd_paths_enveloped_on_debian_modules(pkg):
     figures = assert_bounded(pkg.host, SOCK, pkg.key, workers)
     print(f"\nDebian 12 modules: 512 MiB bodies: {figures}")
     assert_odd_paths_answer_the_envelope(pkg.host, SOCK, pkg.key)
+    assert pkg.call("isRunning") == (0, True)
+
+
+def test_isrunning_holds_with_every_attack_at_once_on_debian_modules(pkg):
+    """The serving model on Debian's gunicorn and Werkzeug, one worker (attacks.py)."""
+    figures = assert_isrunning_holds(pkg.host, SOCK, pkg.key, flood=CONNECTIONS + 200)
+    print(f"\n.deb: every attack at once past the connection limit: {figures}")
     assert pkg.call("isRunning") == (0, True)
 
 

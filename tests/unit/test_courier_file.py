@@ -15,7 +15,7 @@ from imapd_ctl.adapters.flavours.courier import Courier, edit, kib, managed_line
 from imapd_ctl.adapters.flavours.dovecot import Dovecot
 from imapd_ctl.core.protocols import Applied
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.transports import prose
+from imapd_ctl.operations import prose
 import fakes
 
 # Excerpts of Debian 12's /etc/courier/imapd and imapd-ssl (courier-imap 5.0.13), as shipped.

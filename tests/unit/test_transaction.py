@@ -19,7 +19,7 @@ from imapd_ctl.entry.wiring import build
 from imapd_ctl.operations.outcomes import (
     ChangeFailed, ChangeOutcome, ChangeRefused, ChangeUnreachable, Recovery, RecoveryFailed, RecoveryUnreachable,
     Rollback)
-from imapd_ctl.transports import prose
+from imapd_ctl.operations import prose
 
 RELOADED = Applied(reloaded=("fake-imapd.service",))
 
@@ -179,7 +179,7 @@ def test_validate_failure_leaves_every_file_untouched(env):
     st = os.stat(env.main)
     with pytest.raises(ConfigInvalid) as ei:
         change(env, values(imap_max_connections=99, imap_secure_max_connections=7))
-    assert "bad vsz_limit" in ei.value.message
+    assert "bad vsz_limit" in prose.message(ei.value)
     assert read_bytes_or_none(env.main) == env.old_main    # byte for byte
     assert os.stat(env.main).st_ino == st.st_ino            # not even rewritten
     assert not os.path.exists(env.secure)                   # absent file stays absent
@@ -212,9 +212,9 @@ def test_apply_failure_restores_old_files_and_applies_them_again(env):
     assert ei.value.rollback == Rollback(files=(env.main, env.secure), restored=(env.main, env.secure),
                                          reapplied=RELOADED, flavour="fake")
     assert ei.value.rollback.journal_kept is False
-    assert "reload of fake-imapd.service failed: boom" in ei.value.message
-    assert "restored" in ei.value.message
-    assert env.main in ei.value.message and env.secure in ei.value.message
+    assert "reload of fake-imapd.service failed: boom" in prose.message(ei.value)
+    assert "restored" in prose.message(ei.value)
+    assert env.main in prose.message(ei.value) and env.secure in prose.message(ei.value)
     assert_rolled_back(env)
     assert [e[0] for e in env.flavour.events] == ["validate", "apply", "apply"]
     # the first apply saw the new files, the re-apply saw the restored old ones
@@ -236,8 +236,8 @@ def test_verify_failure_restores_old_files_and_applies_them_again(env, error, re
     assert rollback.restored == (env.main, env.secure) and rollback.already_held == ()
     assert rollback.reapplied == RELOADED and rollback.reapply_error is None
     assert rollback.journal_kept is False
-    assert reason in ei.value.message
-    assert "restored" in ei.value.message
+    assert reason in prose.message(ei.value)
+    assert "restored" in prose.message(ei.value)
     assert ei.value.status == 500
     assert_rolled_back(env)
     assert [e[0] for e in env.flavour.events] == ["validate", "apply", "verify", "apply"]
@@ -253,8 +253,8 @@ def test_unavailable_from_apply_keeps_status_503_after_rollback(env):
     assert type(ei.value) is ChangeUnreachable and isinstance(ei.value, ChangeFailed)
     assert ei.value.cause is gone
     assert ei.value.rollback.reapplied == RELOADED and ei.value.rollback.journal_kept is False
-    assert "cannot reach systemd over D-Bus" in ei.value.message
-    assert "restored" in ei.value.message
+    assert "cannot reach systemd over D-Bus" in prose.message(ei.value)
+    assert "restored" in prose.message(ei.value)
     assert_rolled_back(env)
     assert env.flavour.count("apply") == 2
 
@@ -268,7 +268,7 @@ def test_reapply_failing_too_is_reported_and_files_are_still_restored(env):
     assert ei.value.rollback.reapply_error is second and ei.value.rollback.reapplied is None
     assert ei.value.rollback.restored == (env.main, env.secure)
     assert ei.value.rollback.journal_kept is False
-    msg = ei.value.message
+    msg = prose.message(ei.value)
     assert "reload failed: first" in msg and "reload failed: second" in msg
     assert "restored" in msg and "failed too" in msg
     assert_rolled_back(env)
@@ -289,7 +289,7 @@ def test_write_failure_part_way_restores_the_files_already_written(tmp_path):
     assert ei.value.rollback.restored == (flavour.main,)
     assert ei.value.rollback.already_held == (flavour.secure,)
     assert ei.value.rollback.reapplied == RELOADED
-    assert "cannot write" in ei.value.message and "restored" in ei.value.message
+    assert "cannot write" in prose.message(ei.value) and "restored" in prose.message(ei.value)
     assert read_bytes_or_none(flavour.main) == old_main
     assert journal.pending() is None
     # never applied the half-written config; applied the restored one once
@@ -323,7 +323,7 @@ def test_recover_undoes_an_interrupted_change(env, step):
     assert done == Recovery("deadbeef0001", "update", step, Rollback(
         files=(env.main, env.secure), restored=(env.main, env.secure), reapplied=RELOADED, flavour="fake"))
     assert done.completed is False and done.rollback.journal_kept is False
-    msg = str(done)
+    msg = prose.text(done)
     assert f"'{step}'" in msg and "deadbeef0001" in msg and "restored" in msg
     assert_rolled_back(env)                                  # new file removed, old bytes back
     assert [e[0] for e in env.flavour.events] == ["apply"]  # re-applied the old config once
@@ -335,7 +335,7 @@ def test_recover_after_verified_only_clears_the_journal(env):
     new = interrupt(env, "verified")
     done = transaction.recover(env.flavour, env.systemd, env.journal)
     assert done == Recovery("deadbeef0001", "update", "verified", rollback=None) and done.completed
-    msg = str(done)
+    msg = prose.text(done)
     assert msg is not None and "verified" in msg and "deadbeef0001" in msg
     assert env.journal.pending() is None
     assert env.flavour.live() == new                         # the new files stay
@@ -353,7 +353,7 @@ def test_recover_when_reapply_fails_still_restores_and_clears(env):
     failed = env.flavour.apply_errors[1] = ActionFailed("reload of fake-imapd.service failed")
     done = transaction.recover(env.flavour, env.systemd, env.journal)
     assert done.rollback.reapply_error is failed and done.rollback.journal_kept is False
-    msg = str(done)
+    msg = prose.text(done)
     assert "'written'" in msg and "failed too" in msg and "reload of fake-imapd.service failed" in msg
     assert_rolled_back(env)
 
@@ -370,7 +370,7 @@ def test_recover_when_systemd_is_unreachable_restores_but_keeps_the_journal(env)
     rollback = ei.value.recovery.rollback
     assert rollback.unreachable is gone and rollback.journal_kept is True and rollback.kept_by is gone
     assert rollback.restored == (env.main, env.secure) and ei.value.recovery.step == "applied"
-    msg = ei.value.message
+    msg = prose.message(ei.value)
     assert "'applied'" in msg and "could not be re-applied yet" in msg and "cannot reach systemd" in msg
     assert read_bytes_or_none(env.main) == env.old_main and not os.path.exists(env.secure)
     assert env.journal.pending().step == "applied"
@@ -378,7 +378,7 @@ def test_recover_when_systemd_is_unreachable_restores_but_keeps_the_journal(env)
     done = transaction.recover(env.flavour, env.systemd, env.journal)
     assert done.rollback.restored == () and done.rollback.already_held == (env.main, env.secure)
     assert done.rollback.reapplied == RELOADED
-    msg = str(done)
+    msg = prose.text(done)
     assert "already held the previous contents" in msg and "re-applied" in msg
     assert_rolled_back(env)
     assert env.flavour.count("apply") == 2
@@ -497,7 +497,7 @@ def test_crash_point_kills_the_process_right_after_the_journal_records_the_step(
     # what the next start (or the next mutating call) does with it
     monkeypatch.delenv(transaction.CRASH_ENV)
     done = transaction.recover(env.flavour, env.systemd, env.journal)
-    msg = str(done)
+    msg = prose.text(done)
     assert env.journal.pending() is None
     if step == "verified":
         assert "completed" in msg and env.flavour.live() == new
@@ -525,7 +525,7 @@ def test_systemd_unreachable_refuses_before_the_journal_or_the_files(env):
     with pytest.raises(Unavailable) as ei:
         transaction.change(env.flavour, CHANGE_BOTH, systemd=systemd, journal=env.journal)
     assert type(ei.value) is Unavailable                  # the pre-check's own error: no rollback
-    assert ei.value.status == 503 and "rolled back" not in ei.value.message
+    assert ei.value.status == 503 and "rolled back" not in prose.message(ei.value)
     assert os.stat(env.main).st_ino == st.st_ino and read_bytes_or_none(env.main) == env.old_main
     assert not os.path.exists(env.secure)
     assert env.journal.pending() is None
@@ -543,8 +543,8 @@ def test_journal_that_cannot_be_written_refuses_the_change(env, monkeypatch):
         change(env, CHANGE_BOTH)
     assert type(ei.value) is ChangeRefused and ei.value.status == 500
     assert ei.value.cause.message == f"cannot write {env.journal.path}: No space left on device"
-    assert "No space left on device" in ei.value.message
-    assert "refused before touching the live configuration" in ei.value.message
+    assert "No space left on device" in prose.message(ei.value)
+    assert "refused before touching the live configuration" in prose.message(ei.value)
     assert os.stat(env.main).st_ino == st.st_ino and read_bytes_or_none(env.main) == env.old_main
     assert not os.path.exists(env.secure)
     assert [e[0] for e in env.flavour.events] == ["validate"]
@@ -560,8 +560,8 @@ def test_write_failure_before_any_file_changed_is_not_reapplied(env, monkeypatch
         change(env, values(imap_max_connections=99))
     assert ei.value.rollback == Rollback(files=(env.main,), modified=False, flavour="fake")
     assert ei.value.rollback.journal_kept is False
-    assert "No space left on device" in ei.value.message
-    assert "rolled back: the live configuration had not been modified" in ei.value.message
+    assert "No space left on device" in prose.message(ei.value)
+    assert "rolled back: the live configuration had not been modified" in prose.message(ei.value)
     assert_rolled_back(env)
     assert [e[0] for e in env.flavour.events] == ["validate"]      # no reload of an unchanged config
 
@@ -583,7 +583,7 @@ def test_a_change_that_stops_a_serving_unit_is_rolled_back_and_the_unit_started(
     assert ei.value.rollback.started == ("fake-imapd.service",) and ei.value.rollback.start_error is None
     assert env.flavour.applies[0][1] == ["fake-imapd.service"]   # apply was told what served
     assert env.flavour.applies[1][1] == ["fake-imapd.service"]   # and so was the undo's re-apply
-    msg = ei.value.message
+    msg = prose.message(ei.value)
     assert "fake-imapd.service was running before the change and is failed after applying it" in msg
     assert "rolled back" in msg and "fake-imapd.service had stopped and was started again" in msg
     assert_rolled_back(env)
@@ -599,7 +599,7 @@ def test_recovery_starts_a_unit_that_served_before_the_crash(env):
     systemd = FakeSystemd({"fake-imapd.service": "failed"})
     done = transaction.recover(env.flavour, systemd, env.journal)
     assert done.rollback.started == ("fake-imapd.service",)
-    msg = str(done)
+    msg = prose.text(done)
     assert "'applied'" in msg and "was started again" in msg
     assert_rolled_back(env)
     assert {u for u, state in systemd.states.items() if state == "active"} == {"fake-imapd.service"}
@@ -615,10 +615,10 @@ def test_restore_that_cannot_write_keeps_the_journal_for_the_next_recovery(env, 
     assert type(ei.value) is RecoveryFailed and ei.value.status == 500
     assert isinstance(ei.value.recovery.rollback.restore_error, ConfigWriteError)
     assert ei.value.recovery.rollback.journal_kept is True
-    assert "could NOT be rolled back yet" in ei.value.message and "No space left on device" in ei.value.message
+    assert "could NOT be rolled back yet" in prose.message(ei.value) and "No space left on device" in prose.message(ei.value)
     assert env.journal.pending() is not None
     monkeypatch.setattr(env.journal, "restore", real)
-    assert "rolled back" in str(transaction.recover(env.flavour, env.systemd, env.journal))
+    assert "rolled back" in prose.text(transaction.recover(env.flavour, env.systemd, env.journal))
     assert_rolled_back(env)
 
 
@@ -629,7 +629,7 @@ def test_systemd_lost_during_the_change_keeps_the_journal_until_it_can_reapply(e
     with pytest.raises(Unavailable) as ei:
         change(env, CHANGE_BOTH)
     assert ei.value.rollback.journal_kept is True and ei.value.rollback.unreachable is not None
-    assert ei.value.status == 503 and "could not be re-applied yet" in ei.value.message
+    assert ei.value.status == 503 and "could not be re-applied yet" in prose.message(ei.value)
     assert read_bytes_or_none(env.main) == env.old_main and not os.path.exists(env.secure)
     assert env.journal.pending() is not None
     # the next mutating call re-applies the restored files first, then does its own work
@@ -638,7 +638,7 @@ def test_systemd_lost_during_the_change_keeps_the_journal_until_it_can_reapply(e
     assert env.flavour.count("apply") == 3 and ("stop", "fake-imapd.service") in env.systemd.calls
 
 
-# --- prose: the sentences made from the structures (transports/prose.py) --------------------------
+# --- prose: the sentences made from the structures (operations/prose.py) --------------------------
 
 A, B = "/etc/courier/imapd", "/etc/courier/imapd-ssl"
 BOTH_UNITS = ("courier-imap.service", "courier-imap-ssl.service")
@@ -705,20 +705,21 @@ def test_prose_of_errors_and_recoveries():
     rolled = Rollback(files=(A,), restored=(A,), reapplied=Applied(reloaded=("dovecot.service",)))
     failed = ChangeFailed.of(boom, rolled)
     assert type(failed) is ChangeFailed and failed.status == 500
-    assert prose.message(failed) == failed.message == str(failed) == (
+    assert prose.message(failed) == (
         f"reload of dovecot.service failed: boom; the change was rolled back: the previous configuration was "
         f"restored ({A}) and re-applied (reloaded dovecot.service)")
-    assert prose.payload_of(failed) == failed.message
+    assert prose.payload_of(failed) == prose.message(failed)
+    assert failed.message == "ChangeFailed"       # no words below the edge
     bug = ChangeFailed.of(RuntimeError("socket vanished"), rolled)
-    assert bug.message.startswith("RuntimeError: socket vanished; the change was rolled back")
+    assert prose.message(bug).startswith("RuntimeError: socket vanished; the change was rolled back")
     gone = ChangeFailed.of(Unavailable("systemd is unreachable"), rolled)
     assert type(gone) is ChangeUnreachable and gone.status == 503 and isinstance(gone, Unavailable)
     refused = ChangeRefused(ConfigWriteError("cannot write /var/lib/imapd-ctl/journal.json: No space left on device"))
-    assert refused.status == 500 and refused.message == (
+    assert refused.status == 500 and prose.message(refused) == (
         "cannot write /var/lib/imapd-ctl/journal.json: No space left on device; the change was refused before "
         "touching the live configuration (the journal that makes it undoable could not be written)")
     verified = Recovery("0123456789ab", "update", "verified", None)
-    assert str(verified) == ("change 0123456789ab (update) had been verified before the crash; completed it "
+    assert prose.text(verified) == ("change 0123456789ab (update) had been verified before the crash; completed it "
                              "(the new configuration stays)")
     undone = Recovery("0123456789ab", "update", "written", rolled)
     assert prose.render(undone) == (f"change 0123456789ab (update) was interrupted at step 'written'; the change "
@@ -728,7 +729,7 @@ def test_prose_of_errors_and_recoveries():
                     Rollback(files=(A,), already_held=(A,), unreachable=Unavailable("bus gone")))
     stuck = RecoveryFailed.of(kept)
     assert type(stuck) is RecoveryUnreachable and stuck.status == 503
-    assert stuck.message == (f"recovery: change 0123456789ab (update) was interrupted at step 'applied'; the change "
+    assert prose.message(stuck) == (f"recovery: change 0123456789ab (update) was interrupted at step 'applied'; the change "
                              f"was rolled back: the live configuration already held the previous contents ({A}) but "
                              f"could not be re-applied yet: bus gone; {LATER}")
     disk = RecoveryFailed.of(Recovery("x", "update", "written",
@@ -740,7 +741,7 @@ def test_journal_begin_while_a_change_is_pending_is_a_typed_error(env):
     interrupt(env, "written")
     with pytest.raises(JournalPending) as ei:
         change(env, none_request(imap_max_connections=12))
-    assert ei.value.status == 500 and env.journal.path in ei.value.message
+    assert ei.value.status == 500 and env.journal.path in prose.message(ei.value)
     assert env.journal.pending().txn_id == "deadbeef0001"
 
 

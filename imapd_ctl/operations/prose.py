@@ -17,7 +17,7 @@ from imapd_ctl.core.capacity import Capacity, PortLoad, Signal
 from imapd_ctl.core.errors import ApiError
 from imapd_ctl.core.protocols import Applied
 from imapd_ctl.operations.outcomes import (
-    ChangeFailed, ChangeOutcome, ChangeRefused, Recovery, RecoveryFailed, Rollback, use_words)
+    ChangeFailed, ChangeOutcome, ChangeRefused, Recovery, RecoveryFailed, Rollback)
 
 LATER = ("it stays journaled and is finished by the next change or service action, or when "
          "imapd-ctl starts")
@@ -190,6 +190,3 @@ def payload_of(result: Any) -> Any:
         return render(result.payload) if result.payload is not None else message(result)
     return render(result)
 
-
-# The operations' str() of outcomes and .message of structured errors speak these words.
-use_words(text)
