@@ -5,10 +5,10 @@ import json
 import pytest
 from fakes import FakeSystemd
 
-from imapd_ctl.adapters.flavours import dovecot_status
+from imapd_ctl.adapters.flavours.dovecot import status as dovecot_status
 from imapd_ctl.adapters.flavours.dovecot import Dovecot
 from imapd_ctl.adapters.flavours.courier import tcpd
-from imapd_ctl.adapters.flavours.dovecot_status import StatusError
+from imapd_ctl.adapters.flavours.dovecot.status import StatusError
 from imapd_ctl.core.errors import ActionFailed
 from imapd_ctl.core.settings import Settings
 

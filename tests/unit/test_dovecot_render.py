@@ -250,7 +250,7 @@ def test_apply_reloads_a_running_dovecot_and_leaves_a_stopped_one(tmp_path):
 
 def test_verify_waits_for_the_running_limit_and_gives_up_when_dovecot_dies(tmp_path, monkeypatch):
     from fakes import FakeSystemd
-    from imapd_ctl.adapters.flavours import dovecot as dovecot_mod
+    from imapd_ctl.adapters.flavours.dovecot import flavour as dovecot_mod
     from imapd_ctl.core.errors import ActionFailed
     from imapd_ctl.core.protocols import Applied
     flavour = dovecot(tmp_path)

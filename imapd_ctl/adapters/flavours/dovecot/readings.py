@@ -8,7 +8,7 @@ stdout is a file that already has content).
   unset     service vsz_limit: 2.3 `18446744073709551615 B`, 2.4 an empty line; service
             process_limit: 2.3 `0`, 2.4 an empty line (both mean: the default_* setting applies)
   protocols 2.3 ` imap pop3` (names); 2.4 one `NAME = yes|no` line per protocol
-(`doveadm -f json service status`, the same on both, is read by ..dovecot_status.)
+(`doveadm -f json service status`, the same on both, is read by .status.)
 """
 from __future__ import annotations
 
