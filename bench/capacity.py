@@ -18,7 +18,7 @@ import sys
 
 from common import dovecot_daemon, latency, shell_latency
 
-from imapd_ctl.entry import client
+from imapd_ctl.cli import client
 
 SHELL = ("doveadm service status imap imap-login >/dev/null && "
          "ss -Htn state established '( sport = :143 or sport = :993 )' | wc -l")

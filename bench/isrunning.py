@@ -25,7 +25,7 @@ import time
 from common import dovecot_daemon, latency, shell_latency
 from daemon import UNIT
 
-from imapd_ctl.entry import client
+from imapd_ctl.cli import client
 
 SHELL = "systemctl is-active dovecot >/dev/null && ss -Hltn 'sport = :143'"
 

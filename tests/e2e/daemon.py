@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imapd_ctl.core.actions import CONTROLLER
-from imapd_ctl.entry import client
+from imapd_ctl.cli import client
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,7 +107,7 @@ def install_project(host) -> None:
     else:
         launcher = ("#!/usr/bin/python3\nimport sys\nsys.dont_write_bytecode = True\n"
                     f"sys.path.insert(0, {str(REPO)!r})\n"
-                    "from imapd_ctl.entry.cli import main\nsys.exit(main())\n")
+                    "from imapd_ctl.cli.main import main\nsys.exit(main())\n")
     host.write_file(IMAPD_CTL, launcher, mode=0o755)
 
 

@@ -24,7 +24,7 @@ from imapd_ctl.adapters.journal import Journal
 from imapd_ctl.adapters.flavours.courier import PLAIN, SSL, edit, kib, textual
 from imapd_ctl.adapters.flavours.dovecot import Dovecot, mapped, parse_size
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.entry import client
+from imapd_ctl.cli import client
 
 STATE = "/var/lib/imapd-ctl"
 JOURNAL = f"{STATE}/{Journal.FILENAME}"

@@ -111,7 +111,7 @@ def test_permission_denied_names_the_group(daemon, mailhost):
 
 
 def test_call_reaches_each_controller_of_the_table(daemon):
-    from imapd_ctl.entry.calls import controllers
+    from imapd_ctl.cli.calls import controllers
     paths = controllers()
     if "simap" not in paths:
         pytest.skip("this build's action table serves only /nodeworx/mail/imap (the simap branch adds simap)")

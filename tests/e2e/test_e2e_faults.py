@@ -198,7 +198,7 @@ def test_recovery_during_a_dbus_outage_keeps_the_journal_until_the_bus_returns(p
     while not (new := daemon_pids(host)[1] - workers):
         assert time.monotonic() < deadline, "no replacement worker"
         time.sleep(0.1)
-    ready = f"[{new.pop()}] INFO imapd_ctl.entry.wiring: worker ready"
+    ready = f"[{new.pop()}] INFO imapd_ctl.daemon.wiring: worker ready"
     assert ready in wait_log(host, ready, timeout=30)
     with bus_down(host):
         # The surviving worker restores the files but cannot reload or restart the server: the

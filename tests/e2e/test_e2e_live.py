@@ -22,7 +22,7 @@ from conftest import booted_host
 from daemon import launch
 from probes import bus_down
 
-from imapd_ctl.entry import client
+from imapd_ctl.cli import client
 
 CALL_BOUND = 2.0           # seconds; the "each within 2 s"
 LONG_CONFIG = "job_timeout = 180.0\nlock_timeout = 10.0\nlisten_timeout = 15.0\n"

@@ -91,7 +91,7 @@ def test_deb_is_reproducible_and_uses_debian_python(tmp_path):
                 "python3-prometheus-client", "python3-defusedxml"):
         assert pkg in depends
     files = subprocess.run(["dpkg-deb", "-c", str(a)], capture_output=True, text=True, check=True).stdout
-    for path in ("./usr/bin/imapd-ctl", "./usr/lib/python3/dist-packages/imapd_ctl/entry/serve.py",
+    for path in ("./usr/bin/imapd-ctl", "./usr/lib/python3/dist-packages/imapd_ctl/daemon/serve.py",
                  "./etc/imapd-ctl/imapd-ctl.toml", "./lib/systemd/system/imapd-ctl.service",
                  "./lib/systemd/system/imapd-ctl.socket", "./etc/logrotate.d/imapd-ctl"):
         assert path in files
@@ -147,7 +147,7 @@ def test_rpm_spec(tmp_path):
                  "/usr/lib/systemd/system/imapd-ctl.socket", "/var/lib/imapd-ctl", "/etc/imapd-ctl/nodes",
                  "/usr/share/polkit-1/rules.d/50-imapd-ctl.rules", "/usr/lib/sysusers.d/imapd-ctl.conf",
                  "/usr/lib/systemd/system/imapd-ctl-enable@.service", "/usr/libexec/imapd-ctl/own-config-files",
-                 "/usr/lib/python3.11/site-packages/imapd_ctl/entry/serve.py"):
+                 "/usr/lib/python3.11/site-packages/imapd_ctl/daemon/serve.py"):
         assert path in listing
     # The man page (compressed by rpmbuild) and the completion, where Fedora/RHEL look.
     assert any(p.startswith("/usr/share/man/man8/imapd-ctl.8") for p in listing), listing

@@ -10,7 +10,7 @@ from imapd_ctl.adapters import ports
 from imapd_ctl.adapters.keys import KeyStore
 from imapd_ctl.core.actions import CONTROLLER
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.entry import wiring
+from imapd_ctl.daemon import wiring
 from imapd_ctl.transports.app import create_app
 
 UNIT = FakeFlavour.primary_unit

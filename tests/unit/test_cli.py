@@ -1,4 +1,4 @@
-"""The `imapd-ctl` command (imapd_ctl.entry.cli) without root or a mail host: argument
+"""The `imapd-ctl` command (imapd_ctl.cli.main) without root or a mail host: argument
 parsing, key management on a scratch key store, `call` against a tiny server on a unix socket,
 `check` and `recover` on the fakes of fakes.py (conftest.py's fake_wiring patches wiring.build)."""
 import io
@@ -14,7 +14,8 @@ import pytest
 from imapd_ctl.core.errors import Busy, Unavailable
 from imapd_ctl.core.protocols import Check
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.entry import cli, commands, recovery
+from imapd_ctl.cli import main as cli, commands
+from imapd_ctl.daemon import recovery
 
 
 @pytest.fixture

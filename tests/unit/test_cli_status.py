@@ -13,7 +13,7 @@ from imapd_ctl.adapters import hostinfo
 from imapd_ctl.adapters.cluster import Cluster
 from imapd_ctl.core.actions import CONTROLLER
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.entry import cli, show, status, statusview
+from imapd_ctl.cli import main as cli, show, status, statusview
 
 
 class _App(BaseHTTPRequestHandler):

@@ -8,7 +8,8 @@ import subprocess
 import pytest
 
 from imapd_ctl.core.actions import ACTIONS
-from imapd_ctl.entry import access, cli, docgen
+from imapd_ctl.cli import access, main as cli
+from tools import docgen
 
 
 def _commands(parser, prefix=()):

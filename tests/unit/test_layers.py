@@ -1,5 +1,5 @@
-"""The folder tree is the architecture: calls flow entry -> server -> transports -> operations ->
-core and the host adapters, never back. Each module's imports of imapd_ctl, read from its source."""
+"""The folder tree is the architecture: calls flow cli -> daemon -> server -> transports ->
+operations -> core and the host adapters, never back. Each module's imports of imapd_ctl, read from its source."""
 import ast
 from pathlib import Path
 
@@ -14,7 +14,8 @@ ALLOWED = {
     "operations": {"core", "adapters"},
     "transports": {"core", "operations"},
     "server": {"core", "transports"},
-    "entry": {"core", "adapters", "operations", "transports", "server"},
+    "daemon": {"core", "adapters", "operations", "transports", "server"},
+    "cli": {"core", "adapters", "operations", "daemon"},
 }
 
 

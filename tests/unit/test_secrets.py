@@ -1,13 +1,13 @@
 """Secrets apart from settings: peer keys in key files (or inline in a private settings file),
 every file holding secrets owner-only, or `serve` refuses to start with exit 78 naming the
-file and the mode to set (adapters/secrets.py, entry/serve.py)."""
+file and the mode to set (adapters/secrets.py, daemon/serve.py)."""
 import os
 
 import pytest
 
 from imapd_ctl.adapters import secrets
 from imapd_ctl.core import settings
-from imapd_ctl.entry import serve
+from imapd_ctl.daemon import serve
 
 NODE = '[[nodes]]\nid = "node2"\nurl = "https://198.18.0.2:8443"\nca = "/etc/imapd-ctl/ca.pem"\n'
 

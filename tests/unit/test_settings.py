@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from imapd_ctl.entry import serve
+from imapd_ctl.daemon import serve
 from imapd_ctl.server import listeners
 from imapd_ctl.core import settings
 

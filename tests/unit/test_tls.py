@@ -1,4 +1,4 @@
-"""`imapd-ctl tls selfsigned|fingerprint` (imapd_ctl.adapters.tls through imapd_ctl.entry.cli):
+"""`imapd-ctl tls selfsigned|fingerprint` (imapd_ctl.adapters.tls through imapd_ctl.cli.main):
 the pair openssl makes, its modes, what it is a certificate for, the fingerprint as openssl
 prints it, and refusals that leave nothing behind."""
 import os
@@ -10,7 +10,7 @@ import pytest
 
 from imapd_ctl.adapters import tls
 from imapd_ctl.core.errors import BadInput
-from imapd_ctl.entry import cli
+from imapd_ctl.cli import main as cli
 
 
 @pytest.fixture

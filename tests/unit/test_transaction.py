@@ -15,7 +15,7 @@ from imapd_ctl.core.errors import ActionFailed, ApiError, Busy, ConfigInvalid, C
 from imapd_ctl.core.protocols import Applied
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.operations import transaction
-from imapd_ctl.entry.wiring import build
+from imapd_ctl.daemon.wiring import build
 from imapd_ctl.operations.outcomes import (
     ChangeFailed, ChangeOutcome, ChangeRefused, ChangeUnreachable, Recovery, RecoveryFailed, RecoveryUnreachable,
     Rollback)

@@ -13,8 +13,8 @@ from imapd_ctl.core import actions
 from imapd_ctl.core.actions import ACTIONS, CONTROLLER
 from imapd_ctl.core.errors import ApiError
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.entry import client
-from imapd_ctl.entry.access import Refusal, USAGE, unreachable
+from imapd_ctl.cli import client
+from imapd_ctl.cli.access import Refusal, USAGE, unreachable
 
 CONTROLLER_BASE = CONTROLLER.rsplit("/", 1)[0]      # /nodeworx/mail
 

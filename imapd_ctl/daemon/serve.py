@@ -26,7 +26,7 @@ from gunicorn.app.base import BaseApplication
 from imapd_ctl.adapters import metrics, secrets
 from imapd_ctl.adapters.flavours import validation
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.entry.recovery import recover_in_child
+from imapd_ctl.daemon.recovery import recover_in_child
 from imapd_ctl.server import worker
 from imapd_ctl.server.listeners import activation_binds, check_binds, inherited_sockets
 
@@ -70,7 +70,7 @@ class _Gunicorn(BaseApplication):
 
     def load(self) -> Flask:  # type: ignore[override]  # Flask is a WSGI app; its __call__ is typed differently
         # In each worker, after fork: the graph is built here and opens D-Bus on first use.
-        from imapd_ctl.entry import wiring
+        from imapd_ctl.daemon import wiring
         from imapd_ctl.transports.app import create_app
         from imapd_ctl.transports.http import key_gate
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,

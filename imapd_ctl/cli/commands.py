@@ -12,7 +12,7 @@ from imapd_ctl.adapters.cluster import Cluster
 from imapd_ctl.core import settings as settings_mod
 from imapd_ctl.core.actions import ACTIONS, lookup
 from imapd_ctl.core.errors import ApiError
-from imapd_ctl.entry import access, calls
+from imapd_ctl.cli import access, calls
 
 
 def _parse_pairs(pairs: list[str]) -> dict[str, str]:
@@ -27,13 +27,13 @@ def _parse_pairs(pairs: list[str]) -> dict[str, str]:
 
 def _session(args: argparse.Namespace) -> tuple[settings_mod.Settings, str, Cluster]:
     """The settings, the daemon's socket and the cluster registry for call/status."""
-    from imapd_ctl.entry import wiring
+    from imapd_ctl.daemon import wiring
     s = access.load_settings(args.config)
     return s, args.socket or s.socket, wiring.build(s).cluster
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    from imapd_ctl.entry import show
+    from imapd_ctl.cli import show
     paths = calls.controllers()
     controller = paths[args.controller]
     inputs = _parse_pairs(args.inputs)
@@ -63,7 +63,8 @@ def cmd_call(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from imapd_ctl.entry import show, status, statusview, wiring
+    from imapd_ctl.cli import show, status, statusview
+    from imapd_ctl.daemon import wiring
     s, sock, cluster = _session(args)
     if args.key is not None:
         access.read_key(args)        # refuses --key before anything is asked

@@ -15,9 +15,9 @@ from imapd_ctl.adapters import hostinfo
 from imapd_ctl.core.errors import ApiError
 from imapd_ctl.operations import prose
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.entry import client
-from imapd_ctl.entry.access import OK, FAILED, Refusal, unreachable
-from imapd_ctl.entry.calls import Answer, Caller, fan_out, has_action
+from imapd_ctl.cli import client
+from imapd_ctl.cli.access import OK, FAILED, Refusal, unreachable
+from imapd_ctl.cli.calls import Answer, Caller, fan_out, has_action
 
 CAPACITY = "queryCapacity"
 

@@ -38,7 +38,7 @@ class RecoveryReport:
 
 def recover(settings: Settings) -> RecoveryReport:
     """Recover in this process (it opens D-Bus)."""
-    from imapd_ctl.entry import wiring
+    from imapd_ctl.daemon import wiring
     try:
         what = wiring.build(settings).controller.recover()
     except ApiError as exc:

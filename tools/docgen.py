@@ -1,7 +1,7 @@
 """The man page imapd-ctl(8) and the bash and zsh completion, made at build time from the
 argument parser (entry.cli) and the action table (core.actions):
 
-    python3 -m imapd_ctl.entry.docgen OUTDIR [VERSION]
+    python3 -m tools.docgen OUTDIR [VERSION]
         -> OUTDIR/imapd-ctl.8, OUTDIR/imapd-ctl.bash, OUTDIR/_imapd-ctl (zsh)
 
 The parser's part of the page is argparse-manpage's, the completion is shtab's (Debian:
@@ -20,8 +20,8 @@ from typing import Any
 
 from imapd_ctl.core.actions import ACTIONS, Action
 from imapd_ctl.core.settings import DEFAULT_PATH
-from imapd_ctl.entry import access, cli
-from imapd_ctl.entry.calls import controllers
+from imapd_ctl.cli import access, main as cli
+from imapd_ctl.cli.calls import controllers
 
 SUMMARY = "control the mail host's IMAP server (InterWorx NodeWorx API compatible)"
 
@@ -156,6 +156,6 @@ def write(outdir: str, version: str = "") -> list[Path]:
 
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 3):
-        sys.exit("usage: python3 -m imapd_ctl.entry.docgen OUTDIR [VERSION]")
+        sys.exit("usage: python3 -m tools.docgen OUTDIR [VERSION]")
     for path in write(sys.argv[1], sys.argv[2] if len(sys.argv) == 3 else ""):
         print(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imapd_ctl.entry.show import PLAIN, Style, payload_text, scalar, table
+from imapd_ctl.cli.show import PLAIN, Style, payload_text, scalar, table
 
 _IN_USE = ("in_use", "connections", "used", "process_count", "children")
 _LIMIT = ("limit", "process_limit", "max_connections", "maxdaemons")

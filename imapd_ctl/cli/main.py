@@ -11,7 +11,7 @@ from imapd_ctl.core.actions import PERMISSION
 from imapd_ctl.core.errors import ApiError
 from imapd_ctl.operations import prose
 from imapd_ctl.core.protocols import Check
-from imapd_ctl.entry import access, commands
+from imapd_ctl.cli import access, commands
 
 
 def _settings(args: argparse.Namespace) -> settings_mod.Settings:
@@ -19,13 +19,13 @@ def _settings(args: argparse.Namespace) -> settings_mod.Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from imapd_ctl.entry import serve
+    from imapd_ctl.daemon import serve
     serve.run(_settings(args))
     return 0
 
 
 def cmd_key(args: argparse.Namespace) -> int:
-    from imapd_ctl.entry import wiring
+    from imapd_ctl.daemon import wiring
     store = wiring.build(_settings(args)).keys
     try:
         if args.key_cmd == "create":
@@ -73,7 +73,7 @@ def _key_to_import(args: argparse.Namespace) -> str | None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from imapd_ctl.entry import wiring
+    from imapd_ctl.daemon import wiring
     s = _settings(args)
     ok = True
 
@@ -109,7 +109,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from imapd_ctl.entry import wiring
+    from imapd_ctl.daemon import wiring
     s = _settings(args)
     cluster = wiring.build(s).cluster
     if args.node_cmd == "list":
@@ -164,7 +164,7 @@ def cmd_tls(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from imapd_ctl.entry.recovery import recover
+    from imapd_ctl.daemon.recovery import recover
     outcome = recover(_settings(args))
     print(outcome.message, file=sys.stdout if outcome.ok else sys.stderr)
     return 0 if outcome.ok else 1
