@@ -21,12 +21,12 @@ from imapd_ctl.adapters.flavours import detect
 from imapd_ctl.adapters.keys import KeyStore
 from imapd_ctl.adapters.metrics import CONTENT_TYPE, ENV, Metrics
 from imapd_ctl.adapters.systemd import Systemd as DBusSystemd
-from imapd_ctl.core.actions import IMAP, Action, Service
+from imapd_ctl.core.actions import CONTROLLERS, IMAP, Action, Service
 from imapd_ctl.core.dispatch import Context, Runner
 from imapd_ctl.core.errors import ApiError, Busy
 from imapd_ctl.core.protocols import Audit, Flavour, Systemd
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.operations.controller import Controller
+from imapd_ctl.operations.controller import Controller, PerService
 from imapd_ctl.operations import prose
 
 
@@ -63,8 +63,13 @@ class Services:
     cluster: Cluster
     keys: KeyStore
     audit: Audit
-    controller: Controller
+    controllers: dict[Service, Controller]     # one per controller of the table
     metrics: Metrics
+
+    @property
+    def controller(self) -> Controller:
+        """The imap controller's (143): what the CLI, recovery and /metrics use."""
+        return self.controllers[IMAP]
 
     @property
     def flavour(self) -> Flavour:
@@ -76,7 +81,7 @@ class Services:
         (a change is refused while it cannot be written), not when the graph is built."""
         if isinstance(self.audit, AuditLog):
             self.audit.open()
-        return Context(keys=self.keys, audit=self.audit, runner=Admission(self.controller),
+        return Context(keys=self.keys, audit=self.audit, runner=Admission(PerService(self.controllers)),
                        render=prose.render, describe=prose.payload_of, telemetry=self.metrics)
 
     def warm(self) -> None:
@@ -107,13 +112,18 @@ def build(settings: Settings, *, systemd: Systemd | None = None, flavour: Flavou
     journal = Journal(settings.state_dir)
     cluster = Cluster(settings.node_id, settings.nodes, settings.node_timeout)
 
-    def detect_flavour() -> Flavour:
-        return detect(settings, bus)
+    detected: list[Flavour] = []
 
-    controller = Controller(settings, bus, flavour, detect=detect_flavour,
-                            lock=lock, journal=journal, cluster=cluster, telemetry=metrics,
-                            unfinished_recovery=unfinished_recovery)
+    def detect_flavour() -> Flavour:     # once per process, whichever controller asks first
+        if not detected:
+            detected.append(detect(settings, bus))
+        return detected[0]
+
+    controllers = {service: Controller(settings, bus, flavour, detect=detect_flavour, lock=lock, journal=journal,
+                                       cluster=cluster, telemetry=metrics, unfinished_recovery=unfinished_recovery,
+                                       service=service)
+                   for service in CONTROLLERS.values()}
     return Services(settings=settings, systemd=bus, lock=lock, journal=journal, cluster=cluster,
                     keys=keys if keys is not None else KeyStore(settings.keys_path),
                     audit=audit if audit is not None else AuditLog(settings.audit_log),
-                    controller=controller, metrics=metrics)
+                    controllers=controllers, metrics=metrics)

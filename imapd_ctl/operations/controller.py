@@ -4,7 +4,6 @@ never call these directly but go through core.dispatch (auth, validation, audit)
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +35,8 @@ class Controller(Serving):
     gunicorn's master: detection needs D-Bus). Tests pass a `flavour` directly.
 
     `service`: the table's controller the handlers answer for (actions.IMAP, SIMAP): it picks
-    the port and the units (operations.serving: `port`, `unit_ports`).
+    the port and the units (operations.serving: `port`, `unit_ports`). The wiring builds one
+    Controller per service (PerService) sharing every part, the detected flavour too.
 
     `unfinished_recovery`: why the recovery at serve start did not finish (it overran its
     deadline); while the journal it left is pending, changes are refused with that reason
@@ -45,13 +45,12 @@ class Controller(Serving):
     def __init__(self, settings: Settings, systemd: Systemd, flavour: Flavour | None = None, *,
                  detect: Callable[[], Flavour] | None = None, lock: TransactionLock,
                  journal: Journal, cluster: Cluster, telemetry: Telemetry = Untold(),
-                 unfinished_recovery: str | None = None):
+                 unfinished_recovery: str | None = None, service: Service = IMAP):
         if flavour is None and detect is None:
             raise TypeError("Controller needs a flavour or a way to detect it")
         self.settings = settings
         self.systemd = systemd
-        self.service: Service = IMAP
-        # A list, shared with the copies run() makes: the flavour is detected once.
+        self.service: Service = service
         self._flavour: list[Flavour] = [flavour] if flavour is not None else []
         self._detect = detect
         self.lock = lock
@@ -68,13 +67,9 @@ class Controller(Serving):
             self._flavour.append(self._detect())
         return self._flavour[0]
 
-    def run(self, action: Action, values: dict[str, Any], service: Service = IMAP) -> Any:
-        """Run for `service` (a copy answering for it shares every part, the flavour too)."""
-        runner = self if service is self.service or service == self.service else copy.copy(self)
-        runner.service = service
-        return runner._run(action, values)
-
-    def _run(self, action: Action, values: dict[str, Any]) -> Any:
+    def run(self, action: Action, values: dict[str, Any], service: Service | None = None) -> Any:
+        if service is not None and service != self.service:
+            raise ValueError(f"the controller for {self.service.path} was asked to run for {service.path}")
         if action.local_action:  # *OnNode: this node, or forward the plain action to that node
             node_id = values["node_id"]
             if node_id is not None and node_id != self.settings.node_id:
@@ -256,6 +251,16 @@ class Controller(Serving):
         """What recovery did (prose renders it), or None if nothing was pending."""
         with self._locked():
             return self._count_recovery(transaction.recover(self.flavour, self.systemd, self.journal))
+
+
+class PerService:
+    """The runner dispatch calls: each action goes to the Controller of its service."""
+
+    def __init__(self, controllers: dict[Service, Controller]):
+        self.controllers = controllers
+
+    def run(self, action: Action, values: dict[str, Any], service: Service = IMAP) -> Any:
+        return self.controllers[service].run(action, values)
 
 
 # Dovecot keeps serving while it reloads (an update's reload may take a while).

@@ -90,7 +90,7 @@ class ChangeFailed(_Structured, ActionFailed):
 
     @staticmethod
     def of(cause: BaseException, rollback: Rollback) -> ChangeFailed:
-        unreachable = isinstance(cause, ApiError) and cause.status == 503
+        unreachable = isinstance(cause, Unavailable)
         return (ChangeUnreachable if unreachable else ChangeFailed)(cause, rollback)
 
 
@@ -117,7 +117,7 @@ class RecoveryFailed(_Structured, ActionFailed):
     @staticmethod
     def of(recovery: Recovery) -> RecoveryFailed:
         kept_by = recovery.rollback.kept_by if recovery.rollback is not None else None
-        unreachable = isinstance(kept_by, ApiError) and kept_by.status == 503
+        unreachable = isinstance(kept_by, Unavailable)
         return (RecoveryUnreachable if unreachable else RecoveryFailed)(recovery)
 
 

@@ -26,7 +26,7 @@ from typing import Sequence
 
 from imapd_ctl.adapters.files import atomic_remove, atomic_write, read_bytes_or_none, remove_stale_temps
 from imapd_ctl.adapters.journal import Journal, JournalEntry
-from imapd_ctl.core.errors import ActionFailed, ApiError, ConfigWriteError
+from imapd_ctl.core.errors import ActionFailed, ApiError, ConfigWriteError, Unavailable
 from imapd_ctl.core.protocols import Files, Flavour, Systemd
 from imapd_ctl.core.waiting import wait_until
 from imapd_ctl.operations import prose
@@ -173,13 +173,13 @@ def _undo(flavour: Flavour, systemd: Systemd, journal: Journal) -> Rollback:
 
 def _reapply(flavour: Flavour, systemd: Systemd, entry: JournalEntry, paths: list[str],
              done: Rollback) -> Rollback:
-    """Apply the restored files and start what served before; a 503 keeps the journal."""
+    """Apply the restored files and start what served before; systemd unreachable keeps the journal."""
     serving: list[str] = list(entry.meta.get("serving", []))
     try:
         try:
             done = replace(done, reapplied=flavour.apply(systemd, paths, serving))
         except ApiError as exc:
-            if exc.status == 503:
+            if isinstance(exc, Unavailable):
                 raise
             done = replace(done, reapply_error=exc)
         stopped = tuple(u for u in serving if systemd.active_state(u) != "active")
@@ -187,11 +187,11 @@ def _reapply(flavour: Flavour, systemd: Systemd, entry: JournalEntry, paths: lis
             for unit in stopped:
                 systemd.start(unit)
         except ApiError as exc:
-            if exc.status == 503:
+            if isinstance(exc, Unavailable):
                 raise
             return replace(done, start_failed=stopped, start_error=exc)
         return replace(done, started=stopped)
-    except ApiError as exc:   # 503: systemd unreachable
+    except Unavailable as exc:   # systemd unreachable
         return replace(done, unreachable=exc)
 
 
