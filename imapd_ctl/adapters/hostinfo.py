@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-from imapd_ctl.adapters import ports
+from imapd_ctl.adapters.listening import serving
 
 UNIT_PROPERTIES = ("ActiveState", "SubState", "UnitFileState", "NRestarts", "Result", "MainPID")
 
@@ -58,7 +58,7 @@ def port_state(unit: str, port: int) -> PortState:
         restarts = None
     active = props.get("ActiveState", "unknown")
     try:
-        listening = active == "active" and pid > 0 and ports.unit_listens(pid, port)
+        listening = serving(active, pid, port)
     except OSError:
         listening = False
     return PortState(unit=unit, port=port, active_state=active, sub_state=props.get("SubState", ""),

@@ -7,7 +7,7 @@ audit trail implement them, and the fakes of the fast tests (tests/unit/fakes.py
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from imapd_ctl.core.capacity import Pool
 
@@ -64,6 +64,18 @@ class Check:
     detail: str
 
 
+class Listening(Protocol):
+    """Is an IMAP unit serving on its port, and a bounded wait until it does (adapters.listening).
+    `systemd`: the units' state, for the callers' own words about a unit that is not serving."""
+    systemd: Systemd
+
+    def serves(self, unit: str, port: int, state: UnitState | None = None) -> bool: ...
+
+    def wait_serving(self, unit_ports: dict[str, int], timeout: float, *, interval: float = ...,
+                     also: Callable[[], bool] | None = None,
+                     gone: Callable[[str, str], None] | None = None) -> dict[str, int]: ...
+
+
 class Flavour(Protocol):
     """An IMAP server flavour (certbot's installer interface, cut to our needs). Stateless:
     nothing is kept between calls; the transaction passes what it knows (which units served,
@@ -97,7 +109,7 @@ class Flavour(Protocol):
         them so that units a failed change took down are brought back too."""
         ...
 
-    def verify(self, systemd: Systemd, values: Values, applied: Applied) -> None:
+    def verify(self, listening: Listening, values: Values, applied: Applied) -> None:
         """Raise ActionFailed unless the live files and the running server show `values`
         (`applied`: what apply() did, e.g. the units whose port to wait for)."""
         ...

@@ -19,6 +19,7 @@ from imapd_ctl.adapters.journal import Journal
 from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.adapters.flavours import detect
 from imapd_ctl.adapters.keys import KeyStore
+from imapd_ctl.adapters.listening import UnitListening
 from imapd_ctl.adapters.metrics import CONTENT_TYPE, ENV, Metrics
 from imapd_ctl.adapters.systemd import Systemd as DBusSystemd
 from imapd_ctl.core.actions import CONTROLLERS, IMAP, Action, Service
@@ -119,9 +120,10 @@ def build(settings: Settings, *, systemd: Systemd | None = None, flavour: Flavou
             detected.append(detect(settings, bus))
         return detected[0]
 
+    listening = UnitListening(bus)
     controllers = {service: Controller(settings, bus, flavour, detect=detect_flavour, lock=lock, journal=journal,
                                        cluster=cluster, telemetry=metrics, unfinished_recovery=unfinished_recovery,
-                                       service=service)
+                                       service=service, listening=listening)
                    for service in CONTROLLERS.values()}
     return Services(settings=settings, systemd=bus, lock=lock, journal=journal, cluster=cluster,
                     keys=keys if keys is not None else KeyStore(settings.keys_path),

@@ -5,8 +5,8 @@ Connections in use come from the kernel (sockets on the port that a process of t
 accepted: the same count for Dovecot and Courier, before and after login); the limit and the
 saturation signals from the server itself (flavour.pools: Dovecot's `doveadm service status`,
 Courier's couriertcpd) and systemd (NRestarts, Result). The reading is a state source behind
-two seams (`systemd`, `probe`): whatever keeps the units' state (D-Bus calls today, a state
-pushed by systemd later) plugs in as the Systemd protocol.
+two seams: `listening` (the units' state and whether they serve their ports, the one answer
+every layer uses) and `probe` (the connections on a port).
 """
 from __future__ import annotations
 
@@ -16,20 +16,17 @@ from typing import Callable
 from imapd_ctl.adapters import ports
 from imapd_ctl.core import capacity as cap
 from imapd_ctl.core.capacity import Capacity, Pool, PortLoad, Signal, UnitHealth
-from imapd_ctl.core.protocols import Flavour, Systemd
+from imapd_ctl.core.protocols import Flavour, Listening
 
 DROP_RECENT = 300      # seconds: a drop warning this recent is a saturation signal
 
 
 class Probe:
     """The host's sockets (adapters.ports, looked up at each call): (accepted, queued)
-    connections on a port, and whether a unit's processes listen on a port."""
+    connections on a port."""
 
     def connections(self, port: int) -> tuple[int, int]:
         return ports.connections(port)
-
-    def listens(self, main_pid: int, port: int) -> bool:
-        return ports.unit_listens(main_pid, port)
 
 
 def _signals(pools: tuple[Pool, ...], loads: tuple[PortLoad, ...], units: tuple[UnitHealth, ...],
@@ -57,8 +54,9 @@ def _signals(pools: tuple[Pool, ...], loads: tuple[PortLoad, ...], units: tuple[
     return tuple(found)
 
 
-def read(flavour: Flavour, systemd: Systemd, probe: Probe = Probe(),
+def read(flavour: Flavour, listening: Listening, probe: Probe = Probe(),
          clock: Callable[[], float] = time.time) -> Capacity:
+    systemd = listening.systemd
     pools = flavour.pools(systemd)
     states = {unit: systemd.unit(unit) for unit in flavour.units}
     units = tuple(UnitHealth(unit=s.name, active_state=s.active_state, sub_state=s.sub_state,
@@ -75,7 +73,7 @@ def read(flavour: Flavour, systemd: Systemd, probe: Probe = Probe(),
     for port, unit in port_unit.items():
         limiting = next((p for p in pools if p.limits_connections and port in p.ports), None)
         state = states.get(unit)
-        up = state is not None and state.active and probe.listens(state.main_pid, port)
+        up = state is not None and listening.serves(unit, port, state)
         sharing = limiting.ports if limiting is not None else (port,)
         loads.append(PortLoad(
             port=port, unit=unit, up=up, in_use=counts[port][0], queued=counts[port][1],

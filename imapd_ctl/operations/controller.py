@@ -9,28 +9,25 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
-from imapd_ctl.adapters import ports
 from imapd_ctl.operations import capacity
 from imapd_ctl.operations.outcomes import ChangeFailed, ChangeOutcome, Recovery
-from imapd_ctl.core.waiting import wait_until
 from imapd_ctl.adapters.cluster import Cluster
 from imapd_ctl.adapters.journal import Journal
 from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.core.actions import ACTIONS, IMAP, PERMISSION, Action, Service
 from imapd_ctl.core.errors import ActionFailed, ApiError, ChangesRefused, NodeFailed, Relayed
 from imapd_ctl.core.capacity import Capacity
-from imapd_ctl.core.protocols import Flavour, Systemd, Telemetry, Untold
+from imapd_ctl.adapters.listening import UnitListening
+from imapd_ctl.core.protocols import Flavour, Listening, Systemd, Telemetry, Untold
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.operations import transaction
 from imapd_ctl.operations.serving import Serving
 
 log = logging.getLogger(__name__)
 
-LISTEN_INTERVAL = 0.05
-
 
 class Controller(Serving):
-    """The handlers and what they share. Built by entry.wiring, which passes every part and,
+    """The handlers and what they share. Built by daemon.wiring, which passes every part and,
     for the flavour, `detect`: the flavour is found on first use, in a worker (never in
     gunicorn's master: detection needs D-Bus). Tests pass a `flavour` directly.
 
@@ -45,11 +42,14 @@ class Controller(Serving):
     def __init__(self, settings: Settings, systemd: Systemd, flavour: Flavour | None = None, *,
                  detect: Callable[[], Flavour] | None = None, lock: TransactionLock,
                  journal: Journal, cluster: Cluster, telemetry: Telemetry = Untold(),
-                 unfinished_recovery: str | None = None, service: Service = IMAP):
+                 unfinished_recovery: str | None = None, service: Service = IMAP,
+                 listening: Listening | None = None):
         if flavour is None and detect is None:
             raise TypeError("Controller needs a flavour or a way to detect it")
         self.settings = settings
         self.systemd = systemd
+        # Is the server serving on its port, and the wait until it does (adapters.listening).
+        self.listening: Listening = listening if listening is not None else UnitListening(systemd)
         self.service: Service = service
         self._flavour: list[Flavour] = [flavour] if flavour is not None else []
         self._detect = detect
@@ -149,10 +149,7 @@ class Controller(Serving):
         """Active AND listening. With no supported IMAP server installed this is an error
         (NoFlavour, 500), not False: False reads as "installed but stopped, press Start", which
         cannot work; listServiceInfo follows it. Only the constant list* actions answer then."""
-        state = self.systemd.unit(next(iter(self.unit_ports())))    # one snapshot: state and pid agree
-        if state.active_state not in SERVING:
-            return False
-        return ports.unit_listens(state.main_pid, self.port)
+        return self.listening.serves(next(iter(self.unit_ports())), self.port)
 
     def list_general_name(self) -> str:
         return self.service.general_name
@@ -181,7 +178,7 @@ class Controller(Serving):
 
     def query_capacity(self) -> Capacity:
         """The typed reading (prose.render makes the reply's payload of it)."""
-        return capacity.read(self.flavour, self.systemd)
+        return capacity.read(self.flavour, self.listening)
 
     def query_start_on_boot(self) -> dict[str, int]:
         state = self.systemd.unit(next(iter(self.unit_ports()))).unit_file_state
@@ -190,14 +187,12 @@ class Controller(Serving):
     # -- service control -------------------------------------------------------------
     def _wait_listening(self, verb: str) -> None:
         """Bounded wait until every unit listens on its port (Courier: 143 and 993)."""
-        deadline = time.monotonic() + self.settings.listen_timeout
-        for unit, port in self.unit_ports().items():
-            if not wait_until(lambda: ports.unit_listens(self.systemd.main_pid(unit), port),
-                              deadline - time.monotonic(), LISTEN_INTERVAL):
-                raise ActionFailed(
-                    f"{verb} {unit}: the unit is {self.systemd.active_state(unit)} but nothing of it "
-                    f"listens on port {port} after {self.settings.listen_timeout:.0f} s; "
-                    f"last journal lines:\n{self.systemd.journal_tail(unit)}")
+        left = self.listening.wait_serving(self.unit_ports(), self.settings.listen_timeout)
+        for unit, port in left.items():
+            raise ActionFailed(
+                f"{verb} {unit}: the unit is {self.systemd.active_state(unit)} but nothing of it "
+                f"listens on port {port} after {self.settings.listen_timeout:.0f} s; "
+                f"last journal lines:\n{self.systemd.journal_tail(unit)}")
 
     def start(self) -> str:
         units = list(self.unit_ports())
@@ -236,8 +231,8 @@ class Controller(Serving):
                      "imap_secure_mem_limit": imap_secure_mem_limit,
                      "imap_secure_max_connections": imap_secure_max_connections}
         try:
-            outcome = transaction.change(self.flavour, requested, systemd=self.systemd,
-                                         journal=self.journal, dry_run=bool(dry_run))
+            outcome = transaction.change(self.flavour, requested, systemd=self.systemd, journal=self.journal,
+                                         listening=self.listening, dry_run=bool(dry_run))
         except ChangeFailed as exc:
             if not exc.rollback.journal_kept:   # else the recovery that finishes it counts it
                 self.telemetry.change("rolled_back")
@@ -263,8 +258,6 @@ class PerService:
         return self.controllers[service].run(action, values)
 
 
-# Dovecot keeps serving while it reloads (an update's reload may take a while).
-SERVING = ("active", "reloading")
 
 
 # Each action of the table (but the *OnNode ones, which run their local_action) and the code

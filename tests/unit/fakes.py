@@ -212,8 +212,8 @@ class FakeFlavour:
             systemd.reload(unit)
         return Applied(reloaded=self.units)
 
-    def verify(self, systemd: Any, values: Values, applied: Applied) -> None:
-        self.events.append(("verify", systemd, dict(values)))
+    def verify(self, listening: Any, values: Values, applied: Applied) -> None:
+        self.events.append(("verify", listening.systemd, dict(values)))
         self.verified.append(applied)
         self._snap("verify")
         if self.verify_error is not None:

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 from fakes import FakeFlavour, FakePorts, FakeSystemd
 
+from imapd_ctl.adapters.listening import UnitListening
 from imapd_ctl.core import capacity as cap
 from imapd_ctl.core.capacity import Pool
 from imapd_ctl.core.errors import ActionFailed, Unavailable
@@ -23,7 +24,7 @@ def host(tmp_path, fake_ports):
 
 def read(host):
     systemd, flavour, _ = host
-    return capacity.read(flavour, systemd, clock=lambda: NOW)
+    return capacity.read(flavour, UnitListening(systemd), clock=lambda: NOW)
 
 
 def shared(**imap):

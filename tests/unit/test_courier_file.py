@@ -7,6 +7,8 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 
+from imapd_ctl.adapters import ports
+from imapd_ctl.adapters.listening import UnitListening
 from imapd_ctl.core.actions import MEM_MAX, MEM_MIN
 from imapd_ctl.core.errors import ActionFailed, ConfigInvalid, ConfigWriteError
 from imapd_ctl.adapters.flavours import NoFlavour, detect
@@ -464,25 +466,25 @@ def test_verify_checks_files_and_listening_ports(tmp_path, monkeypatch):
     sd = courier_systemd(RUNNING)
     applied = flavour.apply(sd, [str(conf / "imapd")], BOTH)
     listening = set()
-    monkeypatch.setattr(courier_mod.ports, "unit_listens",
+    monkeypatch.setattr(ports, "unit_listens",
                         lambda pid, port: (pid, port) in listening)
     listening |= {(sd.pids["courier-imap.service"], 143), (sd.pids["courier-imap-ssl.service"], 993)}
-    flavour.verify(sd, VALUES, applied)
+    flavour.verify(UnitListening(sd), VALUES, applied)
     with pytest.raises(ActionFailed, match="reads back as"):
-        flavour.verify(sd, {**VALUES, "imap_max_connections": 26}, applied)
+        flavour.verify(UnitListening(sd), {**VALUES, "imap_max_connections": 26}, applied)
     listening.discard((sd.pids["courier-imap-ssl.service"], 993))
     applied = flavour.apply(sd, [str(conf / "imapd-ssl")], BOTH)      # new MainPID, not listening
     with pytest.raises(ActionFailed, match="courier-imap-ssl.service is active and does not listen on port 993"):
-        flavour.verify(sd, VALUES, applied)
+        flavour.verify(UnitListening(sd), VALUES, applied)
     applied = flavour.apply(sd, [str(conf / "imapd-ssl")], BOTH)
     sd.states["courier-imap-ssl.service"] = "failed"      # died after its restart: no waiting for the port
     with pytest.raises(ActionFailed, match="courier-imap-ssl.service is failed, no longer serving"):
-        flavour.verify(sd, VALUES, applied)
+        flavour.verify(UnitListening(sd), VALUES, applied)
     # a unit it restarted is waited for even when it is not (yet) active; others only if active
     sd.states["courier-imap-ssl.service"] = "inactive"
-    flavour.verify(sd, VALUES, Applied())                 # not restarted, not running: not checked
+    flavour.verify(UnitListening(sd), VALUES, Applied())                 # not restarted, not running: not checked
     with pytest.raises(ActionFailed, match="courier-imap-ssl.service is inactive, no longer serving"):
-        flavour.verify(sd, VALUES, Applied(restarted=("courier-imap-ssl.service",)))
+        flavour.verify(UnitListening(sd), VALUES, Applied(restarted=("courier-imap-ssl.service",)))
 
 
 def test_ssl_unit_is_left_out_when_systemd_does_not_know_it(tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 
+from imapd_ctl.adapters.listening import UnitListening
 from imapd_ctl.core.actions import MEM_MAX, MEM_MIN, UPDATE_FIELDS
 from imapd_ctl.core.errors import ConfigInvalid
 from imapd_ctl.adapters.flavours.dovecot import Dovecot, mapped, parse_size, parse_values
@@ -262,10 +263,10 @@ def test_verify_waits_for_the_running_limit_and_gives_up_when_dovecot_dies(tmp_p
     monkeypatch.setattr(dovecot_mod.ports, "unit_listens", lambda pid, port: pid > 0 and port == 143)
     sd = FakeSystemd({"dovecot.service": "active"}, pids={"dovecot.service": 42})
     applied = Applied(reloaded=("dovecot.service",))
-    flavour.verify(sd, SEED_VALUES, applied)                  # after two polls the new limit shows
+    flavour.verify(UnitListening(sd), SEED_VALUES, applied)                  # after two polls the new limit shows
     monkeypatch.setattr(flavour, "running_process_limit", lambda: 60)
     with pytest.raises(ActionFailed, match=f"shows process_limit=60 \\(expected {want[0]}\\)"):
-        flavour.verify(sd, SEED_VALUES, applied)
+        flavour.verify(UnitListening(sd), SEED_VALUES, applied)
     # active when verify starts, dead at its first poll (the reload took it down)
     reads = []
 
@@ -274,12 +275,12 @@ def test_verify_waits_for_the_running_limit_and_gives_up_when_dovecot_dies(tmp_p
         if len(reads) > 1:
             sd.states[unit] = "failed"
 
-    sd.faults[("active_state", "dovecot.service")] = dies_after_the_first_read
+    sd.faults[("unit", "dovecot.service")] = dies_after_the_first_read
     with pytest.raises(ActionFailed, match="after the reload dovecot.service is failed, no longer serving"):
-        flavour.verify(sd, SEED_VALUES, applied)
+        flavour.verify(UnitListening(sd), SEED_VALUES, applied)
     monkeypatch.setattr(flavour, "effective", lambda config=None: (1, 2))
     with pytest.raises(ActionFailed, match="Dovecot's configuration shows process_limit=1 vsz_limit=2B"):
-        flavour.verify(sd, SEED_VALUES, applied)
+        flavour.verify(UnitListening(sd), SEED_VALUES, applied)
 
 
 def test_checks_name_the_config_dir_and_doveconf(tmp_path):

@@ -21,7 +21,6 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from imapd_ctl.adapters import ports
 from imapd_ctl.adapters.flavours import validation
 from imapd_ctl.adapters.flavours.base import config_checks
 from imapd_ctl.adapters.flavours.courier import sourcing, tcpd
@@ -31,9 +30,8 @@ from imapd_ctl.adapters.flavours.courier.shellfile import (
 from imapd_ctl.core.actions import CONN_MAX, CONN_MIN, MEM_MAX, MEM_MIN
 from imapd_ctl.core.capacity import Pool
 from imapd_ctl.core.errors import ActionFailed, ConfigInvalid, ConfigWriteError
-from imapd_ctl.core.protocols import Applied, Check, Files, Systemd, Values
+from imapd_ctl.core.protocols import Applied, Check, Files, Listening, Systemd, Values
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.core.waiting import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -195,27 +193,22 @@ class Courier:
             result[self.s.ssl_unit] = ssl_port
         return result
 
-    def verify(self, systemd: Systemd, values: Values, applied: Applied) -> None:
+    def verify(self, listening: Listening, values: Values, applied: Applied) -> None:
         got = self.current_values()
         if got != values:
             raise ActionFailed(f"Courier's configuration reads back as {got}, expected {values}")
+        systemd = listening.systemd
         effective = self._live(self._read())
         pending = {unit: port for unit, port in self.unit_ports(effective).items()
                    if unit in applied.restarted or systemd.active_state(unit) == "active"}
 
-        def all_listen() -> bool:
-            for unit, port in list(pending.items()):
-                state = systemd.active_state(unit)
-                if state in ("failed", "inactive", "deactivating"):
-                    # The restart took it down: no point in waiting for the port.
-                    raise ActionFailed(f"after the change {unit} is {state}, no longer serving; last journal "
-                                       f"lines:\n{systemd.journal_tail(unit)}")
-                if state == "active" and ports.unit_listens(systemd.main_pid(unit), port):
-                    del pending[unit]
-            return not pending
+        def gone(unit: str, state: str) -> None:    # the restart took it down: no point in waiting
+            raise ActionFailed(f"after the change {unit} is {state}, no longer serving; last journal "
+                               f"lines:\n{systemd.journal_tail(unit)}")
 
-        if not wait_until(all_listen, self.listen_timeout, VERIFY_INTERVAL):
-            unit, port = next(iter(pending.items()))
+        left = listening.wait_serving(pending, self.listen_timeout, interval=VERIFY_INTERVAL, gone=gone)
+        if left:
+            unit, port = next(iter(left.items()))
             raise ActionFailed(
                 f"after the change {unit} is {systemd.active_state(unit)} and does not listen on port "
                 f"{port} within {self.listen_timeout:.0f} s; last journal lines:\n{systemd.journal_tail(unit)}")

@@ -33,9 +33,8 @@ from imapd_ctl.adapters.flavours.dovecot import layout, readings
 from imapd_ctl.adapters.flavours.dovecot import status as dovecot_status
 from imapd_ctl.adapters.flavours.dovecot.readings import UNLIMITED, parse_size
 from imapd_ctl.core.capacity import Pool
-from imapd_ctl.core.protocols import Applied, Check, Files, Systemd, Values
+from imapd_ctl.core.protocols import Applied, Check, Files, Listening, Systemd, Values
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.core.waiting import wait_until
 
 VALUES_RE = re.compile(r"^# imapd-ctl-values: (.*)$", re.M)
 VERIFY_INTERVAL = 0.1   # between looks at the running Dovecot after a reload
@@ -194,27 +193,28 @@ class Dovecot:
         systemd.reload(self.s.unit)
         return Applied(reloaded=(self.s.unit,))
 
-    def verify(self, systemd: Systemd, values: Values, applied: Applied) -> None:
+    def verify(self, listening: Listening, values: Values, applied: Applied) -> None:
         want = mapped(values)
         got = self.effective()
         if got != want:
             raise ActionFailed(f"Dovecot's configuration shows process_limit={got[0]} vsz_limit={got[1]}B, "
                                f"expected process_limit={want[0]} vsz_limit={want[1]}B")
-        if systemd.active_state(self.s.unit) != "active":
+        if listening.systemd.active_state(self.s.unit) != "active":
             return
         # The reload job ends when `doveadm reload` returns; the master re-reads its config
         # afterwards, so poll (bounded) until the running server shows the new limit.
         running: list[int | None] = [None]
 
         def shows_new_limit() -> bool:
-            state = systemd.active_state(self.s.unit)
-            if state not in ("active", "reloading"):
-                # The reload took the server down: no point in waiting for it.
-                raise ActionFailed(f"after the reload {self.s.unit} is {state}, no longer serving")
             running[0] = self.running_process_limit()
-            return running[0] == want[0] and ports.unit_listens(systemd.main_pid(self.s.unit), self.port)
+            return running[0] == want[0]
 
-        if not wait_until(shows_new_limit, self.listen_timeout, VERIFY_INTERVAL):
+        def gone(unit: str, state: str) -> None:   # the reload took the server down
+            raise ActionFailed(f"after the reload {unit} is {state}, no longer serving")
+
+        left = listening.wait_serving({self.s.unit: self.port}, self.listen_timeout, interval=VERIFY_INTERVAL,
+                                      also=shows_new_limit, gone=gone)
+        if left or running[0] != want[0]:
             raise ActionFailed(f"after the reload the running Dovecot shows process_limit={running[0]} "
                                f"(expected {want[0]}) or does not listen on port {self.port}")
 
