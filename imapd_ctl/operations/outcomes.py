@@ -73,7 +73,7 @@ class _Structured(ApiError):
     """An ApiError that carries data; its words are operations.prose.message(exc)."""
 
     def __init__(self) -> None:
-        Exception.__init__(self)
+        Exception.__init__(self, type(self).__name__)
         self.payload: Any = None
         self.message = type(self).__name__
 

@@ -211,7 +211,7 @@ def recover(flavour: Flavour, systemd: Systemd, journal: Journal) -> Recovery | 
         done = Recovery(entry.txn_id, entry.action, entry.step, rollback=None)
     else:
         done = Recovery(entry.txn_id, entry.action, entry.step, rollback=_undo(flavour, systemd, journal))
-    log.warning("recovery: %s", done)
+    log.warning("recovery: %s", prose.recovery(done))
     if done.rollback is not None and done.rollback.journal_kept:
         # Nothing may change the configuration on top of a change that is not undone yet.
         raise RecoveryFailed.of(done)
