@@ -70,19 +70,29 @@ def stop_worker(w, loop, listener):
     listener.close()
 
 
-@pytest.fixture
-def serving(tmp_path):
-    """A Worker serving `app` on a unix socket, its loop in a thread; yields (worker, path)."""
+@contextlib.contextmanager
+def worker_on(tmp_path, **settings):
+    """A Worker serving `app` on a unix socket with gunicorn `settings`, its loop in a thread;
+    yields (worker, loop thread, socket path)."""
     path = str(tmp_path / "s")
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
     listener.listen(64)
     cfg = Config()
-    cfg.set("threads", 2)
-    cfg.set("worker_connections", 50)
+    for name, value in settings.items():
+        cfg.set(name, value)
     w, loop = start_worker(listener, cfg)
-    yield w, path
-    stop_worker(w, loop, listener)
+    try:
+        yield w, loop, path
+    finally:
+        stop_worker(w, loop, listener)
+
+
+@pytest.fixture
+def serving(tmp_path):
+    """A Worker serving `app` on a unix socket, its loop in a thread; yields (worker, path)."""
+    with worker_on(tmp_path, threads=2, worker_connections=50) as (w, _, path):
+        yield w, path
 
 
 def test_tls_on_tcp_a_stalled_handshake_is_cut_and_a_real_client_served(tmp_path):
@@ -280,7 +290,7 @@ def test_expect_100_continue_is_answered_before_the_body_is_sent(serving):
 def test_a_body_over_the_keyless_limit_needs_a_valid_key_before_it_is_read(serving, authorization, status, framing):
     worker, path = serving
     body = b"a" * (KEYLESS_BODY + 1)
-    head = [b"POST /k HTTP/1.1", b"Host: x", b"Expect: 100-continue"]
+    head = [b"POST /k HTTP/1.1", b"Host: x", b"Connection: close", b"Expect: 100-continue"]
     if authorization:
         head.append(b"Authorization: " + authorization.encode())
     head.append(b"Content-Length: %d" % len(body) if framing == "length" else b"Transfer-Encoding: chunked")
@@ -310,15 +320,8 @@ def test_body_keyed_paths_take_bodies_up_to_the_limit_without_a_header_key(servi
 
 
 def test_clients_that_do_not_read_their_replies_hold_no_thread_and_are_cut(tmp_path):
-    path = str(tmp_path / "s")
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(path)
-    listener.listen(64)
-    cfg = Config()
-    cfg.set("threads", 1)
-    w, loop = start_worker(listener, cfg)
-    w.rules = dataclasses.replace(w.rules, reply_timeout=0.5)
-    try:
+    with worker_on(tmp_path, threads=1) as (w, loop, path):
+        w.rules = dataclasses.replace(w.rules, reply_timeout=0.5)
         stalled = []
         for _ in range(8):     # each asks for a 4 MiB reply three times and reads nothing
             s = connect(path)
@@ -334,20 +337,10 @@ def test_clients_that_do_not_read_their_replies_hold_no_thread_and_are_cut(tmp_p
                     got += len(chunk)
             assert got < 3 * BIG
             s.close()
-    finally:
-        stop_worker(w, loop, listener)
 
 
 def test_past_the_connection_budget_the_oldest_keyless_connection_goes_first(tmp_path):
-    path = str(tmp_path / "s")
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(path)
-    listener.listen(64)
-    cfg = Config()
-    cfg.set("threads", 2)
-    cfg.set("worker_connections", 10)
-    w, loop = start_worker(listener, cfg)
-    try:
+    with worker_on(tmp_path, threads=2, worker_connections=10) as (w, loop, path):
         keyed = connect(path)     # the oldest, but it showed a valid key
         keyed.sendall(f"GET /a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode())
         assert keyed.recv(1000).endswith(b"/a 0")
@@ -363,20 +356,11 @@ def test_past_the_connection_budget_the_oldest_keyless_connection_goes_first(tmp
         assert read_all(keyed).endswith(b"/b 0")   # the keyed one lives on
         for s in keyless + extra:
             s.close()
-    finally:
-        stop_worker(w, loop, listener)
 
 
 def test_past_the_byte_budget_the_oldest_keyless_connection_goes_first(tmp_path):
-    path = str(tmp_path / "s")
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(path)
-    listener.listen(64)
-    cfg = Config()
-    cfg.set("threads", 1)
-    w, loop = start_worker(listener, cfg)
-    w.budget_bytes = 3 * KEYLESS_BODY
-    try:
+    with worker_on(tmp_path, threads=1) as (w, loop, path):
+        w.budget_bytes = 3 * KEYLESS_BODY
         partial = []
         for _ in range(4):      # each holds ~KEYLESS_BODY - 1 bytes of an unfinished body
             s = connect(path)
@@ -389,29 +373,17 @@ def test_past_the_byte_budget_the_oldest_keyless_connection_goes_first(tmp_path)
         assert get(path).endswith(b"/x 0")
         for s in partial:
             s.close()
-    finally:
-        stop_worker(w, loop, listener)
 
 
 def test_gunicorn_hooks_and_max_requests_are_honoured(tmp_path):
-    path = str(tmp_path / "s")
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(path)
-    listener.listen(64)
     seen = []
-    cfg = Config()
-    cfg.set("threads", 1)
-    cfg.set("pre_request", lambda worker, req: seen.append(("pre", req.method, req.path)))
-    cfg.set("post_request", lambda worker, req, environ, resp: seen.append(("post", req.path, resp.status)))
-    cfg.set("max_requests", 2)
-    w, loop = start_worker(listener, cfg)
-    w.max_requests = 2
-    try:
+    hooks = {"pre_request": lambda worker, req: seen.append(("pre", req.method, req.path)),
+             "post_request": lambda worker, req, environ, resp: seen.append(("post", req.path, resp.status))}
+    with worker_on(tmp_path, threads=1, max_requests=2, **hooks) as (w, loop, path):
+        w.max_requests = 2       # gunicorn's Worker reads it (with its jitter) when built
         assert get(path, "/one").endswith(b"/one 0")
         assert get(path, "/two").endswith(b"/two 0")
         loop.join(5)
         assert not loop.is_alive()                 # restarted by the arbiter after max_requests
         assert seen == [("pre", "POST", "/one"), ("post", "/one", "200 OK"),
                         ("pre", "POST", "/two"), ("post", "/two", "200 OK")]
-    finally:
-        stop_worker(w, loop, listener)
