@@ -103,6 +103,12 @@ class Flavour(Protocol):
         Must not touch the live files."""
         ...
 
+    def preflight(self) -> None:
+        """Raise ConfigInvalid, naming the file and line, unless the server would start with
+        its live configuration (start and restart ask first: a broken file must not turn a
+        routine restart into an outage)."""
+        ...
+
     def apply(self, systemd: Systemd, changed: Sequence[str], serving: Sequence[str]) -> Applied:
         """Make the running server take up the live files (`changed`: the paths just written
         or restored). `serving`: the units that served before the change; an undo passes

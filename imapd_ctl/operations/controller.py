@@ -15,7 +15,7 @@ from imapd_ctl.adapters.cluster import Cluster
 from imapd_ctl.adapters.journal import Journal
 from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.core.actions import ACTIONS, IMAP, PERMISSION, Action, Service
-from imapd_ctl.core.errors import ActionFailed, ApiError, ChangesRefused, NodeFailed, Relayed
+from imapd_ctl.core.errors import ActionFailed, ApiError, ChangesRefused, ConfigInvalid, NodeFailed, Relayed
 from imapd_ctl.core.capacity import Capacity
 from imapd_ctl.adapters.listening import UnitListening
 from imapd_ctl.core.protocols import Flavour, Listening, Systemd, Telemetry, Untold
@@ -194,8 +194,20 @@ class Controller(Serving):
                 f"listens on port {port} after {self.settings.listen_timeout:.0f} s; "
                 f"last journal lines:\n{self.systemd.journal_tail(unit)}")
 
+    def _preflight(self, verb: str, units: list[str]) -> None:
+        """Refuse to (re)start a server whose configuration it would not start with: the units
+        that serve keep serving (README "When things fail")."""
+        try:
+            self.flavour.preflight()
+        except ConfigInvalid as exc:
+            serving = [u for u in units if self.systemd.active_state(u) == "active"]
+            kept = f"; {', '.join(serving)} {'keeps' if len(serving) == 1 else 'keep'} serving" if serving else ""
+            raise ConfigInvalid(f"{verb} refused: the IMAP server would not start with its configuration"
+                                f"{kept}. {exc.message}. Fix the file, then {verb} again") from None
+
     def start(self) -> str:
         units = list(self.unit_ports())
+        self._preflight("start", units)
         for unit in units:
             self.systemd.start(unit)
         self._wait_listening("start")
@@ -209,6 +221,7 @@ class Controller(Serving):
 
     def restart(self) -> str:
         units = list(self.unit_ports())
+        self._preflight("restart", units)
         for unit in units:
             self.systemd.restart(unit)
         self._wait_listening("restart")

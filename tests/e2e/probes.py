@@ -227,6 +227,8 @@ class Probe:
     settle: float               # how long the running server may lag after the apply step
     NEW: dict
     apply_faults: dict[str, ApplyFault]
+    units: tuple[str, ...]      # the units the imap controller starts and restarts
+    broken: tuple[str, bytes]   # an administrator's file, and bytes that make the server refuse to start
 
     @property
     def restored(self) -> str:
@@ -304,6 +306,8 @@ def running_limit(host) -> int | None:
 class DovecotProbe(Probe):
     name = "dovecot"
     host_fixture = "mailhost"
+    units = ("dovecot.service",)
+    broken = (f"{DOVECOT_CONF_D}/50-admin.conf", b"protocol imap {{\n")
     conf_dir = DOVECOT_CONF_D
     paths = (DROPIN,)
     applied = "reloaded dovecot.service"
@@ -387,6 +391,8 @@ def active(host, unit: str) -> str:
 class CourierProbe(Probe):
     name = "courier"
     host_fixture = "courierhost"
+    units = (PLAIN_UNIT, SSL_UNIT)
+    broken = (IMAPD, b'\nADMIN_NOTE="an unterminated quote\n')
     conf_dir = CONFIG_DIR
     paths = (IMAPD, IMAPD_SSL)
     applied = f"restarted {BOTH}"

@@ -66,6 +66,39 @@ def test_failed_apply_is_rolled_back(probe, ctl, base, fault):
     probe.assert_config(ctl, base, OLD)
 
 
+# -- 4b. a broken administrator's file: start and restart refuse, the server keeps serving ------------
+
+@flavours
+def test_restart_with_a_broken_admin_file_is_refused_and_the_server_keeps_serving(probe, ctl, base):
+    host = ctl.host
+    path, broken = probe.broken
+    before = cat(host, path)
+
+    def main_pids():
+        return {unit: host.systemctl("show", "-p", "MainPID", "--value", unit).stdout.strip() for unit in probe.units}
+
+    pids = main_pids()
+    host.write_file(path, (before or b"") + broken)
+    try:
+        for action in ("restart", "start", "restartOnNode"):
+            status, payload = ctl.call(action)
+            verb = action.removesuffix("OnNode")
+            assert status == 500, payload
+            assert payload.startswith(f"{verb} refused: the IMAP server would not start with its configuration"), payload
+            assert path in payload and "keep" in payload and "serving" in payload, payload
+        assert main_pids() == pids                    # never stopped
+        probe.assert_serving(host)
+        assert ctl.call("isRunning") == (0, True)
+    finally:
+        if before is None:
+            host.run(["rm", "-f", path])
+        else:
+            host.write_file(path, before)
+    status, payload = ctl.call("restart")
+    assert status == 0, payload
+    probe.assert_config(ctl, base, OLD)
+
+
 # -- 5. disk full --------------------------------------------------------------------------------
 
 @flavours

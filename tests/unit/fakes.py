@@ -135,7 +135,7 @@ class FakeFlavour:
     """Owns two files: `main` (always present, the plain values) and `secure` (present only
     when the secure values differ from the defaults; otherwise planned as None = absent).
     apply() reloads every unit through the systemd it is given (the server takes up the files).
-    Faults: validate_error, verify_error, apply_errors {1-based call number: exception}."""
+    Faults: validate_error, verify_error, preflight_error, apply_errors {1-based call number: exception}."""
 
     DEFAULTS = DEFAULTS
     name = "fake"
@@ -152,6 +152,7 @@ class FakeFlavour:
         self.validate_error: BaseException | None = None
         self.apply_errors: dict[int, BaseException] = {}
         self.verify_error: BaseException | None = None
+        self.preflight_error: BaseException | None = None
         self.apply_count = 0
         self.snapshots: list[tuple[str, Files, str | None]] = []   # (event, live files, journal step)
 
@@ -211,6 +212,11 @@ class FakeFlavour:
         for unit in self.units:
             systemd.reload(unit)
         return Applied(reloaded=self.units)
+
+    def preflight(self) -> None:
+        self.events.append(("preflight",))
+        if self.preflight_error is not None:
+            raise self.preflight_error
 
     def verify(self, listening: Any, values: Values, applied: Applied) -> None:
         self.events.append(("verify", listening.systemd, dict(values)))

@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from imapd_ctl.core.errors import ConfigInvalid
+
 from imapd_ctl.core.actions import ACTIONS, CONTROLLER, CONTROLLERS, UPDATE_FIELDS
 from imapd_ctl.transports.http import MAX_BODY
 
@@ -336,6 +338,19 @@ def test_start_stop_restart_drive_systemd(env):
     assert envelope(env.call("start"))["status"] == 0
     assert envelope(env.call("restart"))["status"] == 0
     assert env.systemd.jobs == [("stop", env.unit), ("start", env.unit), ("restart", env.unit)]
+
+
+def test_start_and_restart_refuse_a_configuration_the_server_would_not_start_with(env):
+    env.flavour.preflight_error = ConfigInvalid("Dovecot rejects its configuration: Error in configuration "
+                                                "file /etc/dovecot/conf.d/50-admin.conf line 1: Garbage after '{'")
+    for action in ("restart", "start", "restartOnNode"):
+        body = envelope(env.call(action))
+        assert body["status"] == 500, body
+        assert body["payload"].startswith(f"{action.removesuffix('OnNode')} refused: the IMAP server would not "
+                                          f"start with its configuration; {env.unit} keeps serving."), body
+        assert "/etc/dovecot/conf.d/50-admin.conf line 1" in body["payload"]
+    assert env.systemd.jobs == []                  # nothing was stopped
+    assert envelope(env.call("stop"))["status"] == 0   # stopping needs no preflight
 
 
 def test_on_node_actions_run_locally_for_the_local_node(env):

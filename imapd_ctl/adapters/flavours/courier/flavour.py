@@ -127,6 +127,15 @@ class Courier:
         files = self._read()
         return {self.paths[name]: edit(files[name], name, values) for name in (PLAIN, SSL)}
 
+    def preflight(self) -> None:
+        """Each live file parses as shell, and both source as the start scripts source them."""
+        for path in self.paths.values():
+            problem = sourcing.syntax_error(path, self.paths, self.paths) if os.path.exists(path) else None
+            if problem is not None:
+                raise ConfigInvalid(f"{path} is not valid shell for Courier's start scripts: {problem}")
+        if all(os.path.exists(path) for path in self.paths.values()):
+            sourcing.source(self.config_dir, self.paths, self.paths)
+
     def validate(self, files: Files) -> None:
         """`sh -n` on each candidate, then source both as each start script does (clean
         environment) and check the values come out as intended. The live files are not touched."""

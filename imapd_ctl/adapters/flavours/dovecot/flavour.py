@@ -151,6 +151,11 @@ class Dovecot:
     def plan(self, values: Values) -> Files:
         return {self.s.dropin: self.render(values)}
 
+    def preflight(self) -> None:
+        proc = self._run([self.s.doveconf, "-n", "-c", self.s.config], "run doveconf")
+        if proc.returncode != 0:
+            raise ConfigInvalid(f"Dovecot rejects its configuration: {proc.stderr.strip()}")
+
     def validate(self, files: Files) -> None:
         """doveconf -n on a copy of the config tree with the candidate files in place.
         (`doveadm reload` exits 0 even for a broken config, so this must happen first.)"""
