@@ -129,18 +129,19 @@ class Action:
         return next((i for i in self.inputs if i.name == name), None)
 
     def validate(self, raw: Mapping[str, Any], *, strict: bool = False, booleans: bool = False) -> dict[str, Any]:
-        """Parse the inputs this action knows; others are ignored (InterWorx clients send
-        extra keys such as ``perms``) unless ``strict`` (the CLI, where a typo must not
-        pass silently). Absent inputs get their default (None = keep current). `booleans`:
-        see Input.parse."""
+        """Parse the inputs this action knows; others are ignored (InterWorx's XML-RPC and SOAP
+        clients send extra keys such as ``perms``) unless ``strict`` (the native HTTP API and
+        the CLI, where a typo must not pass silently: refused once the known inputs are valid).
+        Absent inputs get their default (None = keep current). `booleans`: see Input.parse."""
+        values: dict[str, Any] = {}
+        for spec in self.inputs:
+            values[spec.name] = spec.parse(raw[spec.name], booleans=booleans) if spec.name in raw else spec.default
         if strict:
             unknown = sorted(set(raw) - {i.name for i in self.inputs})
             if unknown:
                 known = ", ".join(i.name for i in self.inputs) or "none"
-                raise BadInput(f"{', '.join(unknown)}: not an input of {self.name} (inputs: {known})")
-        values: dict[str, Any] = {}
-        for spec in self.inputs:
-            values[spec.name] = spec.parse(raw[spec.name], booleans=booleans) if spec.name in raw else spec.default
+                raise BadInput(f"{', '.join(map(str, unknown))}: not an input of {self.name} (its inputs: {known}); "
+                               "nothing was changed")
         return values
 
 

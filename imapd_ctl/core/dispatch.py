@@ -64,7 +64,7 @@ def dispatch(request: Request, ctx: Context) -> Result:
             raw = {}
         if not isinstance(raw, dict):
             raise BadInput(f"input: must be a struct/object of named inputs, got {type(raw).__name__}")
-        values = action.validate(raw, booleans=request.booleans)
+        values = action.validate(raw, strict=request.strict, booleans=request.booleans)
         if action.mutating:    # no audit line, no change (raises ChangesRefused)
             ctx.audit.begin(who=who, peer=request.peer, transport=request.transport,
                             controller=service.path, action=action.name, inputs=values)

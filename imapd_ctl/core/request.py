@@ -35,6 +35,9 @@ class Request:
     method: str | None = None       # the HTTP method, checked against the action's; None: no check
     booleans: bool = False
     """A typed boolean (XML-RPC, SOAP) is 1/0 for a 0/1 input; JSON and forms: refused."""
+    strict: bool = False
+    """An unknown input name is refused (the native HTTP API); XML-RPC and SOAP ignore it, as
+    InterWorx does (panels send extra keys such as `perms`)."""
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,7 @@ def handle(controller: str, action: str, dispatch: Callable[[Request], Result], 
     method = environ["REQUEST_METHOD"]
     req = Request(transport="http", peer=environ.get("REMOTE_ADDR") or "unix-socket", action=action,
                   controller=controller, read_key=lambda: _bearer_in(environ),
-                  read_inputs=lambda: _inputs(environ, incoming), method="GET" if method == "HEAD" else method)
+                  read_inputs=lambda: _inputs(environ, incoming), method="GET" if method == "HEAD" else method,
+                  strict=True)
     result = dispatch(req)
     return envelope(result.status, result.payload)

@@ -194,9 +194,19 @@ def test_oversized_body_is_413(env):
 
 
 def test_body_just_under_the_limit_is_read(env):
-    pad = "x" * (MAX_BODY - 100)
-    body = envelope(env.call("update", json={"imap_max_connections": 5, "pad": pad, "dry_run": 1}))
+    data = json.dumps({"imap_max_connections": 5, "dry_run": 1})
+    body = envelope(env.call("update", data=data + " " * (MAX_BODY - 100 - len(data)), content_type="application/json"))
     assert body["status"] == 0
+
+
+@pytest.mark.parametrize("how", ["json", "form", "query"])
+def test_an_unknown_input_over_http_is_refused_naming_it_and_nothing_changes(env, how):
+    inputs = {"imap_max_conections": "60"}
+    kw = {"json": {"json": inputs}, "form": {"data": inputs}, "query": {"query_string": inputs}}[how]
+    body = envelope(env.call("update", **kw))
+    assert body["status"] == 400, body
+    assert body["payload"].startswith("imap_max_conections: not an input of update (its inputs: imap_mem_limit, "), body
+    assert env.flavour.applies == [] and env.audit_lines("begin") == []   # refused before it began
 
 
 # --- authentication and authorization -----------------------------------------------------
