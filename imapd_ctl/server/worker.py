@@ -21,6 +21,7 @@ TLS is used on TCP listeners only: the unix socket (authorised by its file mode)
 from __future__ import annotations
 
 import collections
+import ctypes
 import functools
 import os
 import resource
@@ -43,7 +44,8 @@ TICK = 1.0             # the loop wakes at least this often (heartbeat, deadline
 REPLY_TIMEOUT = 30.0   # a client has this long to read a whole reply
 THREADS = 32           # requests running at once per worker process (reads take microseconds)
 CONNECTIONS = 4096     # open connections per worker process
-BUDGET_BYTES = 64 << 20   # bytes held for connections per worker process (see above)
+BUDGET_BYTES = 16 << 20   # bytes held for connections per worker process (see above)
+TRIM_AFTER = 4 << 20      # once this much was held, freed memory goes back to the system
 CLIENT_TIMEOUT = 10    # seconds a client has to send a whole request (TLS handshake included)
 HEARTBEAT = 30         # seconds gunicorn waits for a worker's loop before killing it (never an action)
 KEYLESS_BODY = 8 * 1024   # the most a body may be without a valid key in its header
@@ -56,6 +58,12 @@ def options(s: Settings) -> dict[str, Any]:
     return {"worker_class": "imapd_ctl.server.worker.Worker", "threads": THREADS,
             "worker_connections": CONNECTIONS, "keepalive": CLIENT_TIMEOUT,
             "timeout": HEARTBEAT, "graceful_timeout": int(longest) + 10}
+
+
+try:
+    _malloc_trim: Any = ctypes.CDLL(None).malloc_trim     # glibc
+except (OSError, AttributeError):
+    _malloc_trim = None
 
 
 def raise_fd_limit() -> None:
@@ -92,6 +100,7 @@ class Worker(BaseWorker):
             self.tls.load_cert_chain(self.cfg.certfile, self.cfg.keyfile)
         self.rules = self._rules(lambda authorization: False)   # until the app gives its gate
         self.last_notify = 0.0
+        self.peaked = False
 
     def _rules(self, gate: Callable[[str | None], bool]) -> Rules:
         cfg = self.cfg
@@ -129,6 +138,7 @@ class Worker(BaseWorker):
         self._shed()
         self._schedule()
         self._expire()
+        self._trim()
 
     def _beat(self) -> None:
         now = time.monotonic()
@@ -211,6 +221,16 @@ class Worker(BaseWorker):
             if victim is None:
                 return
             self._cut(victim)
+
+    def _trim(self) -> None:
+        """After a burst (many buffers freed at once, as an attack ends), hand the free heap back
+        to the system: glibc keeps it otherwise, and the worker would stay at its peak."""
+        if self.held > TRIM_AFTER:
+            self.peaked = True
+        elif self.peaked and self.held < TRIM_AFTER // 4:
+            self.peaked = False
+            if _malloc_trim is not None:
+                _malloc_trim(0)
 
     def _victim(self) -> Channel | None:
         fallback = None     # the oldest keyed one, if no keyless one can go
