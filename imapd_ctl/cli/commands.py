@@ -16,11 +16,13 @@ from imapd_ctl.cli import access, calls
 
 
 def _parse_pairs(pairs: list[str]) -> dict[str, str]:
+    """NAME=VALUE arguments; anything else is a usage error (exit 2), as for argparse's own."""
     inputs = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"imapd-ctl: inputs are name=value, got {pair!r}")
+        if not sep or not name:
+            raise access.Refusal(access.USAGE, f"inputs are given as NAME=VALUE (for example "
+                                               f"imap_max_connections=60), not {pair!r}")
         inputs[name] = value
     return inputs
 

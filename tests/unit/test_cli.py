@@ -202,9 +202,11 @@ def test_the_key_comes_from_the_environment_a_file_or_stdin(config, daemon, tmp_
     assert daemon.seen[-1][1] == f"Bearer K-{how}"
 
 
-def test_call_with_a_pair_that_is_not_name_value(config):
-    with pytest.raises(SystemExit, match="inputs are name=value"):
-        run(config, "call", "update", "imap_max_connections")
+@pytest.mark.parametrize("pair", ["imap_max_connections", "=5"])
+def test_call_with_a_pair_that_is_not_name_value_is_a_usage_error(config, capsys, pair):
+    assert run(config, "call", "update", pair) == 2
+    assert capsys.readouterr().err == ("imapd-ctl: inputs are given as NAME=VALUE (for example "
+                                       f"imap_max_connections=60), not {pair!r}\n")
 
 
 def test_call_without_a_daemon_says_what_to_check(config, capsys, tmp_path, monkeypatch):
