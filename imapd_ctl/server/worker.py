@@ -181,7 +181,11 @@ class Worker(BaseWorker):
     def _step(self, ch: Channel, action: Callable[[float], None], new: bool = False) -> None:
         """Run `action` on `ch`, then bring the loop's view of it up to date."""
         before, old_phase, old_deadline = ch.held_bytes, ch.phase, ch.deadline
-        action(time.monotonic())
+        try:
+            action(time.monotonic())
+        except Exception:   # noqa: BLE001 - a bug must cost one connection, not the worker's loop
+            self.log.exception("unexpected error on a connection; closing it")
+            ch.close()
         self.held += ch.held_bytes - before
         events = 0 if ch.phase is Phase.CLOSED else ch.events
         if events != ch.registered:

@@ -387,3 +387,18 @@ def test_gunicorn_hooks_and_max_requests_are_honoured(tmp_path):
         assert not loop.is_alive()                 # restarted by the arbiter after max_requests
         assert seen == [("pre", "POST", "/one"), ("post", "/one", "200 OK"),
                         ("pre", "POST", "/two"), ("post", "/two", "200 OK")]
+
+
+def test_a_bug_on_one_connection_costs_that_connection_not_the_loop(serving):
+    worker, path = serving
+    rules = worker.rules
+
+    def broken_gate(authorization):
+        raise KeyError("a bug")
+
+    worker.rules = dataclasses.replace(rules, gate=broken_gate)    # for connections accepted now
+    with connect(path) as s:
+        s.sendall(b"POST /c HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x\r\nContent-Length: 0\r\n\r\n")
+        assert s.recv(100) == b""                          # that connection is closed
+    worker.rules = rules
+    assert get(path).endswith(b"/x 0")                     # and the loop still serves
