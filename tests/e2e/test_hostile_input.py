@@ -20,8 +20,8 @@ Every request carries at least one invalid input or is invalid as a whole, so a 
 action never receives a request it could act on. The contract checked for each reply:
 
 * HTTP: a 4xx status and the JSON envelope ``{"status": <same>, "payload": <str>}``, with the
-  status (and payload prefix) the case calls for. Only a request line that gunicorn itself
-  refuses (raw non-ASCII bytes, too long) gets gunicorn's plain 400/414 instead.
+  status (and payload prefix) the case calls for. A request line the server's framer refuses
+  (raw non-ASCII bytes, too long) gets its 400/414 envelope before the app runs.
 * XML-RPC: a ``{status: 4xx, payload: str}`` struct for every request the standard library
   can parse as a call of ``iworx.route``; an XML-RPC fault (HTTP 200) for XML it cannot parse
   (malformed, entity bombs past expat's amplification limit) or another method name; the
@@ -495,7 +495,7 @@ class HttpCase:
     extra_headers: tuple = ()
     status: int = 400              # expected
     prefix: str | None = None      # expected start of the payload
-    server_level: bool = False     # refused by gunicorn before the app sees it
+    server_level: bool = False     # refused by the server's framer before the app sees it
 
     def wire(self, key: str) -> bytes:
         lines = [self.method.encode() + b" " + self.target + b" HTTP/1.1", b"Host: localhost",
@@ -562,7 +562,7 @@ def http_input_case(draw, action: Action, ctx):
         body_pairs = [p for p, q in zip(pairs, to_query) if not q]
     method = "GET" if how == "query" and not action.mutating and draw(st.booleans()) else "POST"
     case = HttpCase("inputs/" + how, method, target(action, urlencoded(query)), prefix=f"{first_bad}: ")
-    assume(len(case.target) < 4000)    # gunicorn's request line limit (a separate case below)
+    assume(len(case.target) < 4000)    # the request line limit (gunicorn's setting; a separate case below)
     kind = how.split("+")[-1]
     if kind == "json":
         case.body, case.ctype = json_object(body_pairs), draw(st.sampled_from(JSON_TYPES))
@@ -1051,7 +1051,7 @@ def envelope_payload(reply: Reply) -> str:
 def check_http(case: HttpCase, reply: Reply) -> None:
     assert 400 <= reply.status < 500, f"HTTP {reply.status}: {reply.body[:500]!r}"
     if case.server_level:
-        # gunicorn refuses the request line before the app runs: its own plain 400/414.
+        # the framer refuses the request line before the app runs: its 400/414.
         if reply.ctype.startswith("application/json"):
             envelope_payload(reply)
         return
