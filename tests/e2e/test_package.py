@@ -128,7 +128,7 @@ def test_rpm_spec(tmp_path):
     top = tmp_path / "rpmbuild"
     src = tmp_path / "src" / "imapd-ctl-0.1.0"
     src.mkdir(parents=True)
-    for part in ("imapd_ctl", "config", "systemd", "packaging"):
+    for part in ("imapd_ctl", "tools", "config", "systemd", "packaging"):
         shutil.copytree(REPO / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
     for part in ("README.md", "pyproject.toml"):
         shutil.copy(REPO / part, src / part)
