@@ -157,6 +157,8 @@ class Channel:
         then stops reading), False if more bytes are needed."""
         try:
             if self._head is None:
+                while self.buf[:2] == b"\r\n":      # RFC 9112 2.2: empty lines before a request
+                    del self.buf[:2]
                 if not self.buf:
                     return False
                 end = head_end(self.buf, self.rules.limits)
@@ -261,8 +263,7 @@ class Channel:
         while out:
             sent = self.sock.send(out[:RECV_CHUNK * 4])
             self._tls_wants_write = False
-            out = out[sent:]
-            self.out = out
+            self.out = out = out[sent:]
         self.out = None
         if self.phase is Phase.WRITING:
             self._replied(now)
@@ -292,8 +293,7 @@ class Channel:
 
     def close(self) -> None:
         self.phase = Phase.CLOSED
-        self.buf, self.out, self.request = bytearray(), None, None
-        self._chunked = None
+        self.buf, self.out, self.request, self._chunked = bytearray(), None, None, None
         try:
             self.sock.close()
         except OSError:
