@@ -2,7 +2,7 @@
 the exit codes, and failures turned into what to do next.
 
 Every exit code of `imapd-ctl` is in EXIT_CODES; the man page's EXIT STATUS section is made
-from it (entry.docgen), so the two cannot drift apart.
+from it (tools.docgen), so the two cannot drift apart.
 """
 from __future__ import annotations
 

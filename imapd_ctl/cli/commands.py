@@ -1,6 +1,6 @@
 """`imapd-ctl call` and `imapd-ctl status`: their arguments and what they do. Where a call goes
-is entry.calls, what status gathers entry.status, the words entry.show and entry.statusview;
-the exit codes and errors entry.access. Every answer stays data until it is printed here."""
+is cli.calls, what status gathers cli.status, the words cli.show and cli.statusview;
+the exit codes and errors cli.access. Every answer stays data until it is printed here."""
 from __future__ import annotations
 
 import argparse

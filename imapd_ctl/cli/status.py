@@ -4,7 +4,7 @@ The API's answers (isRunning, queryStartOnBoot, queryUpdate, and queryCapacity w
 table has it) are kept exactly as the daemon gave them, under "api", so `--json` matches what a
 panel sees; beside them, for this node, the facts only the host can tell: the IMAP server and
 its version, each unit and port, restarts, an interrupted change, the daemon's health. Making
-words of it is entry.show's job.
+words of it is cli.show's job.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`imapd-ctl status` as a person reads it: one screen for this node, or one table row per node
-(--all). Made from entry.status's data; nothing here asks anything."""
+(--all). Made from cli.status's data; nothing here asks anything."""
 from __future__ import annotations
 
 from typing import Any

@@ -34,7 +34,7 @@ def _message(exc: ApiError) -> Any:
 
 @dataclass(frozen=True)
 class Context:
-    """What dispatch needs, built once by the wiring (entry.wiring). `render` and `describe`
+    """What dispatch needs, built once by the wiring (daemon.wiring). `render` and `describe`
     are the edge's words (operations.prose): a handler's structured result and an error become
     the reply's payload there, before the audit line records it."""
     keys: KeyStore

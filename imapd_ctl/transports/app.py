@@ -62,7 +62,7 @@ def _direct(flask_app: WSGIApp, run: Callable[[Request], Result]) -> WSGIApp:
 
 
 def create_app(ctx: Context, *, scrape: Scrape | None = None, metrics_access: str = "local") -> Flask:
-    """The app for one object graph's dispatch context (entry.wiring.Services.context());
+    """The app for one object graph's dispatch context (daemon.wiring.Services.context());
     `scrape` makes the text of /metrics, which `metrics_access` says who may read."""
     app = Flask("imapd_ctl")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
