@@ -51,6 +51,7 @@ HEARTBEAT = 30         # seconds gunicorn waits for a worker's loop before killi
 KEYLESS_BODY = 8 * 1024   # the most a body may be without a valid key in its header
 BODY_KEYED = frozenset({"/xmlrpc", "/soap", "/nodeworx/soap"})   # their key travels in the body
 
+
 def options(s: Settings) -> dict[str, Any]:
     """gunicorn's settings for this worker. A stop or reload lets running actions finish: the
     longest is a change that waited for the lock, then a job (and the undo's) with the port."""
@@ -103,6 +104,7 @@ class Worker(BaseWorker):
         self.peaked = False
 
     def _rules(self, gate: Callable[[str | None], bool]) -> Rules:
+        # gunicorn's 0 ("unlimited") for a request limit is held to a bound here all the same.
         cfg = self.cfg
         return Rules(limits=Limits(line=cfg.limit_request_line or 8190, fields=cfg.limit_request_fields or 32768,
                                    field_size=cfg.limit_request_field_size or 8190),
