@@ -17,7 +17,6 @@ from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.core.actions import ACTIONS, IMAP, PERMISSION, Action, Service
 from imapd_ctl.core.errors import ActionFailed, ApiError, ChangesRefused, ConfigInvalid, NodeFailed, Relayed
 from imapd_ctl.core.capacity import Capacity
-from imapd_ctl.adapters.listening import UnitListening
 from imapd_ctl.core.protocols import Flavour, Listening, Systemd, Telemetry, Untold
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.operations import transaction
@@ -42,14 +41,13 @@ class Controller(Serving):
     def __init__(self, settings: Settings, systemd: Systemd, flavour: Flavour | None = None, *,
                  detect: Callable[[], Flavour] | None = None, lock: TransactionLock,
                  journal: Journal, cluster: Cluster, telemetry: Telemetry = Untold(),
-                 unfinished_recovery: str | None = None, service: Service = IMAP,
-                 listening: Listening | None = None):
+                 listening: Listening, unfinished_recovery: str | None = None, service: Service = IMAP):
         if flavour is None and detect is None:
             raise TypeError("Controller needs a flavour or a way to detect it")
         self.settings = settings
         self.systemd = systemd
         # Is the server serving on its port, and the wait until it does (adapters.listening).
-        self.listening: Listening = listening if listening is not None else UnitListening(systemd)
+        self.listening = listening
         self.service: Service = service
         self._flavour: list[Flavour] = [flavour] if flavour is not None else []
         self._detect = detect

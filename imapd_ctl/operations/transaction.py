@@ -26,7 +26,6 @@ from typing import Sequence
 
 from imapd_ctl.adapters.files import atomic_remove, atomic_write, read_bytes_or_none, remove_stale_temps
 from imapd_ctl.adapters.journal import Journal, JournalEntry
-from imapd_ctl.adapters.listening import UnitListening
 from imapd_ctl.core.errors import ActionFailed, ApiError, ConfigWriteError, Unavailable
 from imapd_ctl.core.protocols import Files, Flavour, Listening, Systemd
 from imapd_ctl.core.waiting import wait_until
@@ -97,7 +96,7 @@ def _still_serving(systemd: Systemd, units: Sequence[str]) -> None:
 
 
 def change(flavour: Flavour, requested: dict[str, int | None], *, systemd: Systemd, journal: Journal,
-           listening: Listening | None = None, dry_run: bool = False) -> ChangeOutcome:
+           listening: Listening, dry_run: bool = False) -> ChangeOutcome:
     """Set the update values; inputs given as None keep their current value.
     The caller holds the TransactionLock (Controller.run takes it for every mutating action).
     Raises ChangeRefused (journal not writable), ChangeFailed (rolled back; .rollback says how),
@@ -129,7 +128,7 @@ def change(flavour: Flavour, requested: dict[str, int | None], *, systemd: Syste
         applied = flavour.apply(systemd, sorted(changed), serving)
         journal.mark("applied")
         _crash_point("applied")
-        flavour.verify(listening if listening is not None else UnitListening(systemd), values, applied)
+        flavour.verify(listening, values, applied)
         _still_serving(systemd, serving)
         journal.mark("verified")
         _crash_point("verified")

@@ -49,10 +49,10 @@ class Rules:
 
 
 class Channel:
-    def __init__(self, sock: socket.socket, client: Any, server: Any, unix: bool,
+    def __init__(self, sock: socket.socket, client: Any, server: Any,
                  tls: ssl.SSLContext | None, rules: Rules, now: float):
         sock.setblocking(False)
-        self.client, self.server, self.unix, self.rules = client, server, unix, rules
+        self.client, self.server, self.rules = client, server, rules
         self.sock: socket.socket = sock
         self.tls = tls is not None
         if tls is not None:
@@ -234,7 +234,7 @@ class Channel:
         assert head is not None
         self._keep = refused is None and head.keep_alive and not self._eof and self.rules.idle_timeout > 0
         self.request = Framed(head, body, (refused.status, refused.message) if refused else None,
-                              self.client, self.server, self.unix, self.tls)
+                              self.client, self.server, self.tls)
         self._head, self._chunked = None, None
         self.phase = Phase.READY
 

@@ -93,7 +93,6 @@ class Framed:
     refused: tuple[int, str] | None
     client: Any
     server: Any
-    unix: bool
     tls: bool
 
 

@@ -170,8 +170,7 @@ class Worker(BaseWorker):
             unix = listener.family == socket.AF_UNIX
             now = time.monotonic()
             try:
-                ch = Channel(sock, client, listener.getsockname(), unix,
-                             None if unix else self.tls, self.rules, now)
+                ch = Channel(sock, client, listener.getsockname(), None if unix else self.tls, self.rules, now)
             except (OSError, ssl.SSLError):
                 sock.close()
                 continue

@@ -7,6 +7,7 @@ import pytest
 
 
 from fakes import DEFAULTS, MiB, PLAIN, SECURE, FakeAudit, FakeFlavour, FakeKeyStore, FakeSystemd
+from imapd_ctl.adapters.listening import UnitListening
 from imapd_ctl.adapters.files import read_bytes_or_none
 from imapd_ctl.adapters.journal import Journal, JournalPending
 from imapd_ctl.adapters.lock import TransactionLock
@@ -53,7 +54,8 @@ def env(tmp_path):
 
 
 def change(env, requested, **kw):
-    return transaction.change(env.flavour, requested, systemd=env.systemd, journal=env.journal, **kw)
+    return transaction.change(env.flavour, requested, systemd=env.systemd, journal=env.journal,
+                              listening=UnitListening(env.systemd), **kw)
 
 
 # --- change(): success -----------------------------------------------------------------
@@ -283,7 +285,8 @@ def test_write_failure_part_way_restores_the_files_already_written(tmp_path):
     old_main = flavour.plan(DEFAULTS)[flavour.main]
     (etc / "10-imap.conf").write_bytes(old_main)
     with pytest.raises(ActionFailed) as ei:
-        transaction.change(flavour, CHANGE_BOTH, systemd=FakeSystemd(), journal=journal)
+        transaction.change(flavour, CHANGE_BOTH, systemd=(sd := FakeSystemd()), journal=journal,
+                           listening=UnitListening(sd))
     assert type(ei.value) is ChangeFailed
     assert isinstance(ei.value.cause, ConfigWriteError)
     assert ei.value.rollback.restored == (flavour.main,)
@@ -523,7 +526,8 @@ def test_systemd_unreachable_refuses_before_the_journal_or_the_files(env):
     systemd.unreachable = True
     st = os.stat(env.main)
     with pytest.raises(Unavailable) as ei:
-        transaction.change(env.flavour, CHANGE_BOTH, systemd=systemd, journal=env.journal)
+        transaction.change(env.flavour, CHANGE_BOTH, systemd=systemd, journal=env.journal,
+                           listening=UnitListening(systemd))
     assert type(ei.value) is Unavailable                  # the pre-check's own error: no rollback
     assert ei.value.status == 503 and "rolled back" not in prose.message(ei.value)
     assert os.stat(env.main).st_ino == st.st_ino and read_bytes_or_none(env.main) == env.old_main
@@ -578,7 +582,8 @@ def test_a_change_that_stops_a_serving_unit_is_rolled_back_and_the_unit_started(
 
     env.flavour.apply = apply_and_die
     with pytest.raises(ActionFailed) as ei:
-        transaction.change(env.flavour, CHANGE_BOTH, systemd=systemd, journal=env.journal)
+        transaction.change(env.flavour, CHANGE_BOTH, systemd=systemd, journal=env.journal,
+                           listening=UnitListening(systemd))
     assert isinstance(ei.value.cause, ActionFailed)
     assert ei.value.rollback.started == ("fake-imapd.service",) and ei.value.rollback.start_error is None
     assert env.flavour.applies[0][1] == ["fake-imapd.service"]   # apply was told what served
