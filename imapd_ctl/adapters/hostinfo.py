@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from imapd_ctl.adapters.listening import serving
 
-UNIT_PROPERTIES = ("ActiveState", "SubState", "UnitFileState", "NRestarts", "Result", "MainPID")
+UNIT_PROPERTIES = ("ActiveState", "SubState", "UnitFileState", "NRestarts", "Result", "MainPID", "ControlGroup")
 
 # Where each flavour's version is recorded: Debian's package, then the RPM's.
 PACKAGES = {"dovecot": ("dovecot-core", "dovecot"), "courier": ("courier-imap",)}
@@ -58,7 +58,7 @@ def port_state(unit: str, port: int) -> PortState:
         restarts = None
     active = props.get("ActiveState", "unknown")
     try:
-        listening = serving(active, pid, port)
+        listening = serving(active, pid, port, unit, lambda _: props.get("ControlGroup", ""))
     except OSError:
         listening = False
     return PortState(unit=unit, port=port, active_state=active, sub_state=props.get("SubState", ""),

@@ -15,9 +15,10 @@ STOPPED = ("failed", "inactive", "deactivating")
 INTERVAL = 0.05      # between looks while waiting
 
 
-def serving(active_state: str, main_pid: int, port: int) -> bool:
-    """The definition, for a state already read (the CLI's `systemctl show` included)."""
-    return active_state in SERVING and main_pid > 0 and ports.unit_listens(main_pid, port)
+def serving(active_state: str, main_pid: int, port: int, unit: str, control_group: Callable[[str], str]) -> bool:
+    """The definition, for a state already read (the CLI's `systemctl show` included);
+    `control_group(unit)` says the unit's cgroup when it is needed (adapters.ports)."""
+    return active_state in SERVING and main_pid > 0 and ports.unit_listens(main_pid, port, unit, control_group)
 
 
 class UnitListening:
@@ -28,7 +29,7 @@ class UnitListening:
         """`state`: the unit's state if the caller has read it (else one snapshot is read here,
         so that state and pid agree)."""
         state = state if state is not None else self.systemd.unit(unit)
-        return serving(state.active_state, state.main_pid, port)
+        return serving(state.active_state, state.main_pid, port, unit, self.systemd.control_group)
 
     def wait_serving(self, unit_ports: dict[str, int], timeout: float, *, interval: float = INTERVAL,
                      also: Callable[[], bool] | None = None,
@@ -45,7 +46,7 @@ class UnitListening:
                 state = self.systemd.unit(unit)
                 if gone is not None and state.active_state in STOPPED:
                     gone(unit, state.active_state)
-                if not serving(state.active_state, state.main_pid, port):
+                if not serving(state.active_state, state.main_pid, port, unit, self.systemd.control_group):
                     pending[unit] = port
             return not pending and (also is None or also())
 

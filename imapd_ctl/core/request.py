@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from imapd_ctl.core.actions import CONTROLLER
+from imapd_ctl.core.protocols import Principal
 
 
 def _no_inputs() -> Any:
     return None
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, and a
+# Request is built for every poll. Nothing assigns to one once built.
+@dataclass(slots=True)
 class Request:
     transport: str                  # "http" | "xmlrpc" | "soap": for the audit trail
     peer: str                       # the client's address, or "unix-socket"
@@ -38,6 +41,10 @@ class Request:
     strict: bool = False
     """An unknown input name is refused (the native HTTP API); XML-RPC and SOAP ignore it, as
     InterWorx does (panels send extra keys such as `perms`)."""
+    caller: Principal | None = None
+    """Who calls, when the key was already checked for this request with the permission
+    actions need (the server's gate, transports.http.key_gate): dispatch does not ask the key
+    store twice in a few microseconds."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import errno
 import logging
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
@@ -44,7 +44,7 @@ class _Gunicorn(BaseApplication):
         self.unfinished_recovery = unfinished_recovery
         # The worker asks this before it reads a body over its keyless limit (server.worker);
         # set in each worker once the graph is built.
-        self.gate: Callable[[str | None], bool] | None = None
+        self.gate: Callable[[str | None], Any] | None = None
         super().__init__()
 
     def load_config(self) -> None:

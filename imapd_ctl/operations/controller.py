@@ -102,9 +102,10 @@ class Controller(Serving):
 
     def _run_here(self, action: Action, values: dict[str, Any]) -> Any:
         handler = HANDLERS[action.name]
-        inputs = {name: values[name] for name in action.handler_inputs}
         if not action.mutating:
-            return handler(self, **inputs)
+            return handler(self, **{name: values[name] for name in action.handler_inputs}) \
+                if action.handler_inputs else handler(self)      # the polls take none
+        inputs = {name: values[name] for name in action.handler_inputs}
         self._refuse_while_unrecovered(action)
         # Every change, service control included, holds the one lock across all workers, so
         # a restart cannot land in the middle of an update's reload-and-verify.

@@ -167,10 +167,15 @@ def text(obj: object) -> str:
     return str(obj)
 
 
+_PLAIN = frozenset({bool, int, str, type(None)})
+
+
 def render(payload: Any) -> Any:
     """A reply payload with every outcome object (and error, e.g. in a cascade's per-node
     outcomes) turned into its text; plain JSON values (str, int, bool, None, lists and dicts of
     them) come back unchanged."""
+    if payload.__class__ in _PLAIN:     # most replies (a poll's true or false): nothing to turn
+        return payload
     if isinstance(payload, (ChangeOutcome, Rollback, Recovery, Applied)):
         return text(payload)
     if isinstance(payload, ApiError):

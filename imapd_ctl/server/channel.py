@@ -42,7 +42,7 @@ class Rules:
     max_body: int                   # the most any body may be
     keyless_body: int               # the most a body may be without a valid key in its header
     body_keyed: frozenset[str]      # paths whose key travels in the body (SOAP, XML-RPC)
-    gate: Callable[[str | None], bool]   # the Authorization header -> is it a valid key?
+    gate: Callable[[str | None], Any]    # the Authorization header -> truthy: a valid key
     request_timeout: float          # for a whole request, from its first byte (or the handshake)
     reply_timeout: float            # for a whole reply to be read by the client
     idle_timeout: float             # between requests of a kept-alive connection (0: close)
@@ -66,12 +66,10 @@ class Channel:
         self.request: Framed | None = None
         self._head: Head | None = None
         self._chunked: Chunked | None = None
+        self._key: Any = None          # the gate's answer for the request being read
         self._limit = 0
-        self._keep = False
-        self._eof = False
-        self._tls_wants_write = False
+        self._keep = self._eof = self._tls_wants_write = self._linger_after = False
         self._lingered = 0
-        self._linger_after = False
         self.registered = 0          # the events the loop's selector has for it (the loop's to keep)
         self.timed: float | None = None   # the timer group the loop has it in (the loop's to keep)
 
@@ -177,9 +175,9 @@ class Channel:
 
     def _begin_body(self, head: Head) -> bool:
         self._head = head
-        keyed = self.rules.gate(head.get("AUTHORIZATION")) if head.get("AUTHORIZATION") else False
-        self.authenticated = self.authenticated or keyed
-        self._limit = self.rules.max_body if keyed or head.path in self.rules.body_keyed \
+        self._key = self.rules.gate(head.get("AUTHORIZATION")) if head.get("AUTHORIZATION") else None
+        self.authenticated = self.authenticated or bool(self._key)
+        self._limit = self.rules.max_body if self._key or head.path in self.rules.body_keyed \
             else self.rules.keyless_body
         if head.length is not None and head.length > self._limit:
             raise Refused(413, too_large(self._limit, self.rules.max_body))
@@ -234,8 +232,8 @@ class Channel:
         assert head is not None
         self._keep = refused is None and head.keep_alive and not self._eof and self.rules.idle_timeout > 0
         self.request = Framed(head, body, (refused.status, refused.message) if refused else None,
-                              self.client, self.server, self.tls)
-        self._head, self._chunked = None, None
+                              self.client, self.server, self.tls, self._key)
+        self._head, self._chunked, self._key = None, None, None
         self.phase = Phase.READY
 
     def _refuse_unframed(self, exc: Refused, now: float) -> None:

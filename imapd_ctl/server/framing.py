@@ -94,6 +94,7 @@ class Framed:
     client: Any
     server: Any
     tls: bool
+    key: Any = None     # what the app's gate said of the Authorization header (opaque here)
 
 
 def head_end(buf: bytes | bytearray, limits: Limits) -> int | None:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from imapd_ctl.server.framing import Framed
-from imapd_ctl.transports.body import BODY_KEY, REFUSED_KEY
+from imapd_ctl.transports.body import BODY_KEY, GATE_KEY, REFUSED_KEY
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
 
@@ -71,6 +71,8 @@ def environ_of(req: Framed, server_software: str = "imapd-ctl") -> dict[str, Any
     }
     if req.refused is not None:
         env[REFUSED_KEY] = req.refused
+    if req.key is not None:
+        env[GATE_KEY] = req.key
     for name, value in head.headers:
         if name == "CONTENT-TYPE":
             env["CONTENT_TYPE"] = value

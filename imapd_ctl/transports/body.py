@@ -30,6 +30,7 @@ _REASONS = {400: "Bad Request", 413: "Request Entity Too Large", 431: "Request H
 # it refused unread, (HTTP status, why): worded here like every other refusal.
 BODY_KEY = "imapd_ctl.body"
 REFUSED_KEY = "imapd_ctl.refused"
+GATE_KEY = "imapd_ctl.gate"         # what the server's gate (transports.http.key_gate) said of the key
 READ_SIZE = 16 * 1024
 
 

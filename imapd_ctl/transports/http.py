@@ -13,9 +13,9 @@ from werkzeug.wrappers import Request as WerkzeugRequest
 
 from imapd_ctl.core.actions import PERMISSION
 from imapd_ctl.core.errors import BadInput, Forbidden
-from imapd_ctl.core.protocols import KeyStore
+from imapd_ctl.core.protocols import KeyStore, Principal
 from imapd_ctl.core.request import Request, Result
-from imapd_ctl.transports.body import BODY_KEY
+from imapd_ctl.transports.body import BODY_KEY, GATE_KEY
 
 MAX_BODY = 64 * 1024
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -50,20 +50,25 @@ def _bearer_in(environ: dict[str, Any]) -> str | None:
     return bearer_of(environ.get("HTTP_AUTHORIZATION", ""))
 
 
-def key_gate(keys: KeyStore) -> Callable[[str | None], bool]:
+KNOWN = "a key of this daemon"    # the gate's answer for a key without the actions' permission
+
+
+def key_gate(keys: KeyStore) -> Callable[[str | None], Principal | str | None]:
     """Does an Authorization header value carry a key of this daemon (whatever its
-    permissions)? The server asks before it reads a body over its keyless limit."""
-    def gate(authorization: str | None) -> bool:
+    permissions)? The server asks before it reads a body over its keyless limit, and hands
+    the answer on with the request (body.GATE_KEY): the caller, if the key may call actions
+    (dispatch then does not look the key up again), KNOWN if it may not (the action answers
+    403 itself), None for no key of ours."""
+    def gate(authorization: str | None) -> Principal | str | None:
         key = bearer_of(authorization or "")
         if key is None:
-            return False
+            return None
         try:
-            keys.authenticate(key, PERMISSION)
+            return keys.authenticate(key, PERMISSION)
         except Forbidden:
-            return True       # a known key: the action answers 403 itself
+            return KNOWN
         except Exception:     # noqa: BLE001 - unknown key, or an unreadable key file: the server's
-            return False      # loop asks this and must never fail; the app answers the request
-        return True
+            return None       # loop asks this and must never fail; the app answers the request
     return gate
 
 
@@ -146,9 +151,10 @@ def handle(controller: str, action: str, dispatch: Callable[[Request], Result], 
     asks, after authentication: bad encoding is reported only to a caller with a valid key,
     like any input error."""
     method = environ["REQUEST_METHOD"]
+    caller = environ.get(GATE_KEY)
     req = Request(transport="http", peer=environ.get("REMOTE_ADDR") or "unix-socket", action=action,
                   controller=controller, read_key=lambda: _bearer_in(environ),
                   read_inputs=lambda: _inputs(environ, incoming), method="GET" if method == "HEAD" else method,
-                  strict=True)
+                  strict=True, caller=caller if isinstance(caller, Principal) else None)
     result = dispatch(req)
     return envelope(result.status, result.payload)

@@ -83,6 +83,10 @@ class FakeSystemd:
         self._enter("active_state", name)
         return self.states.get(name, "inactive")
 
+    def control_group(self, name: str) -> str:
+        self._enter("control_group", name)
+        return f"/system.slice/{name}"
+
     def main_pid(self, name: str) -> int:
         self._enter("main_pid", name)
         return self.pids.get(name, 0) if self.states.get(name) == "active" else 0
@@ -256,7 +260,7 @@ class FakePorts:
     def connections(self, port: int) -> tuple[int, int]:
         return self.held.get(port, (0, 0))
 
-    def __call__(self, main_pid: int, port: int) -> bool:
+    def __call__(self, main_pid: int, port: int, unit: str = "", control_group: object = None) -> bool:
         self.asked.append((main_pid, port))
         return self.listening and main_pid > 0 and port in self.ports
 

@@ -467,7 +467,7 @@ def test_verify_checks_files_and_listening_ports(tmp_path, monkeypatch):
     applied = flavour.apply(sd, [str(conf / "imapd")], BOTH)
     listening = set()
     monkeypatch.setattr(ports, "unit_listens",
-                        lambda pid, port: (pid, port) in listening)
+                        lambda pid, port, *_: (pid, port) in listening)
     listening |= {(sd.pids["courier-imap.service"], 143), (sd.pids["courier-imap-ssl.service"], 993)}
     flavour.verify(UnitListening(sd), VALUES, applied)
     with pytest.raises(ActionFailed, match="reads back as"):

@@ -4,9 +4,10 @@ only for a caller with a valid key, every mutating call audited, never an except
 import pytest
 from fakes import FakeAudit, FakeKeyStore
 
-from imapd_ctl.core.actions import CONTROLLER, CONTROLLERS, IMAP, SIMAP
+from imapd_ctl.core.actions import CONTROLLER, CONTROLLERS, IMAP, PERMISSION, SIMAP
 from imapd_ctl.core.dispatch import Context, dispatch
 from imapd_ctl.core.errors import ActionFailed, BadInput, Unauthorized
+from imapd_ctl.core.protocols import Principal
 from imapd_ctl.core.request import Request, Result
 
 KEY = "good-key"
@@ -49,6 +50,12 @@ def test_a_call_runs_once_authenticated_and_audited(ctx):
     assert ctx.audit.lines == [{"who": "panel", "peer": "here", "transport": "test", "controller": CONTROLLER,
                                 "action": "restart", "inputs": {"cascade_to_nodes": 0}, "status": 0,
                                 "payload": "done"}]
+
+
+def test_a_caller_the_server_already_checked_is_not_looked_up_again(ctx):
+    req, _ = request(key="not asked", inputs={}, caller=Principal("gated", (PERMISSION,)))
+    assert dispatch(req, ctx) == Result(0, "done")
+    assert ctx.keys.asked == 0 and ctx.audit.lines[-1]["who"] == "gated"
 
 
 def test_the_controller_named_is_the_one_run_and_audited(ctx):

@@ -260,7 +260,7 @@ def test_verify_waits_for_the_running_limit_and_gives_up_when_dovecot_dies(tmp_p
     monkeypatch.setattr(flavour, "effective", lambda config=None: want)
     answers = iter([None, 60, want[0], want[0]])
     monkeypatch.setattr(flavour, "running_process_limit", lambda: next(answers))
-    monkeypatch.setattr(dovecot_mod.ports, "unit_listens", lambda pid, port: pid > 0 and port == 143)
+    monkeypatch.setattr(dovecot_mod.ports, "unit_listens", lambda pid, port, *_: pid > 0 and port == 143)
     sd = FakeSystemd({"dovecot.service": "active"}, pids={"dovecot.service": 42})
     applied = Applied(reloaded=("dovecot.service",))
     flavour.verify(UnitListening(sd), SEED_VALUES, applied)                  # after two polls the new limit shows

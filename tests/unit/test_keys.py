@@ -11,6 +11,8 @@ import pytest
 
 from imapd_ctl.core.errors import BadInput, Forbidden, Unauthorized
 from imapd_ctl.adapters.keys import KeyStore
+from imapd_ctl.core.protocols import Principal
+from imapd_ctl.transports.http import KNOWN, key_gate
 
 
 @pytest.fixture
@@ -277,3 +279,16 @@ def test_a_request_during_another_ones_load_waits_for_it(path, monkeypatch):
     assert worker.authenticate(key, "EMAIL").name == "panel"
     first.join()
 
+
+
+def test_the_servers_gate_says_who_may_call_which_keys_are_ours_and_nothing_else(store):
+    """transports.http.key_gate: asked by the server's loop for each request's Authorization
+    header; its answer travels with the request (dispatch then does not look the key up again)."""
+    panel, web = store.create("panel", ["EMAIL"]), store.create("web", ["WEB"])
+    gate = key_gate(store)
+    assert gate(f"Bearer {panel}") == Principal("panel", ("EMAIL",))
+    assert gate(f"Bearer {web}") == KNOWN
+    for header in (None, "", f"Basic {panel}", "Bearer nope", f"Bearer {panel}x", "Bearer "):
+        assert gate(header) is None
+    store.revoke("panel")
+    assert gate(f"Bearer {panel}") is None

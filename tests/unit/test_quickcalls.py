@@ -14,34 +14,26 @@ from imapd_ctl.adapters.filewatch import FileWatch
 def calls(request, monkeypatch):
     """quickcalls through libc (PyDLL), and with libc unavailable (the os fallback)."""
     if request.param == "os":
-        monkeypatch.setattr(quickcalls, "_readlink", None)
+        monkeypatch.setattr(quickcalls, "_write", None)
         monkeypatch.setattr(quickcalls, "_read", None)
     else:
-        assert quickcalls._readlink is not None and quickcalls._read is not None
+        assert quickcalls._write is not None and quickcalls._read is not None
     return quickcalls
 
 
-def test_readlink_reads_links_as_os_does(calls, tmp_path):
-    link = tmp_path / "link"
-    for target in ("socket:[123456]", "x" * 600):         # the second is over the buffer
-        link.unlink(missing_ok=True)
-        link.symlink_to(target)
-        assert calls.readlink(bytes(link)) == os.readlink(bytes(link)) == target.encode()
+def test_write_writes_as_os_does(calls):
     r, w = os.pipe()
     try:
-        assert calls.readlink(f"/proc/self/fd/{r}".encode()) == os.readlink(f"/proc/self/fd/{r}".encode())
-    finally:
+        assert calls.write(w, b"abc") == 3
+        assert os.read(r, 10) == b"abc"
         os.close(r)
+        with pytest.raises(BrokenPipeError):
+            calls.write(w, b"x")                         # no reader: EPIPE, as os.write says
+    finally:
         os.close(w)
-
-
-def test_readlink_errors_are_the_os_errors(calls, tmp_path):
-    with pytest.raises(FileNotFoundError):
-        calls.readlink(bytes(tmp_path / "missing"))
-    (tmp_path / "file").write_text("")
     with pytest.raises(OSError) as raised:
-        calls.readlink(bytes(tmp_path / "file"))
-    assert raised.value.errno == errno.EINVAL
+        calls.write(w, b"x")                             # closed
+    assert raised.value.errno == errno.EBADF
 
 
 def test_read_nonblocking_says_none_when_nothing_is_ready(calls):

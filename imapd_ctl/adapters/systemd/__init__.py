@@ -14,7 +14,7 @@ from typing import Any, Callable
 from imapd_ctl.adapters.systemd import jobs
 from imapd_ctl.adapters.systemd.bus import MANAGER_IFACE, MANAGER_PATH, Bus, Link
 from imapd_ctl.adapters.systemd.errors import JobFailed, NoSuchUnit, map_error
-from imapd_ctl.adapters.systemd.state import UnitCache
+from imapd_ctl.adapters.systemd.state import SERVICE_IFACE, UnitCache
 from imapd_ctl.core.protocols import UnitState
 
 __all__ = ["Systemd", "NoSuchUnit", "JobFailed", "map_error", "UnitState"]
@@ -51,6 +51,12 @@ class Systemd:
 
     def unit(self, name: str) -> UnitState:
         return self.state.get(name)
+
+    def control_group(self, name: str) -> str:
+        """The unit's cgroup as systemd names it now ("" while it has none): asked at each call
+        (adapters.ports asks only when it looks for a unit's listening socket anew)."""
+        path = self.bus.unit_path(name)
+        return str(self.bus.get(path, SERVICE_IFACE, "ControlGroup", f"read the cgroup of {name}"))
 
     def journal_tail(self, name: str, lines: int = 10, since: float | None = None) -> str:
         return jobs.journal_tail(name, lines, since)
