@@ -6,6 +6,7 @@ import dataclasses
 import os
 import re
 import socket
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,9 @@ class Settings:
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:8143"])
     tls_cert: str = ""
     tls_key: str = ""
+    # OpenSSL's list of TLS 1.2 suites for the HTTPS listeners; empty: the policy of
+    # imapd_ctl/server/tls.py (ECDHE with AES-GCM or ChaCha20-Poly1305 only)
+    tls_ciphers: str = ""
     workers: int = 1               # gunicorn processes (each: an event loop and 32 threads)
     audit_log: str = "/var/log/imapd-ctl/audit.log"
     flavour: str = "auto"          # auto | dovecot | courier
@@ -146,6 +150,12 @@ def load(path: str | None = None) -> Settings:
         raise ValueError(f"{path}: flavour must be one of {', '.join(FLAVOURS)}, got {settings.flavour!r}")
     if settings.recovery_timeout <= 0:
         raise ValueError(f"{path}: recovery_timeout must be a number of seconds above 0, got {settings.recovery_timeout:g}")
+    if settings.tls_ciphers:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(settings.tls_ciphers)
+        except ssl.SSLError:
+            raise ValueError(f"{path}: tls_ciphers: OpenSSL matches no cipher suite with "
+                             f"{settings.tls_ciphers!r} (an OpenSSL cipher list, e.g. 'ECDHE+AESGCM')") from None
     if settings.metrics_access not in METRICS_ACCESS:
         raise ValueError(f"{path}: metrics_access must be one of {', '.join(METRICS_ACCESS)}, "
                          f"got {settings.metrics_access!r}")

@@ -27,7 +27,7 @@ from imapd_ctl.adapters import metrics, secrets
 from imapd_ctl.adapters.flavours import validation
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.daemon.recovery import recover_in_child
-from imapd_ctl.server import worker
+from imapd_ctl.server import tls, worker
 from imapd_ctl.server.listeners import activation_binds, check_binds, inherited_sockets
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ class _Gunicorn(BaseApplication):
             "control_socket_disable": True,
         }
         if s.tls_cert and s.tls_key:
-            options.update(certfile=s.tls_cert, keyfile=s.tls_key)
+            # Always set: gunicorn's own default has differed between releases ("TLSv1" once).
+            options.update(certfile=s.tls_cert, keyfile=s.tls_key, ciphers=s.tls_ciphers or tls.POLICY)
         for key, value in options.items():
             if key in self.cfg.settings:  # older gunicorn (e.g. Debian's) lacks some settings
                 self.cfg.set(key, value)

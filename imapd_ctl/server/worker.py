@@ -34,7 +34,7 @@ from typing import Any, Callable
 from gunicorn.workers.base import Worker as BaseWorker
 
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.server import task
+from imapd_ctl.server import task, tls
 from imapd_ctl.server.channel import Channel, Phase, Rules
 from imapd_ctl.server.framing import Limits, error_reply
 from imapd_ctl.server.pool import Pool
@@ -97,8 +97,7 @@ class Worker(BaseWorker):
         self.pool: Pool[Channel, task.Reply] = Pool(self.cfg.threads, self._serve)
         self.tls: ssl.SSLContext | None = None
         if self.cfg.is_ssl:
-            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self.tls.load_cert_chain(self.cfg.certfile, self.cfg.keyfile)
+            self.tls = tls.context(self.cfg.certfile, self.cfg.keyfile, self.cfg.ciphers)
         self.rules = self._rules(lambda authorization: False)   # until the app gives its gate
         self.last_notify = 0.0
         self.peaked = False

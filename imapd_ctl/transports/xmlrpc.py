@@ -1,8 +1,10 @@
 """The XML-RPC transport, drop-in for InterWorx API clients:
 iworx.route(apikey, ctrl_name, action[, input]).
 
-The body is parsed once, by the standard library's expat parser and unmarshaller (the same
-values, faults and limits as xmlrpc.client.loads), and the reply is built with
+The body is parsed once, by expat with defusedxml's guard (no DTD, no entity declarations, no
+external references: an entity that expands in the parser is a memory bomb, and no real client
+sends one; SOAP is read the same way) and the standard library's unmarshaller (the same values,
+faults and limits as xmlrpc.client.loads), and the reply is built with
 xmlrpc.client.dumps: a struct {status, payload} for every call of iworx.route, and a fault,
 exactly as Python's SimpleXMLRPCDispatcher gives one, for a body that is not such a call.
 From the decoded parameters on, the call is transports.rpc's, shared with SOAP.
@@ -11,6 +13,9 @@ from __future__ import annotations
 
 import xmlrpc.client
 from typing import Any, Callable
+
+from defusedxml import DefusedXmlException
+from defusedxml.xmlrpc import DefusedExpatParser
 
 from imapd_ctl.core.request import Request, Result
 from imapd_ctl.transports import rpc
@@ -59,9 +64,13 @@ class _Unmarshaller(xmlrpc.client.Unmarshaller):
 def _parse(body: bytes) -> tuple[tuple[Any, ...], str | None, str | None]:
     """(params, method name, a repeated member name or None); raises as xmlrpc.client.loads."""
     target = _Unmarshaller()
-    parser = xmlrpc.client.ExpatParser(target)
-    parser.feed(body)
-    parser.close()
+    parser = DefusedExpatParser(target, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    try:
+        parser.feed(body)
+        parser.close()
+    except DefusedXmlException as exc:
+        raise _fault(ValueError(f"not allowed in an XML-RPC call: {type(exc).__name__} "
+                                "(no DTD, no entities)")) from None
     return target.close(), target.getmethodname(), target.repeated
 
 
@@ -75,11 +84,15 @@ def handle(body: bytes, peer: str, dispatch: Callable[[Request], Result]) -> byt
     try:
         params, method, repeated = _parse(body)
         if method != METHOD:
-            raise _fault(Exception(f'method "{method}" is not supported'))
+            shown = str(method) if len(str(method)) <= 80 else str(method)[:80] + "..."   # never echoed whole
+            raise _fault(Exception(f'method "{shown}" is not supported'))
         answer = rpc.route("xmlrpc", params, repeated, peer, dispatch, METHOD)
         reply = xmlrpc.client.dumps((answer,), methodresponse=True, allow_none=True, encoding=ENCODING)
-    except xmlrpc.client.Fault as fault:   # one we raise, or a <fault> the body carried
-        reply = xmlrpc.client.dumps(fault, allow_none=True, encoding=ENCODING)
+    except xmlrpc.client.Fault as fault:   # one we raise, or a <fault> the body carried (cut short)
+        code = fault.faultCode if isinstance(fault.faultCode, int) and not isinstance(fault.faultCode, bool) else 1
+        text = str(fault.faultString)
+        reply = xmlrpc.client.dumps(xmlrpc.client.Fault(code, text if len(text) <= 300 else text[:300] + "..."),
+                                    allow_none=True, encoding=ENCODING)
     except Exception as exc:   # not XML-RPC, or not XML at all
         reply = xmlrpc.client.dumps(_fault(exc), allow_none=True, encoding=ENCODING)
     return reply.encode(ENCODING, "xmlcharrefreplace")

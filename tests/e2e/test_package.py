@@ -303,6 +303,12 @@ def test_curl_over_the_unix_socket_with_a_created_key(pkg):
     probe = ("import xmlrpc.client, sys; api = xmlrpc.client.ServerProxy('http://127.0.0.1:8143/xmlrpc', allow_none=True); "
              "print(api.iworx.route(sys.argv[1], '/nodeworx/mail/imap', 'listServiceInfo', {'perms': []}))")
     assert "'is_running': 1" in pkg.run("/usr/bin/python3", "-c", probe, pkg.key).stdout
+    # Entities are refused before they expand (a million-fold bomb here), with Debian's expat.
+    bomb = ('<?xml version="1.0"?><!DOCTYPE m [<!ENTITY a "' + "a" * 1000 + '"><!ENTITY b "' + "&a;" * 1000
+            + '">]><methodCall><methodName>&b;</methodName></methodCall>')
+    r = pkg.run("curl", "-sS", "-H", "Content-Type: text/xml", "--data-binary", bomb,
+                "http://127.0.0.1:8143/xmlrpc").stdout
+    assert len(r) < 1000 and "no DTD, no entities" in r, r[:300]
     assert '"openapi"' in pkg.run("curl", "-sS", "--unix-socket", SOCK, "http://localhost/openapi.json").stdout
     assert json.loads(pkg.curl("isRunning", key="ictl_wrong"))["status"] == 401
     assert json.loads(pkg.curl("noSuchAction"))["status"] == 404
@@ -546,6 +552,17 @@ def test_tls_listener_beside_the_plain_unix_socket(pkg):
                                 f"https://{addr}:2443/nodeworx/mail/simap/isRunning"],
                                capture_output=True, text=True)
         assert json.loads(r.stdout) == {"status": 0, "payload": True}, r.stderr
+
+        def suite(*args: str) -> str | None:      # what openssl agrees on with the listener
+            r = subprocess.run(["openssl", "s_client", "-connect", f"{addr}:2443", *args], input="",
+                               capture_output=True, text=True, timeout=30)
+            m = re.search(r"Cipher is (\S+)", r.stdout)
+            return m.group(1) if m and m.group(1) != "(NONE)" else None
+        # The TLS policy (server/tls.py) with Debian's gunicorn: forward-secret AEAD suites only.
+        assert suite("-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256") == "ECDHE-ECDSA-AES128-GCM-SHA256"
+        for weak in (["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-ECDSA-AES128-SHA256"],
+                     ["-tls1_1", "-cipher", "ALL:@SECLEVEL=0"]):
+            assert suite(*weak) is None, weak
         # Local operators on the unix socket keep plain HTTP.
         assert pkg.call("isRunning") == (0, True)
     finally:

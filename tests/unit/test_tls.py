@@ -1,16 +1,22 @@
 """`imapd-ctl tls selfsigned|fingerprint` (imapd_ctl.adapters.tls through imapd_ctl.cli.main):
 the pair openssl makes, its modes, what it is a certificate for, the fingerprint as openssl
 prints it, and refusals that leave nothing behind."""
+import contextlib
 import os
 import ssl
+import socket
 import stat
 import subprocess
+import threading
+import warnings
 
 import pytest
 
 from imapd_ctl.adapters import tls
 from imapd_ctl.core.errors import BadInput
 from imapd_ctl.cli import main as cli
+from imapd_ctl.core import settings
+from imapd_ctl.server import tls as server_tls
 
 
 @pytest.fixture
@@ -98,3 +104,58 @@ def test_fingerprint_of_something_that_is_not_a_certificate(config, tmp_path, ca
     assert "cannot read" in capsys.readouterr().err
     with pytest.raises(BadInput, match="at least one"):
         tls.make_selfsigned(str(tmp_path / "c"), str(tmp_path / "k"), [])
+
+
+def _handshake(server_ctx, protocol=None, ciphers=None):
+    """The suite a client with these limits agrees with the server on, None if they cannot."""
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    if protocol is not None:
+        with warnings.catch_warnings():     # TLSv1_1 is deprecated: the point is that it fails
+            warnings.simplefilter("ignore", DeprecationWarning)
+            client.minimum_version = client.maximum_version = protocol
+    if ciphers is not None:
+        client.set_ciphers(ciphers + ":@SECLEVEL=0")
+    a, b = socket.socketpair()
+    a.settimeout(5), b.settimeout(5)
+
+    def serve():
+        with contextlib.suppress(OSError):
+            server_ctx.wrap_socket(a, server_side=True).recv(1)
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        with client.wrap_socket(b) as tls_sock:
+            return tls_sock.cipher()[0]
+    except (ssl.SSLError, OSError):
+        return None
+    finally:
+        server.join(5)
+        a.close()
+        b.close()
+
+
+def test_the_https_policy_is_tls12_and_13_with_forward_secret_aead_suites_only(tmp_path):
+    """server/tls.py, over a real handshake: what a scanner would try against the listener. An
+    RSA certificate (an operator's own, e.g. Let's Encrypt's RSA ones), with which OpenSSL's
+    defaults would also offer static-RSA key exchange."""
+    pair = (str(tmp_path / "rsa.pem"), str(tmp_path / "rsa.key"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=a.example",
+                    "-days", "2", "-out", pair[0], "-keyout", pair[1]], check=True, capture_output=True)
+    ctx = server_tls.context(*pair)
+    assert _handshake(ctx).startswith("TLS_")                                   # TLS 1.3
+    assert _handshake(ctx, ssl.TLSVersion.TLSv1_2, "ECDHE-RSA-AES128-GCM-SHA256") == "ECDHE-RSA-AES128-GCM-SHA256"
+    assert _handshake(ctx, ssl.TLSVersion.TLSv1_2, "ECDHE-RSA-CHACHA20-POLY1305") == "ECDHE-RSA-CHACHA20-POLY1305"
+    for weak in ("AES128-SHA:AES256-SHA:AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA384",
+                 "DHE-RSA-AES128-SHA"):
+        assert _handshake(ctx, ssl.TLSVersion.TLSv1_2, weak) is None, weak
+    assert _handshake(ctx, ssl.TLSVersion.TLSv1_1, "ALL") is None
+    # An operator's tls_ciphers (gunicorn's `ciphers`) replaces the TLS 1.2 list.
+    assert _handshake(server_tls.context(*pair, "AES128-SHA"), ssl.TLSVersion.TLSv1_2, "AES128-SHA") == "AES128-SHA"
+
+
+def test_a_cipher_list_openssl_cannot_use_is_refused_naming_the_setting(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('tls_ciphers = "NO-SUCH-SUITE"\n')
+    with pytest.raises(ValueError, match="tls_ciphers: OpenSSL matches no cipher suite"):
+        settings.load(str(path))

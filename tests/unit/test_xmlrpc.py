@@ -224,3 +224,28 @@ def test_a_body_that_is_no_call_gets_the_standard_fault(env, body):
     assert raw_call(env, body) == _stdlib_reply(body)
     with pytest.raises(xmlrpc.client.Fault):
         xmlrpc.client.loads(raw_call(env, body))
+
+
+@pytest.mark.parametrize("body", [
+    b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+    b'<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]><methodCall><methodName>&c;&c;&c;</methodName></methodCall>',
+    b'<?xml version="1.0"?><!DOCTYPE m SYSTEM "file:///etc/passwd"><methodCall><methodName>x</methodName>'
+    b"</methodCall>",
+    b'<!DOCTYPE m [<!ENTITY x SYSTEM "file:///etc/hostname">]><methodCall><methodName>&x;</methodName>'
+    b"</methodCall>",
+])
+def test_a_dtd_or_an_entity_is_refused_before_anything_expands(env, body):
+    """Entity expansion (issue 18: 1,136 bytes in made an 8 MB fault out) and external entities."""
+    reply = raw_call(env, body)
+    assert len(reply) < 600 and b"aaaa" not in reply
+    with pytest.raises(xmlrpc.client.Fault, match="not allowed in an XML-RPC call: .*no DTD, no entities"):
+        xmlrpc.client.loads(reply)
+
+
+def test_no_fault_echoes_a_long_name_or_text_whole(env):
+    for body in (xmlrpc.client.dumps(("k",), "m" * 20_000).encode(),
+                 xmlrpc.client.dumps(xmlrpc.client.Fault(4, "t" * 20_000), methodresponse=True).encode()):
+        reply = raw_call(env, body)
+        assert len(reply) < 1000
+        with pytest.raises(xmlrpc.client.Fault):
+            xmlrpc.client.loads(reply)
