@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import json
 import os
+import stat
 from typing import Any
 
 from imapd_ctl.adapters.files import atomic_remove, atomic_write, read_bytes_or_none, remove_stale_temps, reason
@@ -40,6 +41,17 @@ class JournalPending(JournalError):
         super().__init__(f"a configuration change is already journaled in {path}; it must be "
                          f"finished or undone first (`imapd-ctl recover`)")
         self.path = path
+
+
+class JournalForeign(JournalError):
+    """The journal names files the flavour does not write, or is a file imapd-ctl did not make
+    (another owner, a link, open to others): it is not trusted, nothing is restored from it."""
+
+    def __init__(self, path: str, problem: str):
+        super().__init__(f"journal {path} is not trusted: {problem}; nothing was restored. imapd-ctl "
+                         f"never writes such a journal: find out who wrote it, then remove it")
+        self.path = path
+        self.problem = problem
 
 
 class NoJournal(JournalError):
@@ -132,6 +144,7 @@ class Journal:
         raw = read_bytes_or_none(self.path)
         if raw is None:
             return None
+        self._check_made_by_us()
         try:
             rec = json.loads(raw)
             return JournalEntry(
@@ -141,6 +154,22 @@ class Journal:
             )
         except (ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise JournalCorrupt(self.path, f"{type(exc).__name__}: {exc}") from exc
+
+    def _check_made_by_us(self) -> None:
+        """The journal as this class writes it: a regular file, 0600, owned by the state
+        directory's owner (the daemon's user) or root. Root's `imapd-ctl recover` writes what
+        a journal says; the flavour's check of the paths (transaction.recover) is the other half."""
+        try:
+            st, top = os.lstat(self.path), os.stat(self.state_dir)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISREG(st.st_mode):
+            raise JournalForeign(self.path, "it is not a regular file (a link?)")
+        if st.st_mode & 0o077:
+            raise JournalForeign(self.path, f"its mode is {stat.S_IMODE(st.st_mode):04o}, not 0600")
+        if st.st_uid not in (0, top.st_uid, os.geteuid()):
+            raise JournalForeign(self.path, f"it belongs to uid {st.st_uid}, neither root nor the owner of "
+                                            f"{self.state_dir} (uid {top.st_uid})")
 
     def restore(self, entry: JournalEntry) -> list[str]:
         """Put every file back as it was before the change; safe to repeat.

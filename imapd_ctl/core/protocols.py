@@ -86,6 +86,7 @@ class Flavour(Protocol):
     units: tuple[str, ...]      # every unit that serves IMAP, in start order
     primary_unit: str           # the unit that listens on settings.port
     secure_unit: str | None     # the unit that listens on settings.ssl_port (993); None: none does
+    owned: tuple[str, ...]      # the files it writes (plan's keys): all a recovery may restore
 
     def unit_ports(self) -> dict[str, int]:
         """{unit: the port it serves}; start/restart wait until each listens."""

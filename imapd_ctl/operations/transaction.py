@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from imapd_ctl.adapters.files import atomic_remove, atomic_write, read_bytes_or_none, remove_stale_temps
-from imapd_ctl.adapters.journal import Journal, JournalEntry
+from imapd_ctl.adapters.journal import Journal, JournalEntry, JournalForeign
 from imapd_ctl.core.errors import ActionFailed, ApiError, ConfigWriteError, Unavailable
 from imapd_ctl.core.protocols import Files, Flavour, Listening, Systemd
 from imapd_ctl.core.waiting import wait_until
@@ -203,6 +203,10 @@ def recover(flavour: Flavour, systemd: Systemd, journal: Journal) -> Recovery | 
     entry = journal.pending()
     if entry is None:
         return None
+    foreign = sorted((set(entry.old) | set(entry.new)) - set(flavour.owned))
+    if foreign:
+        raise JournalForeign(journal.path, f"it names {', '.join(foreign)}, which {flavour.name} does "
+                                           f"not have imapd-ctl write (only {', '.join(flavour.owned)})")
     if entry.step == "verified":
         for path in entry.new:
             remove_stale_temps(path)

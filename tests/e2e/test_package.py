@@ -17,6 +17,7 @@ build tools, as for the package).
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -420,6 +421,26 @@ def test_a_compromised_daemon_is_contained(pkg):
     assert got and set(got.values()) == {"org.freedesktop.DBus.Error.AccessDenied"}, got
     assert pkg.active("polkit.service") == "active" and pkg.active("imapd-ctl.socket") == "active"
     assert pkg.run("test", "-e", "/etc/probe", check=False).returncode != 0
+
+
+def test_root_recover_refuses_a_journal_the_daemons_user_forged(pkg):
+    """A journal written by the daemon's identity, naming a file outside the flavour's with
+    chosen bytes: root's `imapd-ctl recover` (which `check` and the 503s tell the admin to run)
+    refuses it and writes nothing."""
+    pwned = "/etc/imapd-ctl-pwned"
+    forged = json.dumps({"version": 1, "txn_id": "f0f0", "action": "update", "step": "written",
+                         "started": "2026-01-01T00:00:00+00:00", "meta": {},
+                         "old": {pwned: base64.b64encode(b"root::0:0::/root:/bin/sh\n").decode()},
+                         "new": {pwned: None}})
+    journal = "/var/lib/imapd-ctl/journal.json"
+    pkg.run(*AS_DAEMON, "sh", "-c", f"umask 077; printf '%s' '{forged}' > {journal}")
+    try:
+        r = pkg.run("imapd-ctl", "recover", check=False)
+        assert r.returncode != 0 and "not trusted" in r.stdout + r.stderr, (r.stdout, r.stderr)
+        assert pkg.run("test", "-e", pwned, check=False).returncode == 1
+    finally:
+        pkg.run("rm", "-f", journal, pwned)
+    assert pkg.call("isRunning") == (0, True)
 
 
 def test_systemd_run_and_other_units_are_refused_to_the_daemons_user(pkg):

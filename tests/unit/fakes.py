@@ -149,6 +149,7 @@ class FakeFlavour:
 
     def __init__(self, main: Any, secure: Any, journal: Journal | None = None):
         self.main, self.secure = os.fspath(main), os.fspath(secure)
+        self.owned = (self.main, self.secure)
         self.journal = journal          # to observe the journal step at each call
         self.events: list[tuple[Any, ...]] = []   # ("validate", files) | ("apply", systemd) | ("verify", systemd, values)
         self.applies: list[tuple[list[str], list[str]]] = []   # (changed, serving) of each apply

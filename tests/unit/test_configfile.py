@@ -344,6 +344,7 @@ def test_journal_begin_requires_old_for_every_new_file(tmp_path):
 
 def test_journal_unreadable(tmp_path):
     (tmp_path / "journal.json").write_bytes(b"{not json")
+    (tmp_path / "journal.json").chmod(0o600)      # as the daemon writes it: only its content is bad
     with pytest.raises(JournalCorrupt, match="unreadable") as ei:
         Journal(tmp_path).pending()
     assert ei.value.status == 500 and ei.value.path == str(tmp_path / "journal.json")

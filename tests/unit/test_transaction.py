@@ -9,7 +9,7 @@ import pytest
 from fakes import DEFAULTS, MiB, PLAIN, SECURE, FakeAudit, FakeFlavour, FakeKeyStore, FakeSystemd
 from imapd_ctl.adapters.listening import UnitListening
 from imapd_ctl.adapters.files import read_bytes_or_none
-from imapd_ctl.adapters.journal import Journal, JournalPending
+from imapd_ctl.adapters.journal import Journal, JournalForeign, JournalPending
 from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.core.actions import ACTIONS, UPDATE_FIELDS
 from imapd_ctl.core.errors import ActionFailed, ApiError, Busy, ConfigInvalid, ConfigWriteError, Unavailable
@@ -784,3 +784,31 @@ def test_still_serving_waits_for_activating_units_and_fails_fast_on_failed_ones(
     with pytest.raises(ActionFailed, match="b.service was running before the change and is inactive after"):
         transaction._still_serving(sd, ["a.service", "b.service"])
     assert time.monotonic() - start < 0.1
+
+
+def test_a_journal_naming_a_file_the_flavour_does_not_write_is_refused_and_nothing_written(env, tmp_path):
+    """Root's `imapd-ctl recover` writes what a journal says: a journal the daemon's user forged
+    (naming /etc/<anything>, with chosen bytes) must not become a root write."""
+    victim = tmp_path / "passwd"
+    victim.write_bytes(b"root:x:0:0\n")
+    env.journal.begin("f0f0", "update", old={str(victim): b"owned\n", env.main: env.old_main},
+                      new={str(victim): b"x", env.main: env.old_main}, meta={})
+    with pytest.raises(JournalForeign, match=f"it names {victim}, which fake does not have imapd-ctl write"):
+        transaction.recover(env.flavour, env.systemd, env.journal)
+    assert victim.read_bytes() == b"root:x:0:0\n" and env.journal.pending() is not None
+    assert env.flavour.events == []
+
+
+@pytest.mark.parametrize("spoil", ["mode", "link"])
+def test_a_journal_imapd_ctl_did_not_make_is_refused(env, tmp_path, spoil):
+    interrupt(env, "written")
+    path = env.journal.path
+    if spoil == "mode":
+        os.chmod(path, 0o644)
+    else:
+        real = tmp_path / "elsewhere.json"
+        os.replace(path, real)
+        os.symlink(real, path)
+    with pytest.raises(JournalForeign, match="not trusted"):
+        transaction.recover(env.flavour, env.systemd, env.journal)
+    assert env.flavour.events == []

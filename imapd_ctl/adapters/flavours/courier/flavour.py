@@ -69,6 +69,7 @@ class Courier:
         self.primary_unit: str = self.s.unit
         # The SSL daemon has its own unit: the secure-IMAP controller acts on it alone.
         self.secure_unit: str | None = self.s.ssl_unit if self.s.ssl_unit in self.units else None
+        self.owned: tuple[str, ...] = tuple(self.paths.values())
 
     # -- reading -------------------------------------------------------------------------
     def _read(self) -> Files:

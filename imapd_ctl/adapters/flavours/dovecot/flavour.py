@@ -84,6 +84,7 @@ class Dovecot:
         # One unit serves 143 and 993 (one master, one `service imap`): the secure-IMAP
         # controller acts on it too, and so on both ports (README: "Two controllers").
         self.secure_unit: str | None = self.s.unit
+        self.owned: tuple[str, ...] = (os.fspath(self.s.dropin),)
 
     # -- helpers -----------------------------------------------------------------
     def _run(self, argv: list[str], what: str) -> subprocess.CompletedProcess:
