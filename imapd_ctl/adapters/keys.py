@@ -26,11 +26,11 @@ from typing import Any, Iterator
 
 from imapd_ctl.adapters.files import atomic_write
 from imapd_ctl.adapters.filewatch import FileWatch
+from imapd_ctl.core.actions import PERMISSIONS
 from imapd_ctl.core.errors import BadInput, Forbidden, Unauthorized
 from imapd_ctl.core.protocols import Principal
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", re.ASCII)
-PERM_RE = re.compile(r"[A-Z][A-Z0-9_]{0,31}", re.ASCII)
 IMPORT_MIN_LEN = 32
 KEY_MAX_LEN = 1024                 # the canonical key
 RAW_MAX_LEN = 4 * KEY_MAX_LEN      # as sent: a block's armour, line breaks, padding
@@ -186,8 +186,10 @@ class KeyStore:
         if not NAME_RE.fullmatch(name):
             raise BadInput(f"key name: must match {NAME_RE.pattern}, got {name!r}")
         for p in perms:
-            if not PERM_RE.fullmatch(p):
-                raise BadInput(f"permission: must match {PERM_RE.pattern}, got {p!r}")
+            if p not in PERMISSIONS:
+                raise BadInput(f"permission: {p!r} is not one of this daemon's: "
+                               + "; ".join(f"{name} ({what})" for name, what in PERMISSIONS.items())
+                               + "; no key was made")
 
     def add(self, name: str, secret: str, perms: list[str]) -> None:
         self._check(name, perms)

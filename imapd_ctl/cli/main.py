@@ -7,7 +7,7 @@ import sys
 from typing import Callable
 
 from imapd_ctl.core import settings as settings_mod
-from imapd_ctl.core.actions import PERMISSION
+from imapd_ctl.core.actions import PERMISSION, PERMISSIONS
 from imapd_ctl.core.errors import ApiError
 from imapd_ctl.operations import prose
 from imapd_ctl.core.protocols import Check
@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "from stdin or --file")):
         kp = ksub.add_parser(name, help=helptext)
         kp.add_argument("name")
-        kp.add_argument("--perm", action="append", help=f"permission (repeatable; default {PERMISSION})")
+        kp.add_argument("--perm", action="append", choices=list(PERMISSIONS), metavar="PERM",
+                        help="a permission the key holds (repeatable; default " + PERMISSION + "): "
+                             + "; ".join(f"{name}: {what}" for name, what in PERMISSIONS.items()))
         if name == "import":
             kp.add_argument("--file", help="read the key or InterWorx key block from this file "
                             "(default: stdin, read whole)")

@@ -19,6 +19,9 @@ from imapd_ctl.core.errors import BadInput, NotFound
 
 PERMISSION = "EMAIL"
 METRICS_PERMISSION = "METRICS"    # reads /metrics when metrics_access = "key"
+# Every permission a key may hold, and what it allows (keys are made with these only).
+PERMISSIONS = {PERMISSION: "call every action (InterWorx's permission for mail)",
+               METRICS_PERMISSION: 'read /metrics where metrics_access = "key"'}
 
 # Byte sizes: at least 1 MiB (Dovecot refuses a smaller vsz_limit), at most 1 TiB.
 # Above 2**31-1 an XML-RPC client must send the number as a string (i4 limit).

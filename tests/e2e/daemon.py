@@ -238,7 +238,7 @@ def launch(host, share: Path, *, node_id: str = "node1", workers: int = 2, timeo
     config = write_config(share, node_id, workers, extra_config, listen)
     run = lambda *a, **kw: host.run([IMAPD_CTL, "--config", config, *a], **kw)  # noqa: E731
     key = run("key", "create", "panel").stdout.strip()
-    key_without_email = run("key", "create", "webonly", "--perm", "WEB").stdout.strip()
+    key_without_email = run("key", "create", "webonly", "--perm", "METRICS").stdout.strip()
     daemon = Daemon(host, share, config, key, key_without_email, node_id)
     daemon.start(timeout)
     return daemon

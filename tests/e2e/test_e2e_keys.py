@@ -10,7 +10,7 @@ IMPORTED = "iworx-" + "k" * 40
 
 def test_key_lifecycle_against_the_running_daemon(daemon):
     listing = daemon.ctl("key", "list").stdout
-    assert "panel\tEMAIL" in listing and "webonly\tWEB" in listing
+    assert "panel\tEMAIL" in listing and "webonly\tMETRICS" in listing
     assert daemon.key not in listing
 
     created = daemon.ctl("key", "create", "ops")

@@ -48,7 +48,7 @@ def env(tmp_path, fake_ports):
     app.testing = True
     env = Env(app=app, client=app.test_client(), settings=settings, systemd=systemd, flavour=flavour,
               keys=keys, ports=fake_ports, audit_log=tmp_path / "audit.log", services=services, unit=UNIT,
-              key=keys.create("panel", ["EMAIL"]), dns_key=keys.create("dns", ["DNS"]))
+              key=keys.create("panel", ["EMAIL"]), dns_key=keys.create("dns", ["METRICS"]))
     yield env
     services.audit.close()
 

@@ -65,17 +65,25 @@ def test_key_create_list_revoke(config, capsys):
     out, err = capsys.readouterr()
     secret = out.strip()
     assert secret.startswith("ictl_") and "shown only this once" in err
-    assert run(config, "key", "create", "dns", "--perm", "DNS", "--perm", "EMAIL") == 0
+    assert run(config, "key", "create", "dns", "--perm", "METRICS", "--perm", "EMAIL") == 0
     capsys.readouterr()
     assert run(config, "key", "list") == 0
     lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
-    assert [(name, perms) for name, perms, _ in lines] == [("panel", "EMAIL"), ("dns", "DNS,EMAIL")]
+    assert [(name, perms) for name, perms, _ in lines] == [("panel", "EMAIL"), ("dns", "EMAIL,METRICS")]
     assert secret not in open(Settings(state_dir=os.path.dirname(config) + "/state").keys_path).read()
     assert run(config, "key", "revoke", "panel") == 0
     assert run(config, "key", "revoke", "panel") == 1
     assert "no key named 'panel'" in capsys.readouterr().err
     # Key commands write the key store only: the audit trail is the serving daemon's.
     assert not os.path.exists(os.path.join(os.path.dirname(config), "audit.log"))
+
+
+def test_a_permission_name_the_daemon_does_not_know_is_a_usage_error_listing_the_known_ones(config, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run(config, "key", "create", "x", "--perm", "FOO")
+    assert exc.value.code == 2
+    assert "invalid choice: 'FOO' (choose from 'EMAIL', 'METRICS')" in capsys.readouterr().err
+    assert run(config, "key", "list") == 0 and capsys.readouterr().out == ""
 
 
 BLOCK = ("-----BEGIN INTERWORX API KEY-----\n" + "\n".join(["Ab3+/x9Z" * 8] * 5)
