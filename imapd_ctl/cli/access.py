@@ -72,8 +72,9 @@ def add_key_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--key", help=argparse.SUPPRESS)
 
 
-def read_key(args: argparse.Namespace, stdin: TextIO | None = None) -> str:
-    """The operator's API key from --key-file, --key-stdin or $IMAPD_CTL_KEY; Refusal if none."""
+def read_key(args: argparse.Namespace, stdin: TextIO | None = None) -> str | None:
+    """The operator's API key from --key-file, --key-stdin or $IMAPD_CTL_KEY; None if none was
+    given (see key_or_operator)."""
     if getattr(args, "key", None) is not None:
         raise Refusal(USAGE, "--key is refused: a key on the command line can be read by every "
                              f"local user (ps, /proc); {HOW_TO_GIVE}")
@@ -91,10 +92,33 @@ def read_key(args: argparse.Namespace, stdin: TextIO | None = None) -> str:
         secret = os.environ.get(KEY_ENV, "").strip()
         where = f"${KEY_ENV}"
         if not secret:
-            raise Refusal(NO_KEY, f"an API key is needed: {HOW_TO_GIVE}; {HOW_TO_MAKE}")
+            return None
     if not secret:
         raise Refusal(NO_KEY, f"the key from {where} is empty; {HOW_TO_MAKE}")
     return secret
+
+
+def operator_without_key(settings: Settings) -> bool:
+    """Does the daemon let this user call over its unix socket without a key (root, or a member
+    of operator_group: adapters.peers)? The daemon decides; this only words the refusal early."""
+    if os.geteuid() == 0:
+        return True
+    if not settings.operator_group:
+        return False
+    try:
+        entry = grp.getgrnam(settings.operator_group)
+    except KeyError:
+        return False
+    return entry.gr_gid in (os.getgid(), *os.getgroups())
+
+
+def key_or_operator(args: argparse.Namespace, settings: Settings) -> str | None:
+    """The key given, or None for root and operator_group on this host; Refusal otherwise."""
+    key = read_key(args)
+    if key is None and not operator_without_key(settings):
+        who = f"root and members of {settings.operator_group} need" if settings.operator_group else "root needs"
+        raise Refusal(NO_KEY, f"an API key is needed ({who} none on this host): {HOW_TO_GIVE}; {HOW_TO_MAKE}")
+    return key
 
 
 def _owner(path: str) -> tuple[str, str, int] | None:
@@ -132,13 +156,15 @@ def unreachable(sock: str, exc: OSError) -> Refusal:
                                 f"healthy? `systemctl status imapd-ctl.service imapd-ctl.socket`")
 
 
-def refused_key(status: int, payload: object, node: str | None = None) -> Refusal | None:
+def refused_key(status: int, payload: object, node: str | None = None, keyless: bool = False) -> Refusal | None:
     """The daemon's 401/403 as a Refusal that says how to get a working key (`node`: another
-    node refused the key this host holds for it in the registry)."""
+    node refused the key this host holds for it in the registry; `keyless`: no key was sent)."""
     if node is not None and status in (401, 403):
         return Refusal(NO_KEY, f"node {node} refused the key this host holds for it (the [[nodes]] entry "
                                f"of the settings): {payload}; on {node}, store that key with "
                                f"`imapd-ctl key import NAME` (permission EMAIL)")
+    if status == 401 and keyless:
+        return Refusal(NO_KEY, f"the daemon wants a key from this user ({payload}): {HOW_TO_GIVE}; {HOW_TO_MAKE}")
     if status == 401:
         return Refusal(NO_KEY, f"the daemon refused the key ({payload}); {HOW_TO_MAKE}")
     if status == 403:

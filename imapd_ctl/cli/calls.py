@@ -49,7 +49,7 @@ class Answer:
 Caller = Callable[[str, dict[str, Any]], Answer]
 
 
-def local(sock: str, key: str, controller: str = CONTROLLER, timeout: float = 120) -> Caller:
+def local(sock: str, key: str | None, controller: str = CONTROLLER, timeout: float = 120) -> Caller:
     """Calls to this node's daemon over its unix socket; an unreachable socket is a Refusal
     (exit code and what to do), since nothing else can be shown without the daemon."""
     def call(action: str, inputs: dict[str, Any]) -> Answer:
@@ -84,7 +84,7 @@ def call_timeout(settings: Settings) -> float:
     return settings.lock_timeout + settings.job_timeout + settings.listen_timeout + 30
 
 
-def target(settings: Settings, cluster: Cluster, node_id: str | None, *, sock: str, key: str,
+def target(settings: Settings, cluster: Cluster, node_id: str | None, *, sock: str, key: str | None,
            controller: str = CONTROLLER) -> Caller:
     """The caller for --node ID (None or this node's id: the local daemon)."""
     if node_id is None or node_id == settings.node_id:

@@ -45,13 +45,13 @@ def cmd_call(args: argparse.Namespace) -> int:
     except ApiError as exc:
         raise access.Refusal(access.USAGE, exc.message) from None
     s, sock, cluster = _session(args)
-    key = access.read_key(args)
+    key = access.key_or_operator(args, s)
     caller = calls.target(s, cluster, args.node, sock=sock, key=key, controller=controller)
     answer = caller(args.action, inputs)
     if not answer.reached:
         raise access.Refusal(access.UNREACHABLE, str(answer.payload))
     remote = args.node if args.node not in (None, s.node_id) else None
-    refused = access.refused_key(answer.status, answer.payload, remote)
+    refused = access.refused_key(answer.status, answer.payload, remote, keyless=key is None and remote is None)
     if args.json:
         print(json.dumps({"status": answer.status, "payload": answer.payload}))
     elif answer.status == 0:
@@ -72,14 +72,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         access.read_key(args)        # refuses --key before anything is asked
     style = show.Style.for_stream(sys.stdout)
     if args.all:
-        key = access.read_key(args)
+        key = access.key_or_operator(args, s)
         callers = {s.node_id: calls.local(sock, key, timeout=s.node_timeout)}
         callers.update({node_id: calls.remote(cluster, node_id) for node_id in sorted(cluster.nodes)})
         result = status.cluster_status(s.node_id, callers)
         print(json.dumps(result, indent=2) if args.json else statusview.cluster_table(result, style))
         return int(result["exit"])
     report = status.node_status(
-        s, sock, key_of=lambda: access.read_key(args),
+        s, sock, key_of=lambda: access.key_or_operator(args, s),
         caller_of=lambda key: calls.local(sock, key, timeout=s.node_timeout),
         flavour_of=lambda: wiring.build(s).flavour)
     print(json.dumps(report, indent=2) if args.json else statusview.node_screen(report, style))

@@ -16,7 +16,7 @@ from imapd_ctl.core.errors import ApiError
 from imapd_ctl.operations import prose
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.cli import client
-from imapd_ctl.cli.access import OK, FAILED, Refusal, unreachable
+from imapd_ctl.cli.access import OK, FAILED, Refusal, refused_key, unreachable
 from imapd_ctl.cli.calls import Answer, Caller, fan_out, has_action
 
 CAPACITY = "queryCapacity"
@@ -95,8 +95,8 @@ def _pending(settings: Settings) -> dict[str, Any] | None:
             "started": entry.started, "next": "imapd-ctl recover"}
 
 
-def node_status(settings: Settings, sock: str, key_of: Callable[[], str],
-                caller_of: Callable[[str], Caller], flavour_of: Callable[[], Any]) -> dict[str, Any]:
+def node_status(settings: Settings, sock: str, key_of: Callable[[], str | None],
+                caller_of: Callable[[str | None], Caller], flavour_of: Callable[[], Any]) -> dict[str, Any]:
     """This node: host facts, the daemon's health and, if it answers and a key is given, the
     API's answers. `exit` is the exit code status should end with."""
     report = local_facts(settings, flavour_of)
@@ -105,8 +105,12 @@ def node_status(settings: Settings, sock: str, key_of: Callable[[], str],
     exit_code = OK
     if daemon["ok"]:
         try:
-            call = caller_of(key_of())
-            results = fan_out({settings.node_id: call}, plan())[settings.node_id]
+            key = key_of()
+            results = fan_out({settings.node_id: caller_of(key)}, plan())[settings.node_id]
+            denied = next((refused_key(a.status, a.payload, keyless=key is None) for a in results.values()
+                           if a.reached and a.status in (401, 403)), None)
+            if denied is not None:
+                raise denied
             report["api"] = _answers(results)
             refused = [a for a in results.values() if not a.reached]
             if refused:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Protocol
 
 from imapd_ctl.core.actions import IMAP, METRICS_PERMISSION, PERMISSION, Action, Service, controller, lookup
 from imapd_ctl.core.errors import ApiError, BadInput, Forbidden, MethodNotAllowed, NotFound
-from imapd_ctl.core.protocols import Audit, KeyStore, Telemetry, Untold
+from imapd_ctl.core.protocols import Audit, KeyStore, Principal, Telemetry, Untold
 from imapd_ctl.core.request import Request, Result
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,10 @@ class Runner(Protocol):
 
 def _as_is(payload: Any) -> Any:
     return payload
+
+
+def _no_operators(uid: int, gid: int) -> Principal | None:
+    return None
 
 
 def _message(exc: ApiError) -> Any:
@@ -43,6 +47,8 @@ class Context:
     render: Callable[[Any], Any] = _as_is
     describe: Callable[[ApiError], Any] = _message
     telemetry: Telemetry = Untold()    # counts each known action by status, with its duration
+    # (uid, gid) on the unix socket -> the operator it is without a key (adapters.peers), or None
+    operators: Callable[[int, int], Principal | None] = _no_operators
 
 
 def dispatch(request: Request, ctx: Context) -> Result:
@@ -54,7 +60,7 @@ def dispatch(request: Request, ctx: Context) -> Result:
     service = IMAP
     values: dict[str, Any] = {}
     try:
-        who = (request.caller or ctx.keys.authenticate(request.read_key(), PERMISSION)).name
+        who = (request.caller or _keyless(request, ctx) or ctx.keys.authenticate(request.read_key(), PERMISSION)).name
         service = controller(request.controller)
         action = lookup(request.action, service)
         if request.method is not None and request.method not in action.methods:
@@ -83,8 +89,15 @@ def dispatch(request: Request, ctx: Context) -> Result:
     return result
 
 
+def _keyless(request: Request, ctx: Context) -> Principal | None:
+    """An operator on the unix socket who sent no key (one who sent a key is that key)."""
+    if request.peer_cred is None or request.read_key() is not None:
+        return None
+    return ctx.operators(*request.peer_cred)
+
+
 def _is_local(peer: str) -> bool:
-    if peer == "unix-socket":
+    if peer.startswith("unix-socket"):
         return True
     try:
         return ipaddress.ip_address(peer).is_loopback

@@ -41,6 +41,9 @@ class Request:
     strict: bool = False
     """An unknown input name is refused (the native HTTP API); XML-RPC and SOAP ignore it, as
     InterWorx does (panels send extra keys such as `perms`)."""
+    peer_cred: tuple[int, int] | None = None
+    """(uid, gid) of a caller on the unix socket, as the kernel says: root and the operator group
+    need no key there (dispatch asks Context.operators). None over TCP: only keys count."""
     caller: Principal | None = None
     """Who calls, when the key was already checked for this request with the permission
     actions need (the server's gate, transports.http.key_gate): dispatch does not ask the key

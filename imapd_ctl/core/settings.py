@@ -3,6 +3,7 @@ every key). The file is chosen by --config or IMAPD_CTL_CONFIG."""
 from __future__ import annotations
 
 import dataclasses
+import grp
 import os
 import re
 import socket
@@ -64,6 +65,9 @@ class Settings:
     # OpenSSL's list of TLS 1.2 suites for the HTTPS listeners; empty: the policy of
     # imapd_ctl/server/tls.py (ECDHE with AES-GCM or ChaCha20-Poly1305 only)
     tls_ciphers: str = ""
+    # A group whose members, like root, call the API over the unix socket without a key (all
+    # permissions; the kernel says who connects). Empty: root only. HTTP over TCP needs a key.
+    operator_group: str = ""
     workers: int = 1               # gunicorn processes (each: an event loop and 32 threads)
     audit_log: str = "/var/log/imapd-ctl/audit.log"
     flavour: str = "auto"          # auto | dovecot | courier
@@ -150,6 +154,12 @@ def load(path: str | None = None) -> Settings:
         raise ValueError(f"{path}: flavour must be one of {', '.join(FLAVOURS)}, got {settings.flavour!r}")
     if settings.recovery_timeout <= 0:
         raise ValueError(f"{path}: recovery_timeout must be a number of seconds above 0, got {settings.recovery_timeout:g}")
+    if settings.operator_group:
+        try:
+            grp.getgrnam(settings.operator_group)
+        except KeyError:
+            raise ValueError(f"{path}: operator_group: no group named {settings.operator_group!r} on this "
+                             "host (create it, or leave it empty: root only)") from None
     if settings.tls_ciphers:
         try:
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(settings.tls_ciphers)

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from imapd_ctl.adapters import peers
 from imapd_ctl.adapters.audit import AuditLog
 from imapd_ctl.adapters.cluster import Cluster
 from imapd_ctl.adapters.journal import Journal
@@ -83,7 +84,8 @@ class Services:
         if isinstance(self.audit, AuditLog):
             self.audit.open()
         return Context(keys=self.keys, audit=self.audit, runner=Admission(PerService(self.controllers)),
-                       render=prose.render, describe=prose.payload_of, telemetry=self.metrics)
+                       render=prose.render, describe=prose.payload_of, telemetry=self.metrics,
+                       operators=peers.operators(self.settings.operator_group))
 
     def warm(self) -> None:
         """In a worker, at start: connect to the bus and detect the flavour now, not in the

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TARGET = re.compile(rb"[\x21-\x7e]+")            # visible ASCII: no space, no control, no 8-bit
@@ -82,6 +82,12 @@ class Head:
     @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.length)
+
+
+class PeerCred(NamedTuple):
+    """Who is at the other end of a unix-socket connection, as the kernel says (SO_PEERCRED)."""
+    uid: int
+    gid: int
 
 
 @dataclass

@@ -9,10 +9,12 @@ import ipaddress
 import os
 import socket
 import stat
+import struct
 import sys
 from typing import Any
 
 from imapd_ctl.core.settings import Settings
+from imapd_ctl.server.framing import PeerCred
 
 SD_LISTEN_FDS_START = 3
 BACKLOG = 2048          # gunicorn's default
@@ -172,3 +174,15 @@ def activation_binds(settings: Settings, inherited: list[Inherited]) -> list[str
             notes.append(f"{s.address} (from systemd; not in the settings)")
     print(f"imapd-ctl: socket activation: serving {', '.join(notes)}", file=sys.stderr)
     return extra
+
+
+_CRED = struct.Struct("3i")      # struct ucred: pid, uid, gid
+
+
+def peer_cred(sock: socket.socket) -> PeerCred | None:
+    """Who connected to a unix socket, as the kernel says."""
+    try:
+        _, uid, gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+    except OSError:
+        return None
+    return PeerCred(uid, gid)

@@ -16,8 +16,8 @@ from email.utils import formatdate
 from typing import Any, Callable
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from imapd_ctl.server.framing import Framed
-from imapd_ctl.transports.body import BODY_KEY, GATE_KEY, REFUSED_KEY
+from imapd_ctl.server.framing import Framed, PeerCred
+from imapd_ctl.transports.body import BODY_KEY, GATE_KEY, PEER_KEY, REFUSED_KEY
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
 
@@ -81,10 +81,12 @@ def environ_of(req: Framed, server_software: str = "imapd-ctl") -> dict[str, Any
             continue       # framed here: the environ carries the body's true length
         key = "HTTP_" + name.replace("-", "_")
         env[key] = f"{env[key]},{value}" if key in env else value
-    if isinstance(req.client, tuple):
+    if isinstance(req.client, PeerCred):   # the unix socket (the app says "unix-socket")
+        env["REMOTE_ADDR"], env[PEER_KEY] = "", (req.client.uid, req.client.gid)
+    elif isinstance(req.client, tuple):
         env["REMOTE_ADDR"], env["REMOTE_PORT"] = str(req.client[0]), str(req.client[1])
     else:
-        env["REMOTE_ADDR"] = ""            # the unix socket (the app says "unix-socket")
+        env["REMOTE_ADDR"] = ""
     if isinstance(req.server, tuple):
         env["SERVER_NAME"], env["SERVER_PORT"] = str(req.server[0]), str(req.server[1])
     else:

@@ -37,6 +37,7 @@ from imapd_ctl.core.settings import Settings
 from imapd_ctl.server import task, tls
 from imapd_ctl.server.channel import Channel, Phase, Rules
 from imapd_ctl.server.framing import Limits, error_reply
+from imapd_ctl.server.listeners import peer_cred
 from imapd_ctl.server.pool import Pool
 from imapd_ctl.transports.http import MAX_BODY
 
@@ -167,6 +168,8 @@ class Worker(BaseWorker):
                 self.log.warning("accept failed: %s", exc)
                 return
             unix = listener.family == socket.AF_UNIX
+            if unix:             # who connected: the app trusts root here without a key
+                client = peer_cred(sock)
             now = time.monotonic()
             try:
                 ch = Channel(sock, client, listener.getsockname(), None if unix else self.tls, self.rules, now)

@@ -31,6 +31,7 @@ _REASONS = {400: "Bad Request", 413: "Request Entity Too Large", 431: "Request H
 BODY_KEY = "imapd_ctl.body"
 REFUSED_KEY = "imapd_ctl.refused"
 GATE_KEY = "imapd_ctl.gate"         # what the server's gate (transports.http.key_gate) said of the key
+PEER_KEY = "imapd_ctl.peer"         # a unix-socket client's (uid, gid), from the kernel (SO_PEERCRED)
 READ_SIZE = 16 * 1024
 
 

@@ -15,7 +15,7 @@ from imapd_ctl.core.actions import PERMISSION
 from imapd_ctl.core.errors import BadInput, Forbidden
 from imapd_ctl.core.protocols import KeyStore, Principal
 from imapd_ctl.core.request import Request, Result
-from imapd_ctl.transports.body import BODY_KEY, GATE_KEY
+from imapd_ctl.transports.body import BODY_KEY, GATE_KEY, PEER_KEY
 
 MAX_BODY = 64 * 1024
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -36,8 +36,14 @@ def envelope(status: int, payload: Any) -> Response:
 # The WSGI environ is read directly where it holds the answer: each attribute of Flask's
 # `request` goes through a context-local proxy, and a panel's poll is mostly this layer.
 
+def peer_of(environ: dict[str, Any]) -> str:
+    """The caller for the audit trail: its address, or the unix socket and the caller's uid."""
+    cred = environ.get(PEER_KEY)
+    return environ.get("REMOTE_ADDR") or (f"unix-socket (uid {cred[0]})" if cred else "unix-socket")
+
+
 def peer() -> str:
-    return request.environ.get("REMOTE_ADDR") or "unix-socket"
+    return peer_of(request.environ)
 
 
 def bearer_of(authorization: str) -> str | None:
@@ -152,7 +158,7 @@ def handle(controller: str, action: str, dispatch: Callable[[Request], Result], 
     like any input error."""
     method = environ["REQUEST_METHOD"]
     caller = environ.get(GATE_KEY)
-    req = Request(transport="http", peer=environ.get("REMOTE_ADDR") or "unix-socket", action=action,
+    req = Request(transport="http", peer=peer_of(environ), action=action, peer_cred=environ.get(PEER_KEY),
                   controller=controller, read_key=lambda: _bearer_in(environ),
                   read_inputs=lambda: _inputs(environ, incoming), method="GET" if method == "HEAD" else method,
                   strict=True, caller=caller if isinstance(caller, Principal) else None)

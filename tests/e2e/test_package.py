@@ -293,6 +293,23 @@ def test_installed_enabled_and_running_with_debian_python(pkg):
     assert cmdline[:3] == [b"/usr/bin/python3", b"/usr/bin/imapd-ctl", b"serve"], cmdline
 
 
+def test_root_needs_no_key_on_the_socket_and_everyone_else_still_does(pkg):
+    """Right after installing, before any key exists: the kernel says root is calling."""
+    r = pkg.run("imapd-ctl", "call", "isRunning", check=False)
+    assert (r.returncode, r.stdout.strip()) == (0, "true"), r.stderr
+    r = pkg.run("imapd-ctl", "status", check=False)
+    assert r.returncode == 0 and "yes (isRunning)" in r.stdout, r.stdout + r.stderr
+    assert pkg.run("imapd-ctl", "call", "startOnBoot", "mda_imap_startonboot=1").returncode == 0
+    audit = [json.loads(line) for line in pkg.host.read_file("/var/log/imapd-ctl/audit.log").splitlines()]
+    assert (audit[-1]["key"], audit[-1]["peer"]) == ("root (uid 0, no key)", "unix-socket (uid 0)"), audit[-1]
+    r = pkg.run("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "imapd-ctl", "call",
+                "isRunning", check=False)
+    assert r.returncode == 5 and "an API key is needed (root needs none on this host)" in r.stderr, r.stderr
+    # Over TCP only keys count, for root too.
+    r = pkg.run("curl", "-sS", "http://127.0.0.1:8143/nodeworx/mail/imap/isRunning")
+    assert json.loads(r.stdout)["status"] == 401
+
+
 def test_curl_over_the_unix_socket_with_a_created_key(pkg):
     pkg.key = pkg.run("imapd-ctl", "key", "create", "panel").stdout.strip()
     assert pkg.key.startswith("ictl_")

@@ -1,10 +1,14 @@
 """The request pipeline (imapd_ctl.core.dispatch) on its own, with recording stand-ins for the
 key store and the audit trail (fakes.py) and the controller: one authentication per request, inputs read
 only for a caller with a valid key, every mutating call audited, never an exception."""
+import grp
+import os
+
 import pytest
 from fakes import FakeAudit, FakeKeyStore
 
 from imapd_ctl.core.actions import CONTROLLER, CONTROLLERS, IMAP, PERMISSION, SIMAP
+from imapd_ctl.adapters import peers
 from imapd_ctl.core.dispatch import Context, dispatch
 from imapd_ctl.core.errors import ActionFailed, BadInput, Unauthorized
 from imapd_ctl.core.protocols import Principal
@@ -136,3 +140,25 @@ def test_a_change_is_announced_before_it_runs(ctx):
     assert dispatch(request()[0], ctx).status == 0
     assert ctx.audit.begun == [{"who": "panel", "peer": "here", "transport": "test", "controller": CONTROLLER,
                                 "action": "restart", "inputs": {"cascade_to_nodes": 0}}]
+
+
+def test_root_on_the_unix_socket_needs_no_key_others_do_and_a_key_given_is_the_key():
+    """adapters.peers through dispatch: the kernel's (uid, gid) of a unix-socket caller."""
+    ctx = Context(keys=FakeKeyStore(KEY), audit=FakeAudit(), runner=Runner(), operators=peers.operators(""))
+    req, _ = request(key=None, inputs={}, peer_cred=(0, 0))
+    assert dispatch(req, ctx) == Result(0, "done")
+    assert ctx.keys.asked == 0 and ctx.audit.lines[-1]["who"] == "root (uid 0, no key)"
+    for cred in ((1000, 1000), None):              # another user; TCP (no credentials)
+        req, _ = request(key=None, inputs={}, peer_cred=cred)
+        assert dispatch(req, ctx).status == 401
+    req, _ = request(key="wrong", inputs={}, peer_cred=(0, 0))
+    assert dispatch(req, ctx).status == 401          # root who sends a key is that key
+
+
+def test_an_operator_group_is_trusted_like_root_and_only_it():
+    group = grp.getgrgid(os.getgid()) if os.getgid() != 0 else grp.getgrnam("daemon")
+    operators = peers.operators(group.gr_name)
+    assert operators(4242, group.gr_gid).name == "uid (uid 4242, no key)"       # its primary group
+    assert operators(4242, group.gr_gid).perms == ("EMAIL", "METRICS")
+    assert operators(4242, group.gr_gid + 1) is None
+    assert peers.operators("")(4242, group.gr_gid) is None

@@ -15,7 +15,7 @@ import pytest
 from gunicorn.config import Config
 
 from imapd_ctl.server.worker import KEYLESS_BODY, MAX_BODY, Worker
-from imapd_ctl.transports.body import bounded
+from imapd_ctl.transports.body import GATE_KEY, PEER_KEY, bounded
 
 
 class _Log:
@@ -33,6 +33,9 @@ def echo(environ, start_response):
     if environ["PATH_INFO"] == "/big":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"b" * BIG]
+    if environ["PATH_INFO"] == "/peer":      # who the kernel says connected, and the gate's word
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [repr((environ.get(PEER_KEY), environ.get(GATE_KEY))).encode()]
     body = environ["wsgi.input"].read()
     reply = f"{environ['PATH_INFO']} {len(body)}".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(reply)))])
@@ -402,3 +405,8 @@ def test_a_bug_on_one_connection_costs_that_connection_not_the_loop(serving):
         assert s.recv(100) == b""                          # that connection is closed
     worker.rules = rules
     assert get(path).endswith(b"/x 0")                     # and the loop still serves
+
+
+def test_a_unix_socket_request_carries_who_connected_and_what_the_gate_said(serving):
+    _, path = serving
+    assert get(path, "/peer").endswith(repr(((os.getuid(), os.getgid()), True)).encode())
