@@ -168,6 +168,5 @@ def refused_key(status: int, payload: object, node: str | None = None, keyless: 
     if status == 401:
         return Refusal(NO_KEY, f"the daemon refused the key ({payload}); {HOW_TO_MAKE}")
     if status == 403:
-        return Refusal(NO_KEY, f"the key lacks the EMAIL permission ({payload}); {HOW_TO_MAKE} "
-                               f"(default permission: EMAIL)")
+        return Refusal(NO_KEY, f"{payload}; {HOW_TO_MAKE} (default permission: EMAIL)")
     return None

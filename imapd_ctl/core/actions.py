@@ -38,7 +38,9 @@ def brief(raw: Any, limit: int) -> str:
     """repr() of a value from a request, for an error message, cut to `limit` characters.
     repr() of a giant int raises ValueError (Python's digit limit), and of an array nested a
     thousand deep (XML-RPC, or JSON near the parser's limit) RecursionError: never repr those."""
-    if isinstance(raw, int) and not isinstance(raw, bool) and raw.bit_length() > 128:
+    if raw is True or raw is False or raw is None:     # as JSON and the InterWorx docs spell them
+        shown = {True: "true", False: "false", None: "null"}[raw]
+    elif isinstance(raw, int) and raw.bit_length() > 128:
         shown = f"an integer of {raw.bit_length()} bits"
     else:
         try:

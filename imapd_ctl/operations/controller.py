@@ -214,8 +214,11 @@ class Controller(Serving):
 
     def stop(self) -> str:
         units = list(self.unit_ports())
+        idle = [unit for unit in units if self.systemd.unit(unit).active_state in ("inactive", "failed")]
         for unit in reversed(units):
-            self.systemd.stop(unit)
+            self.systemd.stop(unit)       # also for an idle unit: harmless, and never a race lost
+        if len(idle) == len(units):
+            return self.acted("nothing to stop:", units, " already stopped")
         return self.acted("stopped", units)
 
     def restart(self) -> str:

@@ -12,7 +12,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.exceptions import NotFound as NoRoute
 
-from imapd_ctl.core.actions import CONTROLLERS
+from imapd_ctl.core.actions import CONTROLLERS, brief
 from imapd_ctl.core.errors import ApiError, NotFound
 from imapd_ctl.core.dispatch import Context, check_metrics_reader, dispatch
 from imapd_ctl.core.request import Request, Result
@@ -142,6 +142,10 @@ def create_app(ctx: Context, *, scrape: Scrape | None = None, metrics_access: st
             body, status, ctype = soap.fault(soap.version_of(request.content_type),
                                              f"{exc.name}: {exc.description}", exc.code)
             return Response(body, status=status, content_type=ctype)
+        if isinstance(exc, NoRoute) and exc.description == NoRoute.description:   # not one of ours
+            return envelope(404, f"no such path {brief(request.path, 80)}: actions are at CONTROLLER/ACTION "
+                                 f"with CONTROLLER one of {', '.join(CONTROLLERS)}; also /xmlrpc, /soap, "
+                                 "/healthz, /openapi.json")
         return envelope(exc.code or 500, f"{exc.name}: {exc.description}")
 
     @app.errorhandler(Exception)

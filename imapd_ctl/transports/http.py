@@ -11,8 +11,8 @@ from typing import Any, Callable
 from flask import Response, request
 from werkzeug.wrappers import Request as WerkzeugRequest
 
-from imapd_ctl.core.actions import PERMISSION
-from imapd_ctl.core.errors import BadInput, Forbidden
+from imapd_ctl.core.actions import PERMISSION, brief
+from imapd_ctl.core.errors import BadInput, Forbidden, Unauthorized
 from imapd_ctl.core.protocols import KeyStore, Principal
 from imapd_ctl.core.request import Request, Result
 from imapd_ctl.transports.body import BODY_KEY, GATE_KEY, PEER_KEY
@@ -53,7 +53,16 @@ def bearer_of(authorization: str) -> str | None:
 
 
 def _bearer_in(environ: dict[str, Any]) -> str | None:
-    return bearer_of(environ.get("HTTP_AUTHORIZATION", ""))
+    """The key of the request's Authorization header; None without one; Unauthorized for a
+    header of another form (said to the caller, who may have left out `Bearer`)."""
+    authorization = environ.get("HTTP_AUTHORIZATION", "").strip()
+    key = bearer_of(authorization)
+    if key is None and authorization:
+        scheme, _, rest = authorization.partition(" ")
+        how = ("has no key after 'Bearer'" if scheme.lower() == "bearer" else
+               f"uses the scheme {brief(scheme, 20)}" if rest.strip() else "has no scheme: put 'Bearer ' before the key")
+        raise Unauthorized(f"the Authorization header must be 'Bearer KEY' (this one {how}); nothing was run")
+    return key
 
 
 KNOWN = "a key of this daemon"    # the gate's answer for a key without the actions' permission

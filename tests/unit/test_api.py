@@ -417,3 +417,32 @@ def test_an_end_line_that_cannot_be_written_goes_to_the_daemon_log(caplog):
                                  action="stop", inputs={"cascade_to_nodes": 0}, status=0, payload="stopped x")
     assert "audit log /dev/full cannot be written (No space left on device); the line: {" in caplog.text
     assert '"phase": "end"' in caplog.text and '"result": "stopped x"' in caplog.text
+
+
+def test_stop_says_so_when_the_server_was_already_stopped(env):
+    assert envelope(env.call("stop", json={}))["payload"].startswith("stopped ")
+    again = envelope(env.call("stop", json={}))
+    assert again["status"] == 0 and again["payload"].startswith("nothing to stop: ") \
+        and again["payload"].endswith(" already stopped"), again
+
+
+@pytest.mark.parametrize("header, says", [
+    ("KEY123", "has no scheme: put 'Bearer ' before the key"),
+    ("Basic dXNlcjpwdw==", "uses the scheme 'Basic'"),
+    ("Bearer ", "has no key after 'Bearer'"),
+])
+def test_an_authorization_header_of_another_form_is_told_how_to_write_it(env, header, says):
+    reply = env.client.get(f"{CONTROLLER}/isRunning", headers={"Authorization": header})
+    assert envelope(reply) == {"status": 401, "payload": "the Authorization header must be 'Bearer KEY' "
+                                                         f"(this one {says}); nothing was run"}
+
+
+def test_an_unknown_path_names_the_controllers_served(env):
+    payload = envelope(env.client.get("/nodeworx/mail/imapx/isRunning"))["payload"]
+    assert payload.startswith("no such path '/nodeworx/mail/imapx/isRunning': actions are at CONTROLLER/ACTION")
+    assert "/nodeworx/mail/imap, /nodeworx/mail/simap" in payload and "spelling" not in payload
+
+
+def test_a_json_boolean_is_named_as_json_names_it(env):
+    payload = envelope(env.call("update", json={"imap_max_connections": True}))["payload"]
+    assert "true" in payload and "True" not in payload, payload
