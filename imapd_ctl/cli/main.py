@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Callable
 
+from imapd_ctl import __version__
 from imapd_ctl.core import settings as settings_mod
 from imapd_ctl.core.actions import PERMISSION, PERMISSIONS
 from imapd_ctl.core.errors import ApiError
@@ -39,8 +41,12 @@ def cmd_key(args: argparse.Namespace) -> int:
             store.import_key(args.name, given, args.perm or [PERMISSION])
             print(f"key {args.name!r} imported", file=sys.stderr)
         elif args.key_cmd == "list":
-            for e in store.entries():
-                print(f"{e['name']}\t{','.join(e['perms'])}\t{e['created']}")
+            entries = store.entries()
+            if args.json:
+                print(json.dumps(entries, indent=1))
+            else:
+                for e in entries:
+                    print(f"{e['name']}\t{','.join(e['perms'])}\t{e['created']}")
         elif args.key_cmd == "revoke":
             if not store.revoke(args.name):
                 print(f"imapd-ctl: no key named {args.name!r}", file=sys.stderr)
@@ -83,6 +89,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{'ok  ' if check.ok else 'FAIL'} {check.what}: {check.detail}")
 
     report(Check("settings", True, s.source))
+    from imapd_ctl.cli.status import health
+    daemon = health(s.socket, s.node_timeout)
+    report(Check("daemon answers", daemon["ok"], f"{s.socket}: {daemon['detail']}"))
     from imapd_ctl.adapters import secrets
     for secret in s.secret_files():
         problem = secrets.problem(secret, secrets.daemon_uid(s.state_dir))
@@ -113,6 +122,11 @@ def cmd_node(args: argparse.Namespace) -> int:
     s = _settings(args)
     cluster = wiring.build(s).cluster
     if args.node_cmd == "list":
+        if args.json:
+            print(json.dumps([{"id": s.node_id, "url": None, "ca": None, "this": True}]
+                             + [{"id": n.id, "url": n.url, "ca": n.ca, "this": False} for n in cluster.nodes.values()],
+                             indent=1))
+            return 0
         print(f"{s.node_id}\t(this node)")
         for node in cluster.nodes.values():
             print(f"{node.id}\t{node.url}\tca={node.ca}")
@@ -174,9 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="imapd-ctl", description="Control this host's IMAP server "
                                 "(InterWorx /nodeworx/mail/imap compatible).")
     p.add_argument("--config", help=f"settings file (default: $IMAPD_CTL_CONFIG or {settings_mod.DEFAULT_PATH})")
+    p.add_argument("--version", action="version", version=f"imapd-ctl {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    sub.add_parser("serve", help="run the daemon (gunicorn; unix socket + loopback)").set_defaults(fn=cmd_serve)
+    sub.add_parser("serve", help="run the daemon (gunicorn; unix socket + loopback)",
+                   description="Run the daemon in the foreground: gunicorn with the settings' workers, "
+                               "on the unix socket (systemd's, if socket-activated) and the TCP "
+                               "listeners of `listen`; an interrupted change is recovered first "
+                               "(within recovery_timeout). systemd's imapd-ctl.service runs this."
+                   ).set_defaults(fn=cmd_serve)
 
     commands.add_call(sub)
     commands.add_status(sub)
@@ -195,14 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
             kp.add_argument("--file", help="read the key or InterWorx key block from this file "
                             "(default: stdin, read whole)")
             kp.add_argument("--value", help=argparse.SUPPRESS)   # refused, with what to use instead
-    ksub.add_parser("list", help="list key names and permissions")
+    kl = ksub.add_parser("list", help="list key names and permissions",
+                         description="One line per key: name, permissions, when it was made (tab-separated); "
+                                     "the keys themselves are never stored, only their hashes.")
+    kl.add_argument("--json", action="store_true", help="a JSON array of {name, perms, created}")
     kr = ksub.add_parser("revoke", help="revoke a key by name")
     kr.add_argument("name")
     k.set_defaults(fn=cmd_key)
 
     n = sub.add_parser("node", help="the cluster's nodes")
     nsub = n.add_subparsers(dest="node_cmd", required=True)
-    nsub.add_parser("list", help="show the node registry")
+    nl = nsub.add_parser("list", help="show the node registry",
+                         description="This node, then each [[nodes]] entry of the settings: id, URL, CA file.")
+    nl.add_argument("--json", action="store_true", help="a JSON array of {id, url, ca, this}")
     nsub.add_parser("check", help="call every node (HTTPS, verified) and show which answer")
     n.set_defaults(fn=cmd_node)
 
@@ -219,8 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "/etc/imapd-ctl/tls/imapd-ctl.pem)")
     t.set_defaults(fn=cmd_tls)
 
-    sub.add_parser("check", help="check D-Bus, the IMAP server, config and validator").set_defaults(fn=cmd_check)
-    sub.add_parser("recover", help="finish or undo a change a crash interrupted").set_defaults(fn=cmd_recover)
+    sub.add_parser("check", help="check the daemon, D-Bus, the IMAP server, config and validator",
+                   description="Check, one line each (ok/FAIL): the settings, secret files' modes, that the "
+                               "daemon answers on its socket, systemd over D-Bus, the IMAP server and its "
+                               "configuration, the validator, the state directory, and that no change is "
+                               "interrupted. Exit 0 only if all are ok.").set_defaults(fn=cmd_check)
+    sub.add_parser("recover", help="finish or undo a change a crash interrupted",
+                   description="Finish (if it was verified) or undo the configuration change that a "
+                               "crash interrupted, from its journal; reports what was done. The daemon "
+                               "refuses changes while such a journal is pending.").set_defaults(fn=cmd_recover)
     return p
 
 

@@ -133,6 +133,14 @@ class _Envelope(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def do_GET(self):                 # /healthz, as the daemon answers it
+        data = b'{"status": 0, "payload": "ok"}\n'
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def log_message(self, *args):
         pass
 
@@ -227,18 +235,38 @@ def test_call_without_a_daemon_says_what_to_check(config, capsys, tmp_path, monk
 
 # --- check and recover, on the fakes (conftest.py's fake_wiring) ----------------------------
 
-def test_check_reports_the_flavours_checks(config, fake_wiring, capsys, monkeypatch):
+def test_check_reports_the_flavours_checks(config, fake_wiring, daemon, capsys, monkeypatch):
     monkeypatch.setattr(fake_wiring["Flavour"], "checks", lambda self: [Check("config writable", True, "/etc/fake")],
                         raising=False)
     assert run(config, "check") == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[1:] == ["ok   systemd over D-Bus: systemd 252 (fake)", "ok   IMAP server: fake (fake-imapd.service)",
+    assert out[1:] == [f"ok   daemon answers: {daemon.server_address}: answers", "ok   systemd over D-Bus: systemd 252 (fake)", "ok   IMAP server: fake (fake-imapd.service)",
                        "ok   IMAP over TLS (simap): fake-imapd.service on port 993",
                        "ok   config writable: /etc/fake", f"ok   state dir writable: {os.path.dirname(config)}/state",
                        "ok   no interrupted change: none"]
     monkeypatch.setattr(fake_wiring["Flavour"], "checks", lambda self: [Check("validator", False, "/usr/bin/fakeconf")])
     assert run(config, "check") == 1
     assert "FAIL validator: /usr/bin/fakeconf" in capsys.readouterr().out
+
+
+def test_check_fails_when_the_daemon_does_not_answer(config, fake_wiring, capsys):
+    assert run(config, "check") == 1
+    out = capsys.readouterr().out
+    assert "FAIL daemon answers: " in out and "does not exist; is imapd-ctl.socket active?" in out
+    assert "ok   systemd over D-Bus" in out                 # the other checks still run
+
+
+def test_version_and_listings_as_json(config, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run(config, "--version")
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("imapd-ctl 0.")
+    assert run(config, "key", "create", "panel") == 0
+    capsys.readouterr()
+    assert run(config, "key", "list", "--json") == 0
+    assert [(k["name"], k["perms"]) for k in json.loads(capsys.readouterr().out)] == [("panel", ["EMAIL"])]
+    assert run(config, "node", "list", "--json") == 0
+    nodes = json.loads(capsys.readouterr().out)
+    assert nodes[0]["this"] is True and len(nodes) == 1
 
 
 def test_check_without_systemd_fails(config, fake_wiring, capsys, monkeypatch):

@@ -402,7 +402,10 @@ def test_a_bug_on_one_connection_costs_that_connection_not_the_loop(serving):
     worker.rules = dataclasses.replace(rules, gate=broken_gate)    # for connections accepted now
     with connect(path) as s:
         s.sendall(b"POST /c HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x\r\nContent-Length: 0\r\n\r\n")
-        assert s.recv(100) == b""                          # that connection is closed
+        try:
+            assert s.recv(100) == b""                      # that connection is closed (FIN)
+        except ConnectionResetError:
+            pass                                           # or reset: closed all the same
     worker.rules = rules
     assert get(path).endswith(b"/x 0")                     # and the loop still serves
 
