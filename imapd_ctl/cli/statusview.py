@@ -33,15 +33,20 @@ def _records(capacity: Any) -> list[dict[str, Any]]:
 
 
 def connections(capacity: Any) -> str:
-    """'143: 3/100, 993: 0/100' from queryCapacity, '-' when it says nothing we know."""
-    parts = []
+    """'143: 3/100, 993: 0/100' from queryCapacity, '-' when it says nothing we know; ports that
+    share one limit (Dovecot's one imap pool serves both) are said to."""
+    parts, shared = [], []
     for rec in _records(capacity):
         used = next((rec[k] for k in _IN_USE if isinstance(rec.get(k), int)), None)
         limit = next((rec[k] for k in _LIMIT if isinstance(rec.get(k), int)), None)
         if used is not None:
             where = f"{rec['port']}: " if "port" in rec else ""
             parts.append(f"{where}{used}/{limit if limit is not None else 'no limit'}")
-    return ", ".join(parts) or "-"
+        group = sorted({rec.get("port"), *(rec.get("shared_with") or [])} - {None})
+        if len(group) > 1 and group not in shared:
+            shared.append(group)
+    notes = [f"{' and '.join(map(str, group))} share one limit" for group in shared]
+    return (", ".join(parts) or "-") + (f" ({'; '.join(notes)})" if notes and parts else "")
 
 
 def _yes(style: Style, good: bool | None, yes: str, no: str) -> str:

@@ -172,6 +172,9 @@ def test_colour_only_on_a_terminal_without_no_color(monkeypatch, tty, no_color, 
     ({"ports": [{"port": 143, "unit": "dovecot.service", "up": True, "in_use": 2, "queued": 0, "limit": None}]},
      "143: 2/no limit"),
     ({"143": {"connections": 3, "limit": 100}}, "143: 3/100"),
+    ({"ports": [{"port": 143, "in_use": 1, "limit": 110, "shared_with": [993]},    # Dovecot's one pool
+                {"port": 993, "in_use": 0, "limit": 110, "shared_with": [143]}]},
+     "143: 1/110, 993: 0/110 (143 and 993 share one limit)"),
     ("not a record", "-"),
 ])
 def test_connections_from_query_capacity(capacity, shown):
