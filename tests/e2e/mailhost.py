@@ -134,6 +134,15 @@ for p in "$@"; do
         touch "$M$p"
     fi
     mount --rbind "$p" "$M$p"
+    # The host's unprivileged users (the daemon's, a test's) must reach a bound path even where it
+    # sits below a private directory, e.g. a checkout in root's 0700 home: the directories above
+    # it are made traversable in this host's overlay only (copied up to its tmpfs; this
+    # machine's own directories keep their modes).
+    d=$(dirname "$p")
+    while [ "$d" != "/" ]; do
+        mountpoint -q "$M$d" || chmod o+x "$M$d"
+        d=$(dirname "$d")
+    done
 done
 
 printf '%s\n' "$HN" > "$M/etc/hostname"
