@@ -89,6 +89,10 @@ def test_restart_with_a_broken_admin_file_is_refused_and_the_server_keeps_servin
         assert main_pids() == pids                    # never stopped
         probe.assert_serving(host)
         assert ctl.call("isRunning") == (0, True)
+        if probe.name == "dovecot":     # root's status (no key) names the cause, not "not installed"
+            shown = ctl.ctl("status", check=False)
+            assert "configuration does not load" in shown.stdout and path in shown.stdout, shown.stdout
+            assert "no supported IMAP server" not in shown.stdout
     finally:
         if before is None:
             host.run(["rm", "-f", path])

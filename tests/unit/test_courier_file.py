@@ -11,7 +11,7 @@ from imapd_ctl.adapters import ports
 from imapd_ctl.adapters.listening import UnitListening
 from imapd_ctl.core.actions import MEM_MAX, MEM_MIN
 from imapd_ctl.core.errors import ActionFailed, ConfigInvalid, ConfigWriteError
-from imapd_ctl.adapters.flavours import NoFlavour, detect
+from imapd_ctl.adapters.flavours import BrokenConfig, NoFlavour, detect
 from imapd_ctl.adapters.flavours.courier import flavour as courier_mod
 from imapd_ctl.adapters.flavours.courier import Courier, edit, kib, managed_line, requested_bytes
 from imapd_ctl.adapters.flavours.dovecot import Dovecot
@@ -536,6 +536,21 @@ def test_detection_order(tmp_path):
     assert f"Courier (courier-imap.service with {tmp_path / 'auto-True-False' / 'courier'})" in exc.value.message
     with pytest.raises(NoFlavour):
         detect(_detect_settings(tmp_path), courier_systemd(loaded=()))
+
+
+def test_an_installed_dovecot_whose_config_does_not_load_is_said_so_not_missing(tmp_path):
+    settings = _detect_settings(tmp_path)
+    with open(settings.dovecot.doveconf, "w") as tool:     # as doveconf answers a broken conf.d file
+        tool.write("#!/bin/sh\necho \"doveconf: Fatal: Error in configuration file "
+                   "/etc/dovecot/conf.d/99-admin.conf line 3: Garbage after '{'\" >&2\nexit 89\n")
+    both = courier_systemd(loaded=("dovecot.service", "courier-imap.service", "courier-imap-ssl.service"))
+    with pytest.raises(BrokenConfig) as exc:
+        detect(settings, both)
+    assert exc.value.message == (
+        "Dovecot is installed (dovecot.service) but its configuration does not load: doveconf: Fatal: Error in "
+        "configuration file /etc/dovecot/conf.d/99-admin.conf line 3: Garbage after '{'. Fix that file "
+        "(`doveconf -n` shows the error), then try again")
+    assert exc.value.status == 500 and "no supported IMAP server" not in exc.value.message
 
 
 def test_default_config_dirs_are_debian_then_rhel(monkeypatch, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from imapd_ctl.core.errors import ActionFailed
+from imapd_ctl.core.errors import ActionFailed, ConfigInvalid
 from imapd_ctl.core.protocols import Flavour
 from imapd_ctl.adapters.flavours.courier import flavour as _courier
 from imapd_ctl.adapters.flavours.courier import Courier, find_config_dir
@@ -17,15 +17,24 @@ class NoFlavour(ActionFailed):
     pass
 
 
-def _dovecot_serves_imap(doveconf: str) -> bool:
+class BrokenConfig(NoFlavour, ConfigInvalid):
+    """The IMAP server is installed, but its own configuration does not load: which server it
+    serves cannot be read, and it would not start. Said apart from "not installed"."""
+
+
+def _dovecot_serves_imap(doveconf: str, unit: str) -> bool:
     """dovecot-core alone (kept for Postfix SASL, or left behind when Courier replaced
     dovecot-imapd) is not an IMAP server: imap must be among its protocols (2.3 prints their
-    names; 2.4 prints `imap = yes` or `imap = no`)."""
+    names; 2.4 prints `imap = yes` or `imap = no`). BrokenConfig if doveconf cannot load it."""
     try:
-        out = subprocess.run([doveconf, "-h", "protocols"], capture_output=True, text=True, timeout=30).stdout
+        proc = subprocess.run([doveconf, "-h", "protocols"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return "imap" in readings.protocols(out)
+    if proc.returncode != 0:
+        said = " ".join(proc.stderr.split())[:300] or f"doveconf exited {proc.returncode}"
+        raise BrokenConfig(f"Dovecot is installed ({unit}) but its configuration does not load: {said}. "
+                           "Fix that file (`doveconf -n` shows the error), then try again")
+    return "imap" in readings.protocols(proc.stdout)
 
 
 def courier_units(settings: Settings, systemd: Systemd) -> tuple[str, ...]:
@@ -49,7 +58,7 @@ def detect(settings: Settings, systemd: Systemd) -> Flavour:
     looked: list[str] = []
     unit = settings.dovecot.unit
     if os.path.exists(settings.dovecot.doveconf) and systemd.unit(unit).load_state == "loaded" \
-            and _dovecot_serves_imap(settings.dovecot.doveconf):
+            and _dovecot_serves_imap(settings.dovecot.doveconf, unit):
         return Dovecot(settings)
     looked.append(f"Dovecot ({unit} with {settings.dovecot.doveconf} and imap in its protocols)")
     courier = settings.courier
