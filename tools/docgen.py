@@ -24,6 +24,17 @@ from imapd_ctl.cli import access, main as cli
 from imapd_ctl.cli.calls import controllers
 
 SUMMARY = "control the mail host's IMAP server (InterWorx NodeWorx API compatible)"
+EXAMPLES = (
+    ("imapd-ctl status", "This node at a glance, as root (no key needed on the daemon's socket)."),
+    ("imapd-ctl call isRunning", "Is the IMAP server active and listening on its port: true or false."),
+    ("imapd-ctl call update imap_max_connections=60 dry_run=1",
+     "The change to the IMAP server's files that update would make, without making it."),
+    ("imapd-ctl call restart cascade_to_nodes=1", "Restart here and on every node of the registry at once."),
+    ("imapd-ctl key create panel", "A key for a panel, printed once (permission EMAIL)."),
+    ("IMAPD_CTL_KEY=ictl_... imapd-ctl call queryUpdate --json",
+     "As another user, with a key: the limits in force, as JSON."),
+    ("journalctl -u imapd-ctl.service", "The daemon's log (the audit trail of changes is /var/log/imapd-ctl/audit.log)."),
+)
 
 
 def roff(text: str) -> str:
@@ -47,6 +58,9 @@ def _sections() -> str:
         kind = "changes the host" if action.mutating else "read-only"
         out += [".TP", f"\\fB{action.name}\\fR ({kind})", roff(action.description), ".br",
                 roff(f"Inputs: {_inputs(action)}.")]
+    out += [".SH EXAMPLES"]
+    for command, what in EXAMPLES:
+        out += [".TP", f"\\fB{roff(command)}\\fR", roff(what)]
     out += [".SH EXIT STATUS"]
     for code, meaning in access.EXIT_CODES.items():
         out += [".TP", f"\\fB{code}\\fR", roff(meaning)]
@@ -68,6 +82,13 @@ def _sections() -> str:
     return "\n".join(out) + "\n"
 
 
+def _date() -> str:
+    """The page's date: SOURCE_DATE_EPOCH's (scripts/build-deb sets the last commit's), so the
+    same tree gives the same page."""
+    import time
+    return time.strftime("%Y-%m-%d", time.gmtime(int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)))
+
+
 def manpage(version: str = "") -> str:
     from build_manpages.manpage import Manpage   # python3-argparse-manpage: build time only
     parser = cli.build_parser()
@@ -75,7 +96,7 @@ def manpage(version: str = "") -> str:
     page = str(Manpage(parser))
     head, sep, rest = page.partition("\n")
     assert head.startswith(".TH "), head
-    title = f'.TH IMAPD\\-CTL 8 "" "imapd\\-ctl {roff(version)}" "System Administration"'
+    title = f'.TH IMAPD\\-CTL 8 "{_date()}" "imapd\\-ctl {roff(version)}" "System Administration"'
     return title + sep + rest + _sections()
 
 
@@ -129,6 +150,9 @@ def completion(shell: str) -> str:
         elif arg.dest == "inputs":
             arg.complete = {"bash": "_imapd_ctl_inputs", "zsh": "_imapd_ctl_zsh_inputs"}
         elif arg.dest in ("key_file", "socket"):
+            arg.complete = shtab.FILE
+    for arg in parser._actions:
+        if arg.dest == "config":
             arg.complete = shtab.FILE
     preamble = {"bash": _bash_preamble(), "zsh": _zsh_preamble()}
     text: str = shtab.complete(parser, shell, preamble=preamble)

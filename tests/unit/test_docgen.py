@@ -3,6 +3,7 @@ the action table: `man -l` renders every command, action and exit code; a real b
 subcommands, action names and each action's input names."""
 import argparse
 import os
+import re
 import subprocess
 
 import pytest
@@ -50,6 +51,14 @@ def test_man_renders_every_command_and_action(rendered, words):
     assert f"imapd-ctl {words}" in rendered or f"       {words} (" in rendered
 
 
+def test_the_page_is_dated_by_the_source_and_has_examples(generated, rendered, monkeypatch):
+    assert re.search(r'^\.TH IMAPD\\-CTL 8 "\d{4}-\d\d-\d\d"', (generated / "imapd-ctl.8").read_text(), re.M)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796601600")
+    assert docgen.manpage("9.9").startswith('.TH IMAPD\\-CTL 8 "2026-12-07"')
+    examples = rendered.split("EXAMPLES", 1)[1].split("EXIT STATUS", 1)[0]
+    assert "imapd-ctl status" in examples and "imapd-ctl call update imap_max_connections=60 dry_run=1" in examples
+
+
 def test_man_documents_every_exit_code_and_the_key_sources(rendered):
     section = rendered.split("EXIT STATUS", 1)[1].split("ENVIRONMENT", 1)[0]
     codes = [int(line.split()[0]) for line in section.splitlines() if line[7:8].isdigit()]
@@ -77,6 +86,7 @@ def test_bash_completes_commands_actions_and_inputs(generated):
     lines = ([["imapd-ctl", ""], ["imapd-ctl", "key", ""], ["imapd-ctl", "call", ""],
               ["imapd-ctl", "call", "isR"], ["imapd-ctl", "status", "--"],
               ["imapd-ctl", "call", "update", "imap_max_connections", "=", ""]]
+             + [["imapd-ctl", "key", "create", "x", "--perm", ""]]
              + [["imapd-ctl", "--config", "/x", "call", "--node", "n2", name, ""] for name in with_inputs])
     got = _complete(generated, lines)
     top = [c[0] for c in COMMANDS if len(c) == 1]
@@ -85,7 +95,8 @@ def test_bash_completes_commands_actions_and_inputs(generated):
     assert got[3] == ["isRunning", "isRunningOnNode"]
     assert set(got[4]) >= {"--all", "--json", "--key-file", "--key-stdin"} and "--key" not in got[4]
     assert got[5] == []                                         # a value, not a name
-    for name, words in zip(with_inputs, got[6:]):
+    assert got[6] == ["EMAIL", "METRICS"]                       # --perm's values
+    for name, words in zip(with_inputs, got[7:]):
         assert words == [f"{i.name}=" for i in ACTIONS[name].inputs], name
 
 
