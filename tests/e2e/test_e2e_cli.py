@@ -93,12 +93,20 @@ def test_status_names_what_is_down_and_exits_1(daemon, mailhost):
 
 @pytest.mark.parametrize("argv, code, says", [
     (["call", "isRunning", "--key", "K"], 2, "--key is refused"),
-    (["call", "isRunning"], 5, "imapd-ctl key create NAME"),
     (["call", "isRunning", "--socket", "/run/nothing.sock", "--key-stdin"], 3, "is imapd-ctl.socket active?"),
 ])
 def test_errors_say_what_to_do_next(daemon, argv, code, says):
     r = daemon.ctl(*argv, check=False, input=daemon.key)
     assert r.returncode == code and says in r.stderr, r.stderr
+
+
+def test_root_needs_no_key_and_another_user_is_told_to_bring_one(daemon, mailhost):
+    r = daemon.ctl("call", "isRunning", check=False)
+    assert (r.returncode, r.stdout.strip()) == (0, "true"), r.stderr
+    r = mailhost.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", IMAPD_CTL,
+                      "--config", "/dev/null", "call", "isRunning", "--socket", daemon.socket], check=False)
+    assert r.returncode == 5 and "an API key is needed (root needs none on this host)" in r.stderr, r.stderr
+    assert "imapd-ctl key create NAME" in r.stderr
 
 
 def test_permission_denied_names_the_group(daemon, mailhost):
