@@ -268,11 +268,11 @@ def test_installed_enabled_and_running_with_debian_python(pkg):
     # key files go into a root-only directory.
     assert pkg.run("stat", "-c", "%a %U", "/etc/imapd-ctl/imapd-ctl.toml").stdout.split() == ["644", "root"]
     assert pkg.run("stat", "-c", "%a %U", "/etc/imapd-ctl/nodes").stdout.split() == ["700", "root"]
-    # The daemon runs as its own system user, with two capabilities only.
+    # The daemon runs as its own system user, with one capability only.
     assert pkg.show("imapd-ctl.service", "User") == "imapd-ctl"
     status = pkg.host.read_file(f"/proc/{pkg.show('imapd-ctl.service', 'MainPID')}/status").decode()
     assert re.search(r"^Uid:\s+(\d+)", status, re.M).group(1) == pkg.run("id", "-u", "imapd-ctl").stdout.strip()
-    assert re.search(r"^CapEff:\s+(\w+)", status, re.M).group(1) == "0000000000080002"   # DAC_OVERRIDE, SYS_PTRACE
+    assert re.search(r"^CapEff:\s+(\w+)", status, re.M).group(1) == "0000000000000002"   # DAC_OVERRIDE only
     conffiles = pkg.run("dpkg-query", "-W", "-f", "${Conffiles}", "imapd-ctl").stdout
     assert "/etc/imapd-ctl/imapd-ctl.toml" in conffiles
     # The distribution's modules, from Debian's packages (no venv, nothing from PyPI).
@@ -417,7 +417,7 @@ def test_a_compromised_daemon_is_contained(pkg):
         pkg.run("systemctl", "reset-failed", "imapd-ctl.service")   # the start rate limit
     print("\nprobe inside imapd-ctl.service:", json.dumps(got, indent=1))
     uid = int(pkg.run("id", "-u", "imapd-ctl").stdout)
-    assert got.pop("identity") == {"uid": uid, "euid": uid, "caps": ["0000000000080002"] * 3}
+    assert got.pop("identity") == {"uid": uid, "euid": uid, "caps": ["0000000000000002"] * 3}
     # Its job: its configuration paths and state; doveconf, doveadm.
     for allowed in ("create in /etc/dovecot/conf.d", "create in /var/lib/imapd-ctl", "exec doveconf",
                     "exec doveadm service status", "read /etc/dovecot/dovecot.conf"):

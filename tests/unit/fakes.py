@@ -54,6 +54,7 @@ class FakeSystemd:
         self.unit_files: dict[str, str] = {}
         self.restarts: dict[str, int] = {}          # NRestarts by unit (0 if not named)
         self.results: dict[str, str] = {}           # Result by unit ("success" if not named)
+        self.procs: dict[str, list[tuple[int, str]]] = {}   # (pid, command line) by unit, while active
         self.unreachable = False
         self.version = "252 (fake)"
 
@@ -82,6 +83,10 @@ class FakeSystemd:
     def active_state(self, name: str) -> str:
         self._enter("active_state", name)
         return self.states.get(name, "inactive")
+
+    def processes(self, name: str) -> list[tuple[int, str]]:
+        self._enter("processes", name)
+        return list(self.procs.get(name, [])) if self.states.get(name) == "active" else []
 
     def control_group(self, name: str) -> str:
         self._enter("control_group", name)

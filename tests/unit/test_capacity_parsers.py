@@ -86,8 +86,13 @@ def test_couriertcpd_maxprocs(argv, limit):
     assert tcpd.maxprocs(argv) == limit
 
 
-def test_no_couriertcpd_without_a_main_pid():
-    assert tcpd.load(0) is None
+def test_couriertcpd_is_found_among_the_units_processes_as_systemd_lists_them(monkeypatch):
+    monkeypatch.setattr(tcpd.ports, "connections", lambda port: {143: (3, 1)}[port])
+    listed = [(10, "/usr/sbin/courierlogger -pid=/run/courier/imapd.pid -start imapd"),
+              (11, "/usr/sbin/couriertcpd -address=0 -maxprocs=40 -maxperip=20 143 /usr/lib/courier/imaplogin"),
+              (12, "/usr/lib/courier/courier/imaplogin")]
+    assert tcpd.load(listed, 143) == (3, 40)
+    assert tcpd.load(listed[:1], 143) is None and tcpd.load([], 143) is None
 
 
 # -- the Dovecot flavour's pools, with stand-in doveadm/doveconf programs ---------------------

@@ -52,6 +52,13 @@ class Systemd:
     def unit(self, name: str) -> UnitState:
         return self.state.get(name)
 
+    def processes(self, name: str) -> list[tuple[int, str]]:
+        """systemd's GetUnitProcesses: the manager reads the unit's processes for us, so this
+        process needs no access to other users' /proc (the daemon's is hidden: ProtectProc=)."""
+        found = self.bus.manager_call(f"list the processes of {name}", "GetUnitProcesses", "(s)", (name,),
+                                      "(a(sus))")[0]
+        return [(int(pid), str(cmdline)) for _cgroup, pid, cmdline in found]
+
     def control_group(self, name: str) -> str:
         """The unit's cgroup as systemd names it now ("" while it has none): asked at each call
         (adapters.ports asks only when it looks for a unit's listening socket anew)."""

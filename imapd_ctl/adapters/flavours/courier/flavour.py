@@ -230,7 +230,7 @@ class Courier:
         field = {self.s.unit: "imap_max_connections", self.s.ssl_unit: "imap_secure_max_connections"}
         found = []
         for unit, port in self.unit_ports(self._live(self._read())).items():
-            running = tcpd.load(systemd.main_pid(unit)) if systemd.active_state(unit) == "active" else None
+            running = tcpd.load(systemd.processes(unit), port) if systemd.active_state(unit) == "active" else None
             processes, limit = running if running is not None else (0, None)
             found.append(Pool(name=unit, unit=unit, ports=(port,), processes=processes,
                               process_limit=limit if limit is not None else configured[field[unit]]))

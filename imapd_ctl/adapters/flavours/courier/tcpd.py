@@ -2,18 +2,22 @@
 
 couriertcpd has no query interface. Under systemd the unit's MainPID is courierlogger, whose
 child couriertcpd runs with `-maxprocs=N` (MAXDAEMONS as the running daemon has it) and forks
-one child per accepted connection (imaplogin on 143, couriertls on 993).
+one child per accepted connection (imaplogin on 143, couriertls on 993). Both are read without
+looking into other processes' /proc (hidden from the daemon: ProtectProc=invisible): the
+command line from systemd (the unit's processes, GetUnitProcesses), the connections from the
+kernel (the sockets accepted on the unit's port, adapters.ports).
 """
 from __future__ import annotations
 
 import re
+from typing import Sequence
 
-import psutil
+from imapd_ctl.adapters import ports
 
 _MAXPROCS = re.compile(r"-maxprocs=([0-9]+)")
 
 
-def maxprocs(cmdline: list[str]) -> int | None:
+def maxprocs(cmdline: Sequence[str]) -> int | None:
     """N of `-maxprocs=N` in couriertcpd's command line (None: not given)."""
     for arg in cmdline:
         m = _MAXPROCS.fullmatch(arg)
@@ -22,26 +26,18 @@ def maxprocs(cmdline: list[str]) -> int | None:
     return None
 
 
-def couriertcpd(main_pid: int) -> psutil.Process | None:
-    """The unit's couriertcpd: MainPID itself or its first descendant of that name."""
-    if main_pid <= 0:
-        return None
-    try:
-        main = psutil.Process(main_pid)
-        for proc in [main, *main.children(recursive=True)]:
-            if proc.name() == "couriertcpd":
-                return proc
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
+def couriertcpd(processes: Sequence[tuple[int, str]]) -> list[str] | None:
+    """The command line of the unit's couriertcpd, from its processes as systemd lists them."""
+    for _pid, cmdline in processes:
+        argv = cmdline.split()
+        if argv and argv[0].rsplit("/", 1)[-1] == "couriertcpd":
+            return argv
     return None
 
 
-def load(main_pid: int) -> tuple[int, int | None] | None:
-    """(connections = couriertcpd's children, its -maxprocs) or None if it does not run."""
-    proc = couriertcpd(main_pid)
-    if proc is None:
+def load(processes: Sequence[tuple[int, str]], port: int) -> tuple[int, int | None] | None:
+    """(connections accepted on `port`, couriertcpd's -maxprocs) or None if it does not run."""
+    argv = couriertcpd(processes)
+    if argv is None:
         return None
-    try:
-        return len(proc.children()), maxprocs(proc.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
+    return ports.connections(port)[0], maxprocs(argv)
