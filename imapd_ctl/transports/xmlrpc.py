@@ -75,8 +75,13 @@ def _parse(body: bytes) -> tuple[tuple[Any, ...], str | None, str | None]:
 
 
 def _fault(exc: BaseException) -> xmlrpc.client.Fault:
-    """The fault SimpleXMLRPCDispatcher sends for an exception: code 1, "<class ...>:text"."""
-    return xmlrpc.client.Fault(1, f"{type(exc)}:{exc}")
+    """The fault SimpleXMLRPCDispatcher sends for an exception: code 1, "<class ...>:text"
+    (cut short: a parser's message may quote the input)."""
+    return xmlrpc.client.Fault(1, _cut(f"{type(exc)}:{exc}"))
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def handle(body: bytes, peer: str, dispatch: Callable[[Request], Result]) -> bytes:
@@ -84,14 +89,12 @@ def handle(body: bytes, peer: str, dispatch: Callable[[Request], Result]) -> byt
     try:
         params, method, repeated = _parse(body)
         if method != METHOD:
-            shown = str(method) if len(str(method)) <= 80 else str(method)[:80] + "..."   # never echoed whole
-            raise _fault(Exception(f'method "{shown}" is not supported'))
+            raise _fault(Exception(f'method "{_cut(str(method), 80)}" is not supported'))
         answer = rpc.route("xmlrpc", params, repeated, peer, dispatch, METHOD)
         reply = xmlrpc.client.dumps((answer,), methodresponse=True, allow_none=True, encoding=ENCODING)
     except xmlrpc.client.Fault as fault:   # one we raise, or a <fault> the body carried (cut short)
         code = fault.faultCode if isinstance(fault.faultCode, int) and not isinstance(fault.faultCode, bool) else 1
-        text = str(fault.faultString)
-        reply = xmlrpc.client.dumps(xmlrpc.client.Fault(code, text if len(text) <= 300 else text[:300] + "..."),
+        reply = xmlrpc.client.dumps(xmlrpc.client.Fault(code, _cut(str(fault.faultString))),
                                     allow_none=True, encoding=ENCODING)
     except Exception as exc:   # not XML-RPC, or not XML at all
         reply = xmlrpc.client.dumps(_fault(exc), allow_none=True, encoding=ENCODING)
