@@ -13,7 +13,7 @@ from imapd_ctl.core.actions import PERMISSION, PERMISSIONS
 from imapd_ctl.core.errors import ApiError
 from imapd_ctl.operations import prose
 from imapd_ctl.core.protocols import Check
-from imapd_ctl.cli import access, commands
+from imapd_ctl.cli import access, auditview, commands
 
 
 def _settings(args: argparse.Namespace) -> settings_mod.Settings:
@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_call(sub)
     commands.add_status(sub)
+    auditview.add_audit(sub)
 
     k = sub.add_parser("key", help="manage API keys")
     ksub = k.add_subparsers(dest="key_cmd", required=True)

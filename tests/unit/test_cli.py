@@ -314,3 +314,30 @@ def test_a_recovery_past_its_deadline_is_stopped(config, fake_wiring, monkeypatc
     assert not outcome.ok and not outcome.finished
     assert outcome.message == (f"{recovery.UNFINISHED} it did not finish within recovery_timeout = "
                                "0.5 s and was stopped")
+
+
+def test_audit_reads_the_trail_newest_last_with_filters(config, capsys):
+    log = os.path.join(os.path.dirname(config), "audit.log")
+    line = {"key": "panel", "peer": "unix-socket (uid 0)", "transport": "http", "controller": "/nodeworx/mail/imap"}
+    with open(log, "w") as fh:
+        for entry in ({"time": "2026-12-07T10:00:00+0000", "phase": "begin", "action": "restart", "inputs": {}},
+                      {"time": "2026-12-07T10:00:01+0000", "phase": "end", "action": "restart", "inputs": {},
+                       "status": 0, "result": "restarted dovecot.service"},
+                      {"time": "2026-12-07T11:00:00+0000", "phase": "begin", "action": "update",
+                       "inputs": {"imap_max_connections": 60}},
+                      {"time": "2026-12-07T11:00:02+0000", "phase": "end", "action": "update",
+                       "inputs": {"imap_max_connections": 60}, "status": 500, "result": "update failed"},
+                      {"time": "2026-12-07T12:00:00+0000", "phase": "begin", "action": "stop", "inputs": {}}):
+            fh.write(json.dumps({**line, **entry}) + "\n")
+        fh.write('{"torn\n')
+    assert run(config, "audit") == 0
+    rows = [r.split("\t") for r in capsys.readouterr().out.splitlines()]
+    assert [(r[3], r[4]) for r in rows] == [("restart", "0"), ("update imap_max_connections=60", "500"), ("stop", "-")]
+    assert "cut short" in rows[2][5] and rows[0][1:3] == ["panel", "unix-socket (uid 0)"]
+    assert run(config, "audit", "--failed", "--json") == 0
+    assert [e["action"] for e in json.loads(capsys.readouterr().out)] == ["update", "stop"]
+    assert run(config, "audit", "--action", "restart", "--last", "1") == 0
+    assert capsys.readouterr().out.count("\n") == 1
+    with pytest.raises(SystemExit) as exc:
+        run(config, "audit", "--last", "0")
+    assert exc.value.code == 2
