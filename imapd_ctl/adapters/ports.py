@@ -2,7 +2,8 @@
 /proc (the daemon may not read them: packaging/README.md, "Privileges").
 
 A TCP socket belongs to the cgroup of the process that made it, and sock_diag (what `ss`
-uses; no privilege needed) says which cgroup that is. So:
+uses; no privilege needed) says which cgroup that is (Linux 5.9 and later: Debian 12's 6.1 and
+13's 6.12 do; an older kernel says nothing, and no socket is then the unit's). So:
   1. the listening sockets on the port: a sock_diag dump of LISTEN sockets only (the kernel
      walks its listening hash, not every connection), each with its cgroup id, its address
      and its cookie (a number the kernel never gives another socket);
