@@ -20,7 +20,9 @@ def _use_checkout(h) -> None:
     """The packaged ExecStart is /usr/bin/imapd-ctl; here the checkout's venv. The checkout
     may live under /tmp or /root (CI clones anywhere), which PrivateTmp/ProtectHome hide from
     the service: bind it back, read-only, as an installed package would be visible, and let
-    the service execute it (NoExecPaths=/). The daemon's user and the polkit rule that lets it
+    the service execute it (NoExecPaths=/). ProtectHome=tmpfs instead of yes, so that the path
+    down to a checkout in root's home can be walked (systemd's own recipe for making one path of
+    a hidden home visible: an empty read-only tmpfs, with only the bound path in it). The daemon's user and the polkit rule that lets it
     control the IMAP units, and the ExecStartPre= helper that hands it the files it rewrites,
     as the package installs them."""
     h.write_file("/etc/sysusers.d/imapd-ctl.conf", (REPO / "packaging" / "sysusers" / "imapd-ctl.conf").read_text())
@@ -31,7 +33,7 @@ def _use_checkout(h) -> None:
                  (REPO / "packaging" / "libexec" / "own-config-files").read_text(), mode=0o755)
     h.write_file("/etc/systemd/system/imapd-ctl.service.d/venv.conf",
                  f"[Service]\nExecStart=\nExecStart={IMAPD_CTL} serve\nBindReadOnlyPaths={REPO}\n"
-                 f"ExecPaths={REPO} {IMAPD_CTL}\n")   # the checkout's launcher (daemon.install_project)
+                 f"ExecPaths={REPO} {IMAPD_CTL}\nProtectHome=tmpfs\n")   # the checkout's launcher (daemon.install_project)
 
 
 def _install_units(h, key_name: str) -> str:
