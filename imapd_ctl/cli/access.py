@@ -15,6 +15,7 @@ import stat
 import sys
 from typing import TextIO
 
+from imapd_ctl.adapters import peers
 from imapd_ctl.core import settings as settings_mod
 from imapd_ctl.core.settings import Settings
 
@@ -100,16 +101,9 @@ def read_key(args: argparse.Namespace, stdin: TextIO | None = None) -> str | Non
 
 def operator_without_key(settings: Settings) -> bool:
     """Does the daemon let this user call over its unix socket without a key (root, or a member
-    of operator_group: adapters.peers)? The daemon decides; this only words the refusal early."""
-    if os.geteuid() == 0:
-        return True
-    if not settings.operator_group:
-        return False
-    try:
-        entry = grp.getgrnam(settings.operator_group)
-    except KeyError:
-        return False
-    return entry.gr_gid in (os.getgid(), *os.getgroups())
+    of operator_group)? The daemon decides, by the same rule (adapters.peers); this only words
+    the refusal early."""
+    return peers.operators(settings.operator_group)(os.geteuid(), os.getgid()) is not None
 
 
 def key_or_operator(args: argparse.Namespace, settings: Settings) -> str | None:
