@@ -60,7 +60,7 @@ def dispatch(request: Request, ctx: Context) -> Result:
     service = IMAP
     values: dict[str, Any] = {}
     try:
-        who = (request.caller or _keyless(request, ctx) or ctx.keys.authenticate(request.read_key(), PERMISSION)).name
+        who = (request.caller or _caller(request, ctx)).name
         service = controller(request.controller)
         action = lookup(request.action, service)
         if request.method is not None and request.method not in action.methods:
@@ -89,11 +89,15 @@ def dispatch(request: Request, ctx: Context) -> Result:
     return result
 
 
-def _keyless(request: Request, ctx: Context) -> Principal | None:
-    """An operator on the unix socket who sent no key (one who sent a key is that key)."""
-    if request.peer_cred is None or request.read_key() is not None:
-        return None
-    return ctx.operators(*request.peer_cred)
+def _caller(request: Request, ctx: Context) -> Principal:
+    """Who calls: the key's holder, or with no key an operator on the unix socket (root, the
+    operator group: Context.operators); a key sent is that key, root's too."""
+    key = request.read_key()
+    if key is None and request.peer_cred is not None:
+        operator = ctx.operators(*request.peer_cred)
+        if operator is not None:
+            return operator
+    return ctx.keys.authenticate(key, PERMISSION)
 
 
 def _is_local(peer: str) -> bool:
