@@ -89,11 +89,22 @@ def _date() -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)))
 
 
+def _globals_first(page: str) -> str:
+    """argparse-manpage prints the program's own options (--config, --version) after the last
+    sub-command's section, where they read as that command's: move them under OPTIONS."""
+    start = page.find(".TP\n\\fB\\-\\-config\\fR")
+    if start < 0 or ".SH OPTIONS\n" not in page:
+        raise SystemExit("docgen: argparse-manpage's layout changed; check where --config is printed")
+    tail = page[start:].rstrip("\n") + "\n"
+    rest = page[:start].rstrip("\n") + "\n"
+    return rest.replace(".SH OPTIONS\n", ".SH OPTIONS\n" + tail, 1)
+
+
 def manpage(version: str = "") -> str:
     from build_manpages.manpage import Manpage   # python3-argparse-manpage: build time only
     parser = cli.build_parser()
     parser.man_short_description = roff(SUMMARY)     # type: ignore[attr-defined]
-    page = str(Manpage(parser))
+    page = _globals_first(str(Manpage(parser)))
     head, sep, rest = page.partition("\n")
     assert head.startswith(".TH "), head
     title = f'.TH IMAPD\\-CTL 8 "{_date()}" "imapd\\-ctl {roff(version)}" "System Administration"'

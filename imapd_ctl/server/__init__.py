@@ -7,4 +7,5 @@ Read top to bottom, a request goes
   framing    the bytes of a head and a body, refused when they are not exactly HTTP/1.1;
   task       in a thread: the whole request as a WSGI environ, the app, the reply's bytes;
 and the reply goes back through worker (handed over) and channel (written as the client reads).
+boot keeps a stop signal that reaches a worker before its handlers are set.
 """

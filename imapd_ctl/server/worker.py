@@ -34,7 +34,7 @@ from typing import Any, Callable
 from gunicorn.workers.base import Worker as BaseWorker
 
 from imapd_ctl.core.settings import Settings
-from imapd_ctl.server import task, tls
+from imapd_ctl.server import boot, task, tls
 from imapd_ctl.server.channel import Channel, Phase, Rules
 from imapd_ctl.server.framing import Limits, error_reply
 from imapd_ctl.server.listeners import peer_cred
@@ -78,9 +78,17 @@ class Worker(BaseWorker):
     reply_timeout = REPLY_TIMEOUT
     budget_bytes = BUDGET_BYTES
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        boot.worker_made()
+
     def init_process(self) -> None:
         self.prepare()
         super().init_process()
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        boot.handlers_installed()
 
     def prepare(self) -> None:
         """What the loop needs (in the worker process, after fork)."""

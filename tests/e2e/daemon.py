@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+import warnings
 import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,7 +192,7 @@ class Daemon:
 
     def stop(self) -> None:
         if self.host.running:   # a host shut down first took the daemon with it
-            self.host.systemctl("stop", UNIT, check=False)
+            stop_unit(self.host, UNIT)
 
     def wait_healthy(self, timeout: float = 30) -> None:
         """Return when /healthz answers on the unix socket; raise with the unit's log if not."""
@@ -206,6 +207,38 @@ class Daemon:
                 log = self.host.run(["journalctl", "--no-pager", "-n", "40", "-u", UNIT], check=False).stdout
                 raise RuntimeError(f"imapd-ctl did not answer on {self.socket} within {timeout} s:\n{log}")
             time.sleep(0.1)
+
+
+SLOW_STOP = 20.0     # seconds after which a stop is worth a look at what the daemon is doing
+
+
+def _threads(host, unit: str) -> str:
+    """Each process of `unit` with its threads' names, states and kernel wait channels."""
+    script = (f'for p in $(systemctl show -p ControlGroup --value {unit} | xargs -I@ cat /sys/fs/cgroup@/cgroup.procs); do '
+              'echo "pid $p: $(tr "\\0" " " </proc/$p/cmdline)"; for t in /proc/$p/task/*; do '
+              'echo "  $(cat $t/comm) $(cut -d" " -f3 $t/stat) $(cat $t/wchan)"; done; done')
+    return host.run(["sh", "-c", script], check=False).stdout
+
+
+def stop_unit(host, unit: str, timeout: float = 120) -> None:
+    """Stop `unit` and wait until it is gone. A stop that takes longer than SLOW_STOP is
+    reported (a warning in the test output) with what each of its threads waits on and the
+    unit's log, so a rare slow shutdown can be read from a CI log; systemd ends it itself
+    after its TimeoutStopSec."""
+    host.systemctl("stop", "--no-block", unit, check=False)
+    began = time.monotonic()
+    reported = False
+    while host.systemctl("show", "-p", "ActiveState", "--value", unit, check=False).stdout.strip() \
+            in ("active", "activating", "deactivating", "reloading"):
+        waited = time.monotonic() - began
+        if waited > timeout:
+            raise RuntimeError(f"{unit} still stopping after {timeout:.0f} s:\n{_threads(host, unit)}")
+        if waited > SLOW_STOP and not reported:
+            reported = True
+            log = host.run(["journalctl", "--no-pager", "-n", "30", "-u", unit], check=False).stdout
+            warnings.warn(f"{unit} took more than {SLOW_STOP:.0f} s to stop; its threads:\n"
+                          f"{_threads(host, unit)}\nits log:\n{log}")
+        time.sleep(0.1)
 
 
 def write_config(share: Path, node_id: str, workers: int = 2, extra: str = "",

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import pytest
 
 from courierhost import CONFIG_DIR, UNITS, main_pid, unit_processes
-from daemon import IMAPD_CTL, UNIT, Daemon, write_config
+from daemon import IMAPD_CTL, UNIT, Daemon, stop_unit, write_config
 from imapd_ctl.adapters.journal import Journal
 from imapd_ctl.adapters.flavours.courier import PLAIN, SSL, edit, kib, textual
 from imapd_ctl.adapters.flavours.dovecot import Dovecot, mapped, parse_size
@@ -44,7 +44,7 @@ ONCE_THEN = f"if [ -e {ONCE} ]; then rm -f {ONCE}; "
 def serve(d: Daemon, env: dict | None = None, timeout: float = 30) -> None:
     """(Re)start the daemon as the transient unit, with extra environment variables; return
     when /healthz answers and both workers are up."""
-    d.host.systemctl("stop", UNIT, check=False)
+    stop_unit(d.host, UNIT)
     d.host.run(["systemd-run", f"--unit={UNIT}", "--collect", "-p", "KillMode=mixed",
                 "--setenv=PYTHONUNBUFFERED=1", *[f"--setenv={k}={v}" for k, v in (env or {}).items()],
                 IMAPD_CTL, "--config", d.config, "serve"])

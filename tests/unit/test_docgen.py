@@ -59,6 +59,13 @@ def test_the_page_is_dated_by_the_source_and_has_examples(generated, rendered, m
     assert "imapd-ctl status" in examples and "imapd-ctl call update imap_max_connections=60 dry_run=1" in examples
 
 
+def test_the_programs_own_options_are_under_options_not_under_a_command(rendered):
+    options = rendered.split("\nOPTIONS\n", 1)[1].split("Sub-commands", 1)[0]
+    assert "--config CONFIG" in options and "--version" in options
+    last_command = rendered.split("OPTIONS 'imapd-ctl recover'", 1)[1].split("\nACTIONS\n", 1)[0]
+    assert "--config" not in last_command
+
+
 def test_man_documents_every_exit_code_and_the_key_sources(rendered):
     section = rendered.split("EXIT STATUS", 1)[1].split("ENVIRONMENT", 1)[0]
     codes = [int(line.split()[0]) for line in section.splitlines() if line[7:8].isdigit()]

@@ -1,0 +1,40 @@
+"""A stop signal sent to a worker between gunicorn's fork and the worker's own handlers reaches
+the worker's handler (server.boot), not the arbiter's handler the child inherited; the arbiter
+gets its signals back at once. Real fork, real signals."""
+import os
+import signal
+
+from imapd_ctl.server import boot
+
+
+def _blocked() -> set:
+    return set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+
+def test_a_stop_sent_while_the_worker_boots_reaches_the_workers_handler():
+    inherited = signal.signal(signal.SIGTERM, lambda *_: os._exit(3))   # the arbiter's, in the child: lost
+    try:
+        boot.worker_made()
+        pid = os.fork()
+        if pid == 0:      # the worker, booting
+            code = 4
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)            # the stop arrives now
+                got = []
+                signal.signal(signal.SIGTERM, lambda *_: got.append("term"))   # the worker's handler
+                boot.handlers_installed()
+                code = 0 if got == ["term"] and not _blocked() & boot.STOP_SIGNALS else 5
+            finally:
+                os._exit(code)
+        assert not _blocked() & boot.STOP_SIGNALS          # the arbiter is not left deaf
+        assert os.waitpid(pid, 0)[1] >> 8 == 0
+    finally:
+        signal.signal(signal.SIGTERM, inherited)
+
+
+def test_other_forks_change_no_signal_mask():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if not _blocked() & boot.STOP_SIGNALS else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert not _blocked() & boot.STOP_SIGNALS
