@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -73,6 +74,10 @@ class JournalEntry:
     started: str  # ISO 8601, UTC
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def _encode_files(files: dict[str, bytes | None]) -> dict[str, str | None]:
     return {os.fspath(p): None if b is None else base64.b64encode(b).decode("ascii")
             for p, b in files.items()}
@@ -94,12 +99,15 @@ class Journal:
 
     STEPS = ("begun", "written", "applied", "verified")
     FILENAME = "journal.json"
+    # The last change that went through, kept after it: what a start that fails can go back to.
+    PREVIOUS = "previous.json"
 
     def __init__(self, state_dir: str | os.PathLike):
         self.state_dir = os.fspath(state_dir)
         self.path = os.path.join(self.state_dir, self.FILENAME)
+        self.previous_path = os.path.join(self.state_dir, self.PREVIOUS)
 
-    def _save(self, entry: JournalEntry) -> None:
+    def _save(self, entry: JournalEntry, path: str | None = None) -> None:
         record = {
             "version": 1,
             "txn_id": entry.txn_id,
@@ -112,7 +120,7 @@ class Journal:
         }
         data = json.dumps(record, indent=1, sort_keys=True).encode("utf-8")
         # 0600: the journal copies configuration files, which may hold secrets.
-        atomic_write(self.path, data, default_mode=0o600)
+        atomic_write(path or self.path, data, default_mode=0o600)
 
     def begin(self, txn_id: str, action: str, old: dict[str, bytes | None],
               new: dict[str, bytes | None], meta: dict[str, Any]) -> None:
@@ -124,7 +132,7 @@ class Journal:
         if missing:
             # Without the old state of every touched file, restore would be incomplete.
             raise ValueError(f"no old contents given for {', '.join(missing)}")
-        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        started = _now()
         try:
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         except OSError as exc:
@@ -141,10 +149,36 @@ class Journal:
         self._save(entry)
 
     def pending(self) -> JournalEntry | None:
-        raw = read_bytes_or_none(self.path)
+        return self._load(self.path)
+
+    def retire(self) -> None:
+        """The change went through: keep its record as the previous change (replacing the one
+        before) and end the journal. Best effort: a record that cannot be kept only means a
+        failed start has nothing to go back to."""
+        entry = self.pending()
+        if entry is None:
+            raise NoJournal(self.path)
+        entry.meta = {**entry.meta, "finished": _now()}
+        try:
+            self._save(entry, self.previous_path)
+        except ConfigWriteError:
+            # An older record left behind is never used: its files no longer match the live ones.
+            with contextlib.suppress(ConfigWriteError):
+                atomic_remove(self.previous_path)
+        self.clear()
+
+    def previous(self) -> JournalEntry | None:
+        """The last change that went through (retire), if its record is kept."""
+        return self._load(self.previous_path)
+
+    def forget_previous(self) -> None:
+        atomic_remove(self.previous_path)
+
+    def _load(self, path: str) -> JournalEntry | None:
+        raw = read_bytes_or_none(path)
         if raw is None:
             return None
-        self._check_made_by_us()
+        self._check_made_by_us(path)
         try:
             rec = json.loads(raw)
             return JournalEntry(
@@ -153,23 +187,23 @@ class Journal:
                 meta=rec["meta"], step=rec["step"], started=rec["started"],
             )
         except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-            raise JournalCorrupt(self.path, f"{type(exc).__name__}: {exc}") from exc
+            raise JournalCorrupt(path, f"{type(exc).__name__}: {exc}") from exc
 
-    def _check_made_by_us(self) -> None:
+    def _check_made_by_us(self, path: str) -> None:
         """The journal as this class writes it: a regular file, 0600, owned by the state
         directory's owner (the daemon's user) or root. Root's `imapd-ctl recover` writes what
         a journal says; the flavour's check of the paths (transaction.recover) is the other half."""
         try:
-            st, top = os.lstat(self.path), os.stat(self.state_dir)
+            st, top = os.lstat(path), os.stat(self.state_dir)
         except FileNotFoundError:
             return
         if not stat.S_ISREG(st.st_mode):
-            raise JournalForeign(self.path, "it is not a regular file (a link?)")
+            raise JournalForeign(path, "it is not a regular file (a link?)")
         if st.st_mode & 0o077:
-            raise JournalForeign(self.path, f"its mode is {stat.S_IMODE(st.st_mode):04o}, not 0600")
+            raise JournalForeign(path, f"its mode is {stat.S_IMODE(st.st_mode):04o}, not 0600")
         if st.st_uid not in (0, top.st_uid, os.geteuid()):
-            raise JournalForeign(self.path, f"it belongs to uid {st.st_uid}, neither root nor the owner of "
-                                            f"{self.state_dir} (uid {top.st_uid})")
+            raise JournalForeign(path, f"it belongs to uid {st.st_uid}, neither root nor the owner of "
+                                       f"{self.state_dir} (uid {top.st_uid})")
 
     def restore(self, entry: JournalEntry) -> list[str]:
         """Put every file back as it was before the change; safe to repeat.

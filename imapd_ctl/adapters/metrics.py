@@ -7,16 +7,24 @@ Two kinds of series:
     work, so they live in the library's multiprocess mode: every process writes its own
     files in a private directory (`metrics_dir`, emptied by `imapd-ctl serve` before the
     workers start) and a scrape adds them up, whichever worker answers it.
-  * the IMAP server's state (up per port, connections in use and the limit, restarts):
-    gauges read fresh from the host on every scrape (`state`, the queryCapacity reading),
-    never remembered by a worker, so every worker gives the same answer.
+  * the IMAP server's state (up per port, connections in use and the limit, restarts): gauges
+    of the queryCapacity reading, which costs server commands (`doveadm`) and D-Bus calls. A
+    scrape takes it from `StateCache`: read at most once per `metrics_state_interval` for every
+    scraper of every worker (a file in the metrics directory) and again after any action that
+    changes the server, so a scrape costs file reads, never a process, and every worker gives
+    the same answer. `imapd_ctl_state_age_seconds` says how old the reading is.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import math
 import os
-from typing import Callable, Iterable
+import tempfile
+import threading
+import time
+from typing import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -25,6 +33,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from imapd_ctl.adapters.quickcalls import pid
+from imapd_ctl.core.actions import ACTIONS
 from imapd_ctl.core.capacity import Capacity
 
 log = logging.getLogger(__name__)
@@ -37,6 +46,9 @@ P = "imapd_ctl_"
 ACTION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 2.5, 10, 30, 120, 600)
 LOCK_BUCKETS = (0.001, 0.01, 0.1, 1, 5, 10, 30, 60)
 _multiprocess_in: dict[int, str] = {}     # pid -> the directory its values are written to
+STATE_FILE = "state.prom"    # the last reading of the server's state, as exposition text
+STATE_LOCK = "state.lock"    # held by the one process reading it anew
+CHANGING = frozenset(name for name, action in ACTIONS.items() if action.mutating)
 
 
 def use_multiprocess(directory: str) -> None:
@@ -53,8 +65,85 @@ def prepare_directory(directory: str) -> None:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     os.chmod(directory, 0o700)
     for name in os.listdir(directory):
-        if name.endswith(".db"):
+        if name.endswith(".db") or name == STATE_FILE:
             os.unlink(os.path.join(directory, name))
+
+
+class StateCache:
+    """The server's state as exposition text, shared by every scraper: read anew when the kept
+    reading is older than `interval` seconds (0: at every scrape) or was dropped by a change.
+    With a directory (the multiprocess one) the reading is a file all workers share, and one
+    process reads at a time (the others wait, then take its reading); without, it is kept in
+    memory."""
+
+    def __init__(self, directory: str | None, interval: float, clock: Callable[[], float] = time.time):
+        self.directory, self.interval, self.clock = directory, interval, clock
+        self.path = os.path.join(directory, STATE_FILE) if directory else ""
+        self._lock = threading.Lock()
+        self._kept: tuple[float, bytes] | None = None
+
+    def text(self, read: Callable[[], Capacity]) -> tuple[bytes, float]:
+        """(the state's text, its age in seconds)."""
+        if self.interval <= 0:
+            return _state_text(read), 0.0
+        kept = self._fresh()
+        if kept is None:
+            with self._lock, self._reading():
+                kept = self._fresh()
+                if kept is None:
+                    kept = (self.clock(), _state_text(read))
+                    self._keep(kept)
+        return kept[1], max(0.0, self.clock() - kept[0])
+
+    def drop(self) -> None:
+        """The server was changed: the next scrape reads it anew."""
+        self._kept = None
+        if self.path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def _fresh(self) -> tuple[float, bytes] | None:
+        kept = self._kept
+        if self.path:
+            try:
+                with open(self.path, "rb") as fh:
+                    kept = (os.fstat(fh.fileno()).st_mtime, fh.read())
+            except FileNotFoundError:
+                return None
+        return kept if kept is not None and self.clock() - kept[0] < self.interval else None
+
+    def _keep(self, kept: tuple[float, bytes]) -> None:
+        if not self.path:
+            self._kept = kept
+            return
+        fd, tmp = tempfile.mkstemp(prefix=".state.", dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(kept[1])
+            os.utime(tmp, (kept[0], kept[0]))
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        if not self.directory:
+            yield
+            return
+        fd = os.open(os.path.join(self.directory, STATE_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _state_text(read: Callable[[], Capacity]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_State(read))
+    return generate_latest(registry)
 
 
 class _State(Collector):
@@ -112,10 +201,12 @@ class _State(Collector):
 class Metrics:
     """The daemon's counters (core.protocols.Telemetry) and the exposition of /metrics."""
 
-    def __init__(self, directory: str | None = None):
+    def __init__(self, directory: str | None = None, state_interval: float = 0.0):
         """`directory`: the multiprocess directory (use_multiprocess was called for it);
-        None counts in this process's memory (the CLI, tests)."""
+        None counts in this process's memory (the CLI, tests). `state_interval`: how old the
+        server's state in a scrape may be (StateCache)."""
         self.directory = directory
+        self.state = StateCache(directory, state_interval)
         self.registry = CollectorRegistry(auto_describe=True)
         reg = None if directory else self.registry
         self.actions = Histogram(P + "action_duration_seconds", "Actions run, by action and reply status "
@@ -136,6 +227,8 @@ class Metrics:
         if child is None:     # labels() takes a lock and builds the key each time: once per series
             child = self._action_series[(name, status)] = self.actions.labels(name, str(status))
         child.observe(seconds)
+        if name in CHANGING:
+            self.state.drop()
 
     def change(self, outcome: str) -> None:
         self.changes.labels(outcome).inc()
@@ -145,18 +238,21 @@ class Metrics:
 
     def bus_reconnect(self) -> None:
         self.reconnects.inc()
+        self.state.drop()        # the bus is back: the next scrape reads the state anew
 
     # -- exposition ----------------------------------------------------------------------
     def exposition(self, state: Callable[[], Capacity]) -> bytes:
-        """The text of one scrape: the counts of every process, then the state read now."""
+        """The text of one scrape: the counts of every process, then the server's state (read
+        by `state` when the kept reading is too old) and its age."""
+        registry = CollectorRegistry(auto_describe=False)
         if self.directory:
-            registry = CollectorRegistry(auto_describe=False)
             MultiProcessCollector(registry, path=self.directory)
         else:
-            registry = CollectorRegistry(auto_describe=False)
             registry.register(_Counts(self.registry))
-        registry.register(_State(state))
-        return generate_latest(registry)
+        text, age = self.state.text(state)
+        return (generate_latest(registry) + text
+                + (f"# HELP {P}state_age_seconds How long ago the IMAP server's state in this scrape was read\n"
+                   f"# TYPE {P}state_age_seconds gauge\n{P}state_age_seconds {age:.3f}\n").encode())
 
 
 class _Counts(Collector):

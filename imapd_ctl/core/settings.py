@@ -87,6 +87,10 @@ class Settings:
     metrics_access: str = "local"
     # The private directory where each process of the daemon keeps its counts (emptied at start).
     metrics_dir: str = "/run/imapd-ctl/metrics"
+    # Seconds the IMAP server's state in /metrics may be old: it is read (doveadm, D-Bus) at
+    # most this often for every scraper, and again after any change through the daemon. 0: at
+    # every scrape.
+    metrics_state_interval: float = 10.0
     dovecot: DovecotSettings = field(default_factory=DovecotSettings)
     courier: CourierSettings = field(default_factory=CourierSettings)
     source: str = BUILT_IN
@@ -169,6 +173,9 @@ def load(path: str | None = None) -> Settings:
     if settings.metrics_access not in METRICS_ACCESS:
         raise ValueError(f"{path}: metrics_access must be one of {', '.join(METRICS_ACCESS)}, "
                          f"got {settings.metrics_access!r}")
+    if not 0 <= settings.metrics_state_interval <= 3600:
+        raise ValueError(f"{path}: metrics_state_interval must be a number of seconds from 0 (read at every "
+                         f"scrape) to 3600, got {settings.metrics_state_interval:g}")
     nodes = settings.nodes    # still the raw [[nodes]] tables of the file
     settings.nodes = [_node(entry, f"{path} [[nodes]] #{i + 1}") for i, entry in enumerate(nodes)]
     settings.source = path

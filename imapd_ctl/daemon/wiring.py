@@ -108,9 +108,13 @@ def build(settings: Settings, *, systemd: Systemd | None = None, flavour: Flavou
     `unfinished_recovery`: why serve's recovery at start did not finish (changes are refused
     while its journal is pending)."""
     # Counted in the multiprocess directory when `serve` set one up (metrics.use_multiprocess).
-    metrics = Metrics(os.environ.get(ENV) or None)
-    bus: Systemd = systemd if systemd is not None else \
-        DBusSystemd(job_timeout=settings.job_timeout, on_reconnect=metrics.bus_reconnect)
+    metrics = Metrics(os.environ.get(ENV) or None, settings.metrics_state_interval)
+    bus: Systemd
+    if systemd is None:
+        bus = real = DBusSystemd(job_timeout=settings.job_timeout, on_reconnect=metrics.bus_reconnect)
+        real.bus.on_drop.append(metrics.state.drop)      # the bus went away: /metrics says so at once
+    else:
+        bus = systemd
     lock = TransactionLock(settings.lock_path)
     journal = Journal(settings.state_dir)
     cluster = Cluster(settings.node_id, settings.nodes, settings.node_timeout)

@@ -15,17 +15,17 @@ from imapd_ctl.adapters.cluster import Cluster
 from imapd_ctl.adapters.journal import Journal
 from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.core.actions import ACTIONS, IMAP, PERMISSION, Action, Service
-from imapd_ctl.core.errors import ActionFailed, ApiError, ChangesRefused, ConfigInvalid, NodeFailed, Relayed
+from imapd_ctl.core.errors import ApiError, ChangesRefused, NodeFailed, Relayed
 from imapd_ctl.core.capacity import Capacity
 from imapd_ctl.core.protocols import Flavour, Listening, Systemd, Telemetry, Untold
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.operations import transaction
-from imapd_ctl.operations.serving import Serving
+from imapd_ctl.operations.control import ServiceControl
 
 log = logging.getLogger(__name__)
 
 
-class Controller(Serving):
+class Controller(ServiceControl):
     """The handlers and what they share. Built by daemon.wiring, which passes every part and,
     for the flavour, `detect`: the flavour is found on first use, in a worker (never in
     gunicorn's master: detection needs D-Bus). Tests pass a `flavour` directly.
@@ -58,7 +58,7 @@ class Controller(Serving):
         self.telemetry = telemetry
 
     @property
-    def flavour(self) -> Flavour:  # overrides Serving's stand-in
+    def flavour(self) -> Flavour:  # overrides operations.serving.Serving's stand-in
         # Detected on first use in each worker (never in gunicorn's master: it needs D-Bus).
         if not self._flavour:
             assert self._detect is not None     # __init__ checked: one of the two is given
@@ -182,59 +182,6 @@ class Controller(Serving):
     def query_start_on_boot(self) -> dict[str, int]:
         state = self.systemd.unit(next(iter(self.unit_ports()))).unit_file_state
         return {"mda_imap_startonboot": int(state in ("enabled", "enabled-runtime"))}
-
-    # -- service control -------------------------------------------------------------
-    def _wait_listening(self, verb: str) -> None:
-        """Bounded wait until every unit listens on its port (Courier: 143 and 993)."""
-        left = self.listening.wait_serving(self.unit_ports(), self.settings.listen_timeout)
-        for unit, port in left.items():
-            raise ActionFailed(
-                f"{verb} {unit}: the unit is {self.systemd.active_state(unit)} but nothing of it "
-                f"listens on port {port} after {self.settings.listen_timeout:.0f} s; "
-                f"last journal lines:\n{self.systemd.journal_tail(unit)}")
-
-    def _preflight(self, verb: str, units: list[str]) -> None:
-        """Refuse to (re)start a server whose configuration it would not start with: the units
-        that serve keep serving (README "When things fail")."""
-        try:
-            self.flavour.preflight()
-        except ConfigInvalid as exc:
-            serving = [u for u in units if self.systemd.active_state(u) == "active"]
-            kept = f"; {', '.join(serving)} {'keeps' if len(serving) == 1 else 'keep'} serving" if serving else ""
-            raise ConfigInvalid(f"{verb} refused: the IMAP server would not start with its configuration"
-                                f"{kept}. {exc.message}. Fix the file, then {verb} again") from None
-
-    def start(self) -> str:
-        units = list(self.unit_ports())
-        self._preflight("start", units)
-        for unit in units:
-            self.systemd.start(unit)
-        self._wait_listening("start")
-        return self.acted("started", units)
-
-    def stop(self) -> str:
-        units = list(self.unit_ports())
-        idle = [unit for unit in units if self.systemd.unit(unit).active_state in ("inactive", "failed")]
-        for unit in reversed(units):
-            self.systemd.stop(unit)       # also for an idle unit: harmless, and never a race lost
-        if len(idle) == len(units):
-            return self.acted("nothing to stop:", units, " already stopped")
-        return self.acted("stopped", units)
-
-    def restart(self) -> str:
-        units = list(self.unit_ports())
-        self._preflight("restart", units)
-        for unit in units:
-            self.systemd.restart(unit)
-        self._wait_listening("restart")
-        return self.acted("restarted", units)
-
-    def start_on_boot(self, mda_imap_startonboot: int) -> str:
-        enable = mda_imap_startonboot == 1
-        units = list(self.unit_ports())
-        for unit in units:
-            (self.systemd.enable if enable else self.systemd.disable)(unit)
-        return self.acted("enabled" if enable else "disabled", units, " at boot")
 
     # -- configuration ---------------------------------------------------------------
     def update(self, imap_mem_limit: int | None, imap_max_connections: int | None,

@@ -69,6 +69,18 @@ class Recovery:
         return self.rollback is None
 
 
+@dataclass(frozen=True)
+class FallBack:
+    """What going back to the configuration before the last change did, after the IMAP server
+    failed to start with it."""
+    txn_id: str                      # the change that was undone
+    finished: str                    # when that change went through (ISO 8601, UTC)
+    files: tuple[str, ...]           # the files put back
+    values: Values | None = None     # the values in force again (None when it did not help)
+    error: BaseException | None = None   # the server did not start with those either: the
+    #                                      change's files were put back again
+
+
 class _Structured(ApiError):
     """An ApiError that carries data; its words are operations.prose.message(exc)."""
 
@@ -123,3 +135,15 @@ class RecoveryFailed(_Structured, ActionFailed):
 
 class RecoveryUnreachable(RecoveryFailed, Unavailable):
     status = 503
+
+
+class StartFailed(_Structured, ActionFailed):
+    """start or restart failed (`cause`). `fallback`: what going back to the configuration
+    before the last change did; None when there was nothing to go back to (`why_not` says why,
+    or is empty when no change was ever recorded)."""
+
+    def __init__(self, verb: str, units: tuple[str, ...], cause: ApiError, fallback: FallBack | None,
+                 why_not: str | ApiError = ""):
+        super().__init__()
+        self.verb, self.units, self.cause = verb, units, cause
+        self.fallback, self.why_not = fallback, why_not

@@ -17,7 +17,7 @@ from imapd_ctl.core.capacity import Capacity, PortLoad, Signal
 from imapd_ctl.core.errors import ApiError
 from imapd_ctl.core.protocols import Applied
 from imapd_ctl.operations.outcomes import (
-    ChangeFailed, ChangeOutcome, ChangeRefused, Recovery, RecoveryFailed, Rollback)
+    ChangeFailed, ChangeOutcome, ChangeRefused, Recovery, RecoveryFailed, Rollback, StartFailed)
 
 LATER = ("it stays journaled and is finished by the next change or service action, or when "
          "imapd-ctl starts")
@@ -136,8 +136,30 @@ def capacity_payload(done: Capacity) -> dict[str, Any]:
     }
 
 
+def start_failed(exc: StartFailed) -> str:
+    back = exc.fallback
+    if back is None:
+        why = exc.why_not if isinstance(exc.why_not, str) else reason(exc.why_not)
+        return reason(exc.cause) + (f"; the configuration before the last update was not put back: {why}"
+                                    if why else "")
+    units, one = _units(exc.units), len(exc.units) == 1
+    files, hold = _units(back.files), "holds" if len(back.files) == 1 else "hold"
+    if back.error is not None:
+        return (f"{reason(exc.cause)}; going back to the configuration before the last update ({back.txn_id}, "
+                f"{back.finished}) did not help: {reason(back.error)}; {files} {hold} the update's "
+                f"values again and {units} {'is' if one else 'are'} not running")
+    assert back.values is not None
+    values = ", ".join(f"{k}={v}" for k, v in back.values.items())
+    return (f"{exc.verb} failed; the last update ({back.txn_id}, {back.finished}) was undone to get mail served "
+            f"again: {files} {hold} the configuration from before it and {units} "
+            f"{'serves' if one else 'serve'} with it ({values}). Find out why the IMAP server did not start "
+            f"with the update's values, then apply them again. What failed: {reason(exc.cause)}")
+
+
 def message(exc: BaseException) -> str:
     """An error's text (the payload of its reply unless it carries a structured one)."""
+    if isinstance(exc, StartFailed):
+        return start_failed(exc)
     if isinstance(exc, ChangeFailed):
         return f"{reason(exc.cause)}; {rollback(exc.rollback)}"
     if isinstance(exc, ChangeRefused):

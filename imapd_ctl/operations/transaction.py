@@ -22,16 +22,16 @@ import os
 import signal
 import uuid
 from dataclasses import replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 from imapd_ctl.adapters.files import atomic_remove, atomic_write, read_bytes_or_none, remove_stale_temps
-from imapd_ctl.adapters.journal import Journal, JournalEntry, JournalForeign
+from imapd_ctl.adapters.journal import Journal, JournalEntry, JournalError, JournalForeign
 from imapd_ctl.core.errors import ActionFailed, ApiError, ConfigWriteError, Unavailable
 from imapd_ctl.core.protocols import Files, Flavour, Listening, Systemd
 from imapd_ctl.core.waiting import wait_until
 from imapd_ctl.operations import prose
 from imapd_ctl.operations.outcomes import (
-    ChangeFailed, ChangeOutcome, ChangeRefused, Recovery, RecoveryFailed, Rollback)
+    ChangeFailed, ChangeOutcome, ChangeRefused, FallBack, Recovery, RecoveryFailed, Rollback, StartFailed)
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def change(flavour: Flavour, requested: dict[str, int | None], *, systemd: Syste
     except Exception as exc:
         log.error("update %s failed (%s); restoring the previous configuration", txn, prose.reason(exc))
         raise ChangeFailed.of(exc, _undo(flavour, systemd, journal)) from None
-    journal.clear()
+    journal.retire()
     log.info("update %s: %s -> %s (%s)", txn, current, values, prose.applied(applied))
     return ChangeOutcome(changed=True, values=values, diff=outcome.diff, files=outcome.files,
                          applied=applied, flavour=flavour.name)
@@ -210,7 +210,10 @@ def recover(flavour: Flavour, systemd: Systemd, journal: Journal) -> Recovery | 
     if entry.step == "verified":
         for path in entry.new:
             remove_stale_temps(path)
-        journal.clear()
+        if entry.action == "update":
+            journal.retire()
+        else:
+            journal.clear()
         done = Recovery(entry.txn_id, entry.action, entry.step, rollback=None)
     else:
         done = Recovery(entry.txn_id, entry.action, entry.step, rollback=_undo(flavour, systemd, journal))
@@ -219,3 +222,69 @@ def recover(flavour: Flavour, systemd: Systemd, journal: Journal) -> Recovery | 
         # Nothing may change the configuration on top of a change that is not undone yet.
         raise RecoveryFailed.of(done)
     return done
+
+
+# -- a start that fails with the last change: going back to the configuration before it ----------
+
+def failed_start(flavour: Flavour, journal: Journal, verb: str, units: tuple[str, ...], cause: ApiError, *,
+                 restart: Callable[[], None]) -> StartFailed:
+    """A start or restart failed (`cause`): if the live files are still those of the last
+    update, go back to the configuration before it and restart with that, so a setting the
+    validator could not judge does not leave mail down. The caller holds the lock."""
+    entry, why_not = previous_change(flavour, journal)
+    if entry is None:
+        return StartFailed(verb, units, cause, None, why_not)
+    try:
+        return StartFailed(verb, units, cause, go_back(flavour, journal, entry, restart))
+    except ApiError as exc:       # its journal could not be begun: nothing was touched
+        return StartFailed(verb, units, cause, None, exc)
+
+
+def previous_change(flavour: Flavour, journal: Journal) -> tuple[JournalEntry | None, str | ApiError]:
+    """The last update that went through, if the live files still hold what it wrote (nothing
+    changed them since); else None and why not ("" when no update is on record)."""
+    try:
+        entry = journal.previous()
+    except JournalError as exc:
+        return None, exc
+    if entry is None:
+        return None, ""
+    if set(entry.old) - set(flavour.owned) or set(entry.new) - set(flavour.owned):
+        return None, f"its record ({journal.previous_path}) names files {flavour.name} does not have imapd-ctl write"
+    if any(read_bytes_or_none(path) != data for path, data in entry.new.items()):
+        return None, f"the files were changed since that update ({entry.txn_id})"
+    return entry, ""
+
+
+def go_back(flavour: Flavour, journal: Journal, entry: JournalEntry, start: Callable[[], None]) -> FallBack:
+    """Put back the files as they were before `entry` (the last update) and start the server
+    with them (`start` restarts its units and waits until they serve). Journaled like a change,
+    so a crash half-way is undone by recovery. If the server does not start with those either,
+    the update's files are put back: the host is left as it was found. The caller holds the
+    lock; journal.begin may raise (nothing was touched then)."""
+    files = tuple(sorted(entry.old))
+    undo = uuid.uuid4().hex[:12]
+    journal.begin(undo, "fallback", old=dict(entry.new), new=dict(entry.old),
+                  meta={"flavour": flavour.name, "serving": [], "undoes": entry.txn_id})
+    finished = str(entry.meta.get("finished", entry.started))
+    try:
+        _write(entry.old)
+        journal.mark("written")
+        start()
+        journal.mark("verified")     # from here, recovery keeps what was put back
+    except Exception as exc:
+        log.error("going back before update %s did not help (%s); putting its files back", entry.txn_id,
+                  prose.reason(exc))
+        try:
+            undoing = journal.pending()      # its old files are the update's
+            if undoing is not None:
+                journal.restore(undoing)
+            journal.clear()
+        except ApiError as again:     # the journal stays: the next recovery puts them back
+            log.error("putting back the files of update %s failed (%s)", entry.txn_id, prose.reason(again))
+        return FallBack(entry.txn_id, finished, files, error=exc)
+    journal.clear()
+    journal.forget_previous()
+    log.warning("went back before update %s (%s): the server serves with the previous configuration",
+                entry.txn_id, finished)
+    return FallBack(entry.txn_id, finished, files, values=flavour.current_values())

@@ -37,7 +37,7 @@ import time
 import pytest
 
 from imapd_ctl.adapters.journal import Journal
-from probes import (JOURNAL, ONCE, OLD, PROBES, STATE, base, bus_down, cat, courier_ctl,  # noqa: F401
+from probes import (JOURNAL, ONCE, OLD, PROBES, STATE, ApplyFault, base, bus_down, cat, courier_ctl,  # noqa: F401
                     ctl, daemon_pids, decoded, dovecot_ctl, flavours, injected, log, on_each_worker,
                     probe, serve, tmpfs_over, wait_log)
 
@@ -101,6 +101,29 @@ def test_restart_with_a_broken_admin_file_is_refused_and_the_server_keeps_servin
     status, payload = ctl.call("restart")
     assert status == 0, payload
     probe.assert_config(ctl, base, OLD)
+
+
+@flavours
+def test_a_restart_that_fails_with_the_last_update_goes_back_to_the_configuration_before_it(probe, ctl, base):
+    """Something the validator cannot see makes the server refuse to start with the update's
+    files (a drop-in's ExecStartPre that starts it only with the files as they were): the
+    restart puts the files from before the update back, the server serves with them, and the
+    reply says so."""
+    host = ctl.host
+    path, kept = probe.paths[0], "/run/imapd-ctl-fault-base"
+    host.write_file(kept, base[path])
+    status, payload = ctl.call("update", probe.NEW)
+    assert status == 0, payload
+    refuse = ApplyFault(probe.units[0], "ExecStartPre={script}\n", f"exec cmp -s {kept} {path}\n", [], once=False)
+    with injected(host, refuse):
+        status, payload = ctl.call("restart")
+        assert status == 500, payload
+        assert payload.startswith("restart failed; the last update (") and "was undone to get mail served again" in payload
+        assert "What failed: restart " in payload, payload
+        assert probe.files(host) == base
+        probe.assert_config(ctl, base, OLD)
+        assert ctl.call("restart") == (0, f"restarted {', '.join(probe.units)}")
+    host.run(["rm", "-f", kept])
 
 
 # -- 5. disk full --------------------------------------------------------------------------------

@@ -58,6 +58,27 @@ def test_a_failed_action_is_counted_by_its_status(daemon):
     assert scrape(daemon)[key] == before + 1
 
 
+def forks(host) -> int:
+    """Processes the kernel has started since boot (machine-wide)."""
+    return int(next(line for line in host.read_file("/proc/stat").decode().splitlines()
+                    if line.startswith("processes ")).split()[1])
+
+
+def test_scrapes_share_one_reading_and_a_change_through_the_daemon_shows_at_once(daemon, mailhost):
+    up = ("imapd_ctl_imap_up", (("port", "143"), ("unit", "dovecot.service")))
+    assert scrape(daemon)[up] == 1
+    assert daemon.call("stop")[0] == 0
+    assert scrape(daemon)[up] == 0                           # whichever worker answers
+    assert daemon.call("start")[0] == 0
+    assert scrape(daemon)[up] == 1                           # read anew after the change
+    before = forks(mailhost)
+    ages = [scrape(daemon)[("imapd_ctl_state_age_seconds", ())] for _ in range(40)]
+    # Reading the state runs doveadm and doveconf: 40 scrapes of that one reading start none
+    # (a few processes of the host's own may start meanwhile).
+    assert forks(mailhost) - before < 10
+    assert ages == sorted(ages) and ages[-1] < 10          # one reading, getting older
+
+
 def test_loopback_tcp_reads_metrics_without_a_key(daemon, mailhost):
     out = mailhost.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{content_type}",
                         "http://127.0.0.1:8143/metrics"]).stdout

@@ -386,6 +386,31 @@ def test_every_kind_of_action_works_under_the_hardening(pkg):
     assert pkg.call("start") == (0, "started dovecot.service")
     audit = pkg.host.read_file("/var/log/imapd-ctl/audit.log").decode().splitlines()
     assert json.loads(audit[-1])["action"] == "start" and json.loads(audit[-1])["key"] == "panel"
+    # A broken administrator's file: restart is refused, the server keeps serving (same process).
+    pid = pkg.show("dovecot.service", "MainPID")
+    pkg.host.write_file("/etc/dovecot/local.conf", "protocol imap {{\n")
+    try:
+        status, payload = pkg.call("restart")
+        assert status == 500 and payload.startswith("restart refused: the IMAP server would not start"), payload
+        assert "/etc/dovecot/local.conf" in payload, payload
+    finally:
+        pkg.run("rm", "-f", "/etc/dovecot/local.conf")
+    assert pkg.show("dovecot.service", "MainPID") == pid and pkg.call("isRunning") == (0, True)
+    # A restart that fails with the last update's values (a start condition the validator cannot
+    # see) goes back to the values before it.
+    assert pkg.call("update", "imap_max_connections=61")[0] == 0
+    dropin = "/etc/systemd/system/dovecot.service.d/50-test-refuse.conf"
+    pkg.host.write_file(dropin, "[Service]\nExecStartPre=/bin/sh -c '! grep -q \"process_limit = 101\" "
+                                "/etc/dovecot/conf.d/99-imapd-ctl.conf'\n")
+    pkg.run("systemctl", "daemon-reload")
+    try:
+        status, payload = pkg.call("restart")
+        assert status == 500 and payload.startswith("restart failed; the last update ("), payload
+        assert pkg.call("queryUpdate")[1]["imap_max_connections"] == 60
+        assert pkg.call("isRunning") == (0, True)
+    finally:
+        pkg.run("rm", "-f", dropin)
+        pkg.run("systemctl", "daemon-reload")
     check = pkg.run("imapd-ctl", "check")
     assert "FAIL" not in check.stdout
 

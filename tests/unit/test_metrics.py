@@ -117,6 +117,7 @@ def test_the_directory_is_emptied_at_start(tmp_path):
     d = tmp_path / "m"
     d.mkdir(mode=0o755)
     (d / "counter_1.db").write_bytes(b"old")
+    (d / metrics.STATE_FILE).write_bytes(b"imapd_ctl_imap_up 1\n")     # a reading of the last run
     (d / "keep.txt").write_text("not ours")
     metrics.prepare_directory(str(d))
     assert sorted(os.listdir(d)) == ["keep.txt"] and oct(d.stat().st_mode & 0o777) == "0o700"
@@ -158,6 +159,16 @@ def test_off_is_404(env):
     assert reply.status_code == 404 and reply.get_json()["status"] == 404
 
 
+def test_state_interval_setting_is_checked(tmp_path):
+    path = tmp_path / "c.toml"
+    for bad in ("-1", "3601", "nan"):
+        path.write_text(f"metrics_state_interval = {bad}\n")
+        with pytest.raises(ValueError, match="metrics_state_interval must be a number of seconds from 0"):
+            load(str(path))
+    path.write_text("metrics_state_interval = 0\n")
+    assert load(str(path)).metrics_state_interval == 0
+
+
 def test_metrics_access_setting_is_checked(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('metrics_access = "everyone"\n')
@@ -174,3 +185,55 @@ def test_actions_through_dispatch_are_counted(env):
     got = samples(env.services.metrics.exposition(lambda: STATE))
     assert got[("imapd_ctl_action_duration_seconds_count", (("action", "isRunning"), ("status", "0")))] == 1
     assert not any(dict(labels).get("status") == "401" for _, labels in got)
+
+
+# -- the server's state: read at most once per interval for every scraper of every worker ----------
+
+class Reads:
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self):
+        self.count += 1
+        return STATE
+
+
+def test_a_reading_serves_every_scrape_of_the_interval_and_a_change_drops_it():
+    now = [1000.0]
+    m = Metrics(state_interval=10)
+    m.state.clock = lambda: now[0]
+    reads = Reads()
+    first = samples(m.exposition(reads))
+    now[0] += 4
+    again = samples(m.exposition(reads))
+    assert reads.count == 1
+    assert first[("imapd_ctl_state_age_seconds", ())] == 0 and again[("imapd_ctl_state_age_seconds", ())] == 4
+    assert again[("imapd_ctl_imap_connections", (("port", "143"),))] == 3
+    m.action("isRunning", 0, 0.001)              # a read changes nothing
+    m.exposition(reads)
+    assert reads.count == 1
+    m.action("restart", 0, 1.0)                  # a change: the next scrape reads anew
+    m.exposition(reads)
+    assert reads.count == 2
+    now[0] += 10                                 # the interval passed
+    m.exposition(reads)
+    assert reads.count == 3
+    zero = Metrics(state_interval=0)
+    zero.exposition(reads)
+    zero.exposition(reads)
+    assert reads.count == 5
+
+
+def test_workers_share_one_reading_through_the_directory(tmp_path):
+    now = [1000.0]
+    workers = [metrics.StateCache(str(tmp_path), 10, clock=lambda: now[0]) for _ in range(2)]
+    reads = Reads()
+    texts = [w.text(reads) for w in workers]
+    assert reads.count == 1 and texts[0] == texts[1]
+    assert oct(os.stat(tmp_path / metrics.STATE_FILE).st_mode & 0o777) == "0o600"
+    now[0] += 3
+    assert workers[1].text(reads)[1] == 3
+    workers[0].drop()                            # a change in one worker is seen by the other
+    workers[1].text(reads)
+    assert reads.count == 2
+    assert sorted(os.listdir(tmp_path)) == sorted([metrics.STATE_FILE, metrics.STATE_LOCK])   # no temporary left

@@ -334,13 +334,14 @@ def test_recover_undoes_an_interrupted_change(env, step):
     assert env.flavour.events[0][1] is env.systemd
 
 
-def test_recover_after_verified_only_clears_the_journal(env):
+def test_recover_after_verified_only_ends_the_journal(env):
     new = interrupt(env, "verified")
     done = transaction.recover(env.flavour, env.systemd, env.journal)
     assert done == Recovery("deadbeef0001", "update", "verified", rollback=None) and done.completed
     msg = prose.text(done)
     assert msg is not None and "verified" in msg and "deadbeef0001" in msg
     assert env.journal.pending() is None
+    assert env.journal.previous().txn_id == "deadbeef0001"   # kept as the last change
     assert env.flavour.live() == new                         # the new files stay
     assert env.flavour.events == []
 
