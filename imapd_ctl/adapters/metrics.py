@@ -24,6 +24,7 @@ import os
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
@@ -33,6 +34,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from imapd_ctl.adapters.quickcalls import pid
+from imapd_ctl import __version__
 from imapd_ctl.core.actions import ACTIONS
 from imapd_ctl.core.capacity import Capacity
 
@@ -82,7 +84,7 @@ class StateCache:
         self._lock = threading.Lock()
         self._kept: tuple[float, bytes] | None = None
 
-    def text(self, read: Callable[[], Capacity]) -> tuple[bytes, float]:
+    def text(self, read: Callable[[], Reading]) -> tuple[bytes, float]:
         """(the state's text, its age in seconds)."""
         if self.interval <= 0:
             return _state_text(read), 0.0
@@ -140,28 +142,49 @@ class StateCache:
             os.close(fd)
 
 
-def _state_text(read: Callable[[], Capacity]) -> bytes:
+def _state_text(read: Callable[[], Reading]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_State(read))
     return generate_latest(registry)
 
 
-class _State(Collector):
-    """A collector of the IMAP server's state, read by `read` at each scrape."""
+@dataclass(frozen=True)
+class Reading:
+    """What /metrics reports of the host: the queryCapacity reading, the server's version, and
+    whether a change waits in its journal to be finished or undone."""
+    capacity: Capacity
+    server_version: str = ""
+    journal_pending: bool = False
 
-    def __init__(self, read: Callable[[], Capacity]):
+
+class _State(Collector):
+    """A collector of the IMAP server's state, read by `read` when StateCache asks."""
+
+    def __init__(self, read: Callable[[], Reading]):
         self.read = read
 
     def collect(self) -> Iterable[Metric]:
         readable = GaugeMetricFamily(P + "state_readable", "1 if the IMAP server's state could be read "
-                                     "for this scrape (systemd reachable, a supported server found)")
+                                     "(systemd reachable, a supported server found)")
+        build = GaugeMetricFamily(P + "build_info", "Always 1: imapd-ctl's version, the IMAP server it "
+                                  "controls and that server's version (empty while unreadable)",
+                                  labels=["version", "flavour", "server_version"])
         try:
-            state = self.read()
+            reading = self.read()
         except Exception as exc:  # noqa: BLE001 - a scrape says so, it does not fail
             log.warning("metrics: cannot read the IMAP server's state: %s", exc)
             readable.add_metric([], 0)
-            return [readable]
+            build.add_metric([__version__, "", ""], 1)
+            return [readable, build]
+        state = reading.capacity
         readable.add_metric([], 1)
+        build.add_metric([__version__, state.flavour, reading.server_version], 1)
+        pending = GaugeMetricFamily(P + "journal_pending", "1 while a configuration change waits in its "
+                                    "journal to be finished or undone (`imapd-ctl recover`)")
+        pending.add_metric([], int(reading.journal_pending))
+        active = GaugeMetricFamily(P + "unit_active", "1 if systemd has the unit active", labels=["unit"])
+        for unit in state.units:
+            active.add_metric([unit.unit], int(unit.active_state == "active"))
         up = GaugeMetricFamily(P + "imap_up", "1 if the unit is active and one of its processes listens "
                                "on the port", labels=["port", "unit"])
         used = GaugeMetricFamily(P + "imap_connections", "Connections the server holds on the port",
@@ -195,7 +218,8 @@ class _State(Collector):
         for unit in state.units:
             restarts.add_metric([unit.unit], unit.restarts)
             failed.add_metric([unit.unit, unit.result], int(unit.result not in ("success", "")))
-        return [readable, up, used, queued, limit, procs, plimit, drop, failing, restarts, failed]
+        return [readable, build, pending, active, up, used, queued, limit, procs, plimit, drop, failing, restarts,
+                failed]
 
 
 class Metrics:
@@ -209,23 +233,25 @@ class Metrics:
         self.state = StateCache(directory, state_interval)
         self.registry = CollectorRegistry(auto_describe=True)
         reg = None if directory else self.registry
-        self.actions = Histogram(P + "action_duration_seconds", "Actions run, by action and reply status "
-                                 "(_count is the number of calls), and how long they took",
-                                 ["action", "status"], buckets=ACTION_BUCKETS, registry=reg)
+        self.actions = Histogram(P + "action_duration_seconds", "Actions run, by controller (imap, simap), "
+                                 "action and reply status (_count is the number of calls), and how long "
+                                 "they took", ["controller", "action", "status"], buckets=ACTION_BUCKETS,
+                                 registry=reg)
         self.changes = Counter(P + "changes", "Configuration changes applied, and rolled back (a failed "
                                "change, or one a crash interrupted)", ["outcome"], registry=reg)
         self.lock_waits = Histogram(P + "lock_wait_seconds", "Waits for the change lock, by outcome "
                                     "(acquired, or busy: gave up after lock_timeout)", ["outcome"],
                                     buckets=LOCK_BUCKETS, registry=reg)
-        self._action_series: dict[tuple[str, int], Histogram] = {}
+        self._action_series: dict[tuple[str, str, int], Histogram] = {}
         self.reconnects = Counter(P + "bus_reconnects", "Connections to the system bus made again after "
                                   "one was lost", registry=reg)
 
     # -- Telemetry ---------------------------------------------------------------------
-    def action(self, name: str, status: int, seconds: float) -> None:
-        child = self._action_series.get((name, status))
+    def action(self, name: str, status: int, seconds: float, controller: str = "imap") -> None:
+        child = self._action_series.get((controller, name, status))
         if child is None:     # labels() takes a lock and builds the key each time: once per series
-            child = self._action_series[(name, status)] = self.actions.labels(name, str(status))
+            child = self._action_series[(controller, name, status)] = self.actions.labels(controller, name,
+                                                                                            str(status))
         child.observe(seconds)
         if name in CHANGING:
             self.state.drop()
@@ -241,7 +267,7 @@ class Metrics:
         self.state.drop()        # the bus is back: the next scrape reads the state anew
 
     # -- exposition ----------------------------------------------------------------------
-    def exposition(self, state: Callable[[], Capacity]) -> bytes:
+    def exposition(self, state: Callable[[], Reading]) -> bytes:
         """The text of one scrape: the counts of every process, then the server's state (read
         by `state` when the kept reading is too old) and its age."""
         registry = CollectorRegistry(auto_describe=False)

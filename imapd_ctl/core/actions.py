@@ -228,6 +228,11 @@ class Service:
     page: str            # listServicePage
     secure: bool
 
+    @property
+    def label(self) -> str:
+        """Its short name ("imap", "simap"): the controller label of /metrics' series."""
+        return self.path.rsplit("/", 1)[1]
+
 
 IMAP = Service("/nodeworx/mail/imap", "MailImap", "imap4", "##LG_IMAP##", "/nodeworx/mail/mda", secure=False)
 SIMAP = Service("/nodeworx/mail/simap", "MailSimap", "imap4-ssl", "##LG_SIMAP##", "/nodeworx/mail/mda",

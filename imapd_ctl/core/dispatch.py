@@ -85,7 +85,7 @@ def dispatch(request: Request, ctx: Context) -> Result:
                          controller=service.path, action=action.name,
                          inputs=values, status=result.status, payload=result.payload)
     if action is not None:
-        ctx.telemetry.action(action.name, result.status, time.monotonic() - started)
+        ctx.telemetry.action(action.name, result.status, time.monotonic() - started, service.label)
     return result
 
 

@@ -129,6 +129,10 @@ class Flavour(Protocol):
         """The flavour's lines of `imapd-ctl check` (config dir writable, validator present)."""
         ...
 
+    def server_version(self) -> str:
+        """The installed server's version as it states it ("2.3.19.1"); "" if it cannot tell."""
+        ...
+
     def pools(self, systemd: Systemd) -> tuple[Pool, ...]:
         """The server's own process pools as it reports them (queryCapacity, /metrics); with the
         configured limits for units that are not running."""
@@ -151,7 +155,7 @@ class Telemetry(Protocol):
     """What the daemon counts for /metrics (adapters.metrics); every method is cheap and never
     raises. The no-op `Untold` stands in where nothing is counted (the CLI, tests)."""
 
-    def action(self, name: str, status: int, seconds: float) -> None: ...
+    def action(self, name: str, status: int, seconds: float, controller: str = "imap") -> None: ...
     def change(self, outcome: str) -> None: ...          # "applied" | "rolled_back"
     def lock_wait(self, seconds: float, acquired: bool) -> None: ...
     def bus_reconnect(self) -> None: ...
@@ -160,7 +164,7 @@ class Telemetry(Protocol):
 class Untold:
     """Telemetry that counts nothing."""
 
-    def action(self, name: str, status: int, seconds: float) -> None:
+    def action(self, name: str, status: int, seconds: float, controller: str = "imap") -> None:
         pass
 
     def change(self, outcome: str) -> None:

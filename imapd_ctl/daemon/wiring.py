@@ -16,12 +16,12 @@ from typing import Any
 from imapd_ctl.adapters import peers
 from imapd_ctl.adapters.audit import AuditLog
 from imapd_ctl.adapters.cluster import Cluster
-from imapd_ctl.adapters.journal import Journal
+from imapd_ctl.adapters.journal import Journal, JournalError
 from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.adapters.flavours import detect
 from imapd_ctl.adapters.keys import KeyStore
 from imapd_ctl.adapters.listening import UnitListening
-from imapd_ctl.adapters.metrics import CONTENT_TYPE, ENV, Metrics
+from imapd_ctl.adapters.metrics import CONTENT_TYPE, ENV, Metrics, Reading
 from imapd_ctl.adapters.systemd import Systemd as DBusSystemd
 from imapd_ctl.core.actions import CONTROLLERS, IMAP, Action, Service
 from imapd_ctl.core.dispatch import Context, Runner
@@ -97,8 +97,16 @@ class Services:
             logging.getLogger(__name__).warning("at worker start: %s", prose.message(exc))
 
     def scrape(self) -> tuple[bytes, str]:
-        """The text of /metrics: the counts of every process and the server's state now."""
-        return self.metrics.exposition(self.controller.query_capacity), CONTENT_TYPE
+        """The text of /metrics: the counts of every process and the server's state."""
+        return self.metrics.exposition(self.reading), CONTENT_TYPE
+
+    def reading(self) -> Reading:
+        capacity = self.controller.query_capacity()
+        try:
+            pending = self.journal.pending() is not None
+        except JournalError:       # unreadable or not trusted: it needs a look all the same
+            pending = True
+        return Reading(capacity, self.controller.flavour.server_version(), pending)
 
 
 def build(settings: Settings, *, systemd: Systemd | None = None, flavour: Flavour | None = None,

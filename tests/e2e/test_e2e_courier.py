@@ -80,6 +80,13 @@ def test_detection_picks_courier(daemon, host):
         assert procs[main_pid(host, unit)] == "courierlogger"
         assert "couriertcpd" in procs.values()
         assert f":{port} " in host.run(["ss", "-ltnpH", f"sport = :{port}"]).stdout
+    # /metrics: Courier's package version, both units and ports.
+    metrics = daemon.http("GET", "/metrics")[1].decode()
+    version = host.run(["dpkg-query", "-W", "-f=${Version}", "courier-imap"]).stdout.strip()
+    assert f'imapd_ctl_build_info{{flavour="courier",server_version="{version}",' in metrics, metrics
+    for unit, port in PORTS.items():
+        assert f'imapd_ctl_unit_active{{unit="{unit}"}} 1.0' in metrics
+        assert f'imapd_ctl_imap_up{{port="{port}",unit="{unit}"}} 1.0' in metrics
 
 
 @pytest.mark.parametrize("controller", CONTROLLERS)

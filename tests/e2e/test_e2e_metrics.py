@@ -1,15 +1,19 @@
 """/metrics through the real server: counts agree whichever worker answers the scrape, and a
 real Prometheus (Debian's `prometheus`, started inside the mail host on its loopback) scrapes
-it and sees the IMAP server go down and up."""
+it and sees the IMAP server go down and up. The monitoring pack (packaging/monitoring): promtool
+checks and unit-tests the rules; the real Prometheus evaluates them on the real daemon's series
+(an alert fires when Dovecot is stopped) and every query of the Grafana dashboard returns data."""
 from __future__ import annotations
 
 import imaplib
 import json
+import re
 import time
 import urllib.parse
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from daemon import REPO
 from probes import bus_down
 
 pytestmark = pytest.mark.mailhost
@@ -20,10 +24,15 @@ PROM_DIR = "/var/tmp/prometheus-test"
 PROM_API = "http://127.0.0.1:9090/api/v1/query"
 # The daemon listens on 127.0.0.1:8143 inside the host: a loopback peer, which the default
 # metrics_access ("local") lets read /metrics without a key.
-PROM_CONFIG = """\
+MONITORING = REPO / "packaging" / "monitoring"
+RULES = MONITORING / "imapd-ctl.rules.yml"
+DASHBOARD = MONITORING / "imapd-ctl-dashboard.json"
+PROM_CONFIG = f"""\
 global:
   scrape_interval: 1s
   scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files: ["{PROM_DIR}/rules.yml"]
 scrape_configs:
   - job_name: imapd-ctl
     static_configs:
@@ -41,7 +50,7 @@ def scrape(daemon) -> dict[tuple[str, tuple], float]:
 
 
 def test_counts_are_the_same_whichever_worker_answers(daemon):
-    key = ("imapd_ctl_action_duration_seconds_count", (("action", "listServiceName"), ("status", "0")))
+    key = ("imapd_ctl_action_duration_seconds_count", (("action", "listServiceName"), ("controller", "imap"), ("status", "0")))
     before = scrape(daemon).get(key, 0)
     calls = 12
     for _ in range(calls):
@@ -52,7 +61,7 @@ def test_counts_are_the_same_whichever_worker_answers(daemon):
 
 
 def test_a_failed_action_is_counted_by_its_status(daemon):
-    key = ("imapd_ctl_action_duration_seconds_count", (("action", "update"), ("status", "400")))
+    key = ("imapd_ctl_action_duration_seconds_count", (("action", "update"), ("controller", "imap"), ("status", "400")))
     before = scrape(daemon).get(key, 0)
     assert daemon.call("update", {"imap_max_connections": 0})[0] == 400
     assert scrape(daemon)[key] == before + 1
@@ -111,6 +120,8 @@ def test_the_bus_going_away_is_said_and_reconnects_are_counted(daemon, mailhost)
 @pytest.fixture(scope="module")
 def prometheus(mailhost, daemon):
     mailhost.write_file(f"{PROM_DIR}/prometheus.yml", PROM_CONFIG)
+    # The packaged rules, their `for` cut to seconds (the durations are promtool's to test).
+    mailhost.write_file(f"{PROM_DIR}/rules.yml", re.sub(r"for: \d+m", "for: 3s", RULES.read_text()))
     mailhost.run(["systemd-run", f"--unit={PROM_UNIT}", "--collect", PROMETHEUS,
                   f"--config.file={PROM_DIR}/prometheus.yml", f"--storage.tsdb.path={PROM_DIR}/data",
                   "--web.listen-address=127.0.0.1:9090"])
@@ -163,3 +174,61 @@ def test_prometheus_sees_imap_go_down_and_up(prometheus, daemon):
     count = 'imapd_ctl_action_duration_seconds_count{{job="imapd-ctl",action="{}",status="0"}}'
     assert becomes(host, count.format("stop"), 1) == [1]
     assert becomes(host, count.format("start"), 1) == [1]
+
+
+def test_promtool_checks_the_rules_and_passes_their_unit_tests(mailhost):
+    checked = mailhost.run(["promtool", "check", "rules", str(RULES)], check=False)
+    assert checked.returncode == 0 and "SUCCESS: 11 rules found" in checked.stdout, checked.stdout + checked.stderr
+    tested = mailhost.run(["promtool", "test", "rules", str(REPO / "tests" / "monitoring" / "imapd-ctl.rules.test.yml")],
+                          check=False)
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, query) of every target of the dashboard, its variables as "All" sets them."""
+    found = []
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        for target in panel["targets"]:
+            expr = (target["expr"].replace("$instance", ".*").replace("$controller", ".*")
+                    .replace("$__rate_interval", "1m"))
+            found.append((panel["title"], expr))
+    return found
+
+
+def test_every_dashboard_query_returns_data_and_an_alert_fires_when_dovecot_stops(prometheus, daemon):
+    host = prometheus
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "instance", "controller"}
+    assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"])
+    # What the panels show needs happening: a change, a failed call, calls on both controllers.
+    assert daemon.call("update", {"imap_max_connections": 61})[0] == 0
+    assert daemon.call("update", {"imap_max_connections": 0})[0] == 400
+    assert daemon.http("GET", "/nodeworx/mail/simap/listPortNumbers", key=daemon.key)[0] == 200
+    for _ in range(5):
+        assert daemon.call("isRunning") == (0, True)
+    assert becomes(host, 'up{job="imapd-ctl"}', 1) == [1]
+    waiting = dict(dashboard_queries())
+    deadline = time.monotonic() + WAIT
+    while waiting and time.monotonic() < deadline:
+        waiting = {title: expr for title, expr in waiting.items() if not query(host, expr)}
+        time.sleep(1)
+    assert not waiting, f"dashboard queries with no data: {waiting}"
+    versions = query_series(host, "imapd_ctl_build_info")
+    assert versions and versions[0]["flavour"] == "dovecot" and re.match(r"2\.[34]\.", versions[0]["server_version"])
+    # The rules on the real series: stopping Dovecot fires ImapServerDown, and only that.
+    firing = 'ALERTS{alertname="%s", alertstate="firing"}'
+    assert daemon.call("stop")[0] == 0
+    try:
+        assert becomes(host, firing % "ImapServerDown", 1) == [1]
+        assert query(host, firing % "ImapServerNotListening") == []
+    finally:
+        assert daemon.call("start")[0] == 0
+    assert becomes(host, f'count({firing % "ImapServerDown"}) or vector(0)', 0) == [0]
+    assert daemon.call("update", {"imap_max_connections": 60})[0] == 0
+
+
+def query_series(host, expr: str) -> list[dict]:
+    """The label sets of an instant query's series."""
+    url = f"{PROM_API}?{urllib.parse.urlencode({'query': expr})}"
+    reply = json.loads(host.run(["curl", "-s", "--max-time", "5", url]).stdout)
+    return [r["metric"] for r in reply["data"]["result"]]

@@ -56,6 +56,10 @@ DOC_FILES = ("/usr/share/man/man8/imapd-ctl.8.gz", "/usr/share/bash-completion/c
              "/usr/share/zsh/vendor-completions/_imapd-ctl")
 
 
+MONITORING = ("/usr/share/imapd-ctl/monitoring/imapd-ctl.rules.yml",
+              "/usr/share/imapd-ctl/monitoring/imapd-ctl-dashboard.json")
+
+
 def _apt_get(args: list[str], *, timeout: float = 300) -> subprocess.CompletedProcess:
     """apt-get on this machine; one `apt-get update` and a retry if the lists are stale."""
     argv = ["apt-get", "-q", "-y", *args]
@@ -148,7 +152,7 @@ def test_rpm_spec(tmp_path):
                  "/usr/lib/systemd/system/imapd-ctl.socket", "/var/lib/imapd-ctl", "/etc/imapd-ctl/nodes",
                  "/usr/share/polkit-1/rules.d/50-imapd-ctl.rules", "/usr/lib/sysusers.d/imapd-ctl.conf",
                  "/usr/lib/systemd/system/imapd-ctl-enable@.service", "/usr/libexec/imapd-ctl/own-config-files",
-                 "/usr/lib/python3.11/site-packages/imapd_ctl/daemon/serve.py"):
+                 "/usr/lib/python3.11/site-packages/imapd_ctl/daemon/serve.py", *MONITORING):
         assert path in listing
     # The man page (compressed by rpmbuild) and the completion, where Fedora/RHEL look.
     assert any(p.startswith("/usr/share/man/man8/imapd-ctl.8") for p in listing), listing
@@ -268,6 +272,10 @@ def test_installed_enabled_and_running_with_debian_python(pkg):
     # key files go into a root-only directory.
     assert pkg.run("stat", "-c", "%a %U", "/etc/imapd-ctl/imapd-ctl.toml").stdout.split() == ["644", "root"]
     assert pkg.run("stat", "-c", "%a %U", "/etc/imapd-ctl/nodes").stdout.split() == ["700", "root"]
+    # The monitoring pack where the README says, and rules Debian's promtool accepts.
+    for path in MONITORING:
+        assert pkg.run("stat", "-c", "%a %U", path).stdout.split() == ["644", "root"], path
+    assert "SUCCESS: 11 rules found" in pkg.run("promtool", "check", "rules", MONITORING[0]).stdout
     # The daemon runs as its own system user, with one capability only.
     assert pkg.show("imapd-ctl.service", "User") == "imapd-ctl"
     status = pkg.host.read_file(f"/proc/{pkg.show('imapd-ctl.service', 'MainPID')}/status").decode()

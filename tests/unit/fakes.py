@@ -223,6 +223,9 @@ class FakeFlavour:
             systemd.reload(unit)
         return Applied(reloaded=self.units)
 
+    def server_version(self) -> str:
+        return "0.0-fake"
+
     def preflight(self) -> None:
         self.events.append(("preflight",))
         if self.preflight_error is not None:

@@ -8,10 +8,12 @@ import sys
 import textwrap
 
 import pytest
+
+import imapd_ctl
 from prometheus_client.parser import text_string_to_metric_families
 
 from imapd_ctl.adapters import metrics
-from imapd_ctl.adapters.metrics import Metrics
+from imapd_ctl.adapters.metrics import Metrics, Reading
 from imapd_ctl.core.capacity import Capacity, Pool, PortLoad, UnitHealth
 from imapd_ctl.core.errors import Unavailable
 from imapd_ctl.core.settings import Settings, load
@@ -27,6 +29,8 @@ STATE = Capacity(
     units=(UnitHealth(unit="dovecot.service", active_state="active", sub_state="running",
                       result="exit-code", restarts=4),))
 
+READING = Reading(STATE, server_version="2.3.19.1", journal_pending=False)
+
 
 def samples(text: bytes) -> dict:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -34,7 +38,7 @@ def samples(text: bytes) -> dict:
 
 
 def test_the_state_gauges():
-    got = samples(Metrics().exposition(lambda: STATE))
+    got = samples(Metrics().exposition(lambda: READING))
     assert got[("imapd_ctl_state_readable", ())] == 1
     assert got[("imapd_ctl_imap_up", (("port", "143"), ("unit", "dovecot.service")))] == 1
     assert got[("imapd_ctl_imap_up", (("port", "993"), ("unit", "dovecot.service")))] == 0
@@ -48,6 +52,10 @@ def test_the_state_gauges():
     assert got[("imapd_ctl_pool_exit_failures", (("pool", "imap"),))] == 2
     assert got[("imapd_ctl_unit_restarts", (("unit", "dovecot.service"),))] == 4
     assert got[("imapd_ctl_unit_failed", (("result", "exit-code"), ("unit", "dovecot.service")))] == 1
+    assert got[("imapd_ctl_unit_active", (("unit", "dovecot.service"),))] == 1
+    assert got[("imapd_ctl_journal_pending", ())] == 0
+    assert got[("imapd_ctl_build_info", (("flavour", "dovecot"), ("server_version", "2.3.19.1"),
+                                         ("version", imapd_ctl.__version__)))] == 1
 
 
 def test_an_unreadable_state_is_said_and_the_counts_still_come():
@@ -72,11 +80,11 @@ def test_the_counts():
     m.change("rolled_back")
     m.lock_wait(0.5, acquired=True)
     m.lock_wait(10.0, acquired=False)
-    got = samples(m.exposition(lambda: STATE))
+    got = samples(m.exposition(lambda: READING))
     count = "imapd_ctl_action_duration_seconds_count"
-    assert got[(count, (("action", "isRunning"), ("status", "0")))] == 2
-    assert got[(count, (("action", "update"), ("status", "400")))] == 1
-    assert got[("imapd_ctl_action_duration_seconds_sum", (("action", "update"), ("status", "400")))] == 0.2
+    assert got[(count, (("action", "isRunning"), ("controller", "imap"), ("status", "0")))] == 2
+    assert got[(count, (("action", "update"), ("controller", "imap"), ("status", "400")))] == 1
+    assert got[("imapd_ctl_action_duration_seconds_sum", (("action", "update"), ("controller", "imap"), ("status", "400")))] == 0.2
     assert got[("imapd_ctl_changes_total", (("outcome", "applied"),))] == 1
     assert got[("imapd_ctl_changes_total", (("outcome", "rolled_back"),))] == 2
     assert got[("imapd_ctl_lock_wait_seconds_count", (("outcome", "acquired"),))] == 1
@@ -107,7 +115,7 @@ def test_counts_of_every_process_are_added_up(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     got = samples(out.encode())
-    assert got[("imapd_ctl_action_duration_seconds_count", (("action", "isRunning"), ("status", "0")))] == 3
+    assert got[("imapd_ctl_action_duration_seconds_count", (("action", "isRunning"), ("controller", "imap"), ("status", "0")))] == 3
     assert got[("imapd_ctl_bus_reconnects_total", ())] == 2
     assert len({name.rsplit("_", 1)[1] for name in os.listdir(tmp_path / "m")}) == 3   # one set per pid
     assert oct(os.stat(tmp_path / "m").st_mode & 0o777) == "0o700"
@@ -179,11 +187,14 @@ def test_metrics_access_setting_is_checked(tmp_path):
     assert Settings().metrics_access == "local"
 
 
-def test_actions_through_dispatch_are_counted(env):
+def test_actions_through_dispatch_are_counted_by_controller(env):
     env.call("isRunning")
     env.call("isRunning", key="wrong-key")         # not authenticated: no action known, not counted
-    got = samples(env.services.metrics.exposition(lambda: STATE))
-    assert got[("imapd_ctl_action_duration_seconds_count", (("action", "isRunning"), ("status", "0")))] == 1
+    env.client.post("/nodeworx/mail/simap/listPortNumbers", headers=env.auth())
+    got = samples(env.services.metrics.exposition(lambda: READING))
+    count = "imapd_ctl_action_duration_seconds_count"
+    assert got[(count, (("action", "isRunning"), ("controller", "imap"), ("status", "0")))] == 1
+    assert got[(count, (("action", "listPortNumbers"), ("controller", "simap"), ("status", "0")))] == 1
     assert not any(dict(labels).get("status") == "401" for _, labels in got)
 
 
@@ -195,7 +206,7 @@ class Reads:
 
     def __call__(self):
         self.count += 1
-        return STATE
+        return READING
 
 
 def test_a_reading_serves_every_scrape_of_the_interval_and_a_change_drops_it():

@@ -35,6 +35,8 @@ from imapd_ctl.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
+DPKG_STATUS = "/var/lib/dpkg/status"
+
 CONFIG_DIRS = ("/etc/courier", "/etc/courier-imap")   # Debian, RHEL-style
 VERIFY_INTERVAL = 0.05
 
@@ -236,6 +238,26 @@ class Courier:
                               process_limit=limit if limit is not None else configured[field[unit]]))
         return tuple(found)
 
+    def server_version(self) -> str:
+        """Courier's imapd states no version: the package's."""
+        return package_version("courier-imap")
+
     def checks(self) -> list[Check]:
         """Courier's shell files are validated by sourcing them in /bin/sh."""
         return config_checks(self.config_dir, sourcing.SH)
+
+
+def package_version(name: str) -> str:
+    """The version of Debian package `name` from dpkg's database (read, not run: the daemon
+    may execute nothing but what its job needs); "" when dpkg does not know it."""
+    try:
+        with open(DPKG_STATUS, encoding="utf-8", errors="replace") as fh:
+            stanza = False
+            for line in fh:
+                if line.startswith("Package: "):
+                    stanza = line.strip() == f"Package: {name}"
+                elif stanza and line.startswith("Version: "):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""

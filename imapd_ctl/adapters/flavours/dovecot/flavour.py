@@ -110,6 +110,10 @@ class Dovecot:
             raise ConfigInvalid(f"doveconf printed limits imapd-ctl cannot read: {exc}") from None
         return process_limit or 0, UNLIMITED if size is None else size
 
+    def server_version(self) -> str:
+        proc = self._run([self.s.doveconf, "-n", "-c", self.s.config], "run doveconf")
+        return readings.full_version(proc.stdout)
+
     def version(self) -> tuple[int, int] | None:
         """(major, minor) of the installed Dovecot, from `doveconf -n`'s first line."""
         proc = self._run([self.s.doveconf, "-n", "-c", self.s.config], "run doveconf")

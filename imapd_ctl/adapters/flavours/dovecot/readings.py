@@ -68,6 +68,12 @@ def protocols(text: str) -> set[str]:
     return served
 
 
+def full_version(text: str) -> str:
+    """The version as the first line of `doveconf -n` states it ("2.4.1-4"); "" if absent."""
+    m = re.match(r"^#\s*(\d+\.\d+[^\s(:]*)", text)
+    return m.group(1) if m else ""
+
+
 def version(text: str) -> tuple[int, int] | None:
     """(major, minor) from the first line of `doveconf -n` (`# 2.4.1-4 (7d8c0e5759): ...`)."""
     m = _VERSION_RE.match(text)
