@@ -3,6 +3,7 @@ Dovecot), start imapd-ctl inside it, print a key and a curl line, wait for Ctrl-
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import shutil
 import signal
 import sys
@@ -34,6 +35,7 @@ def main() -> int:
     # jobs with SIGINT ignored, and Python then leaves it ignored unless told otherwise.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)    # where it is, should it ever hang
     share = Path(tempfile.mkdtemp(prefix="imapd-ctl-demo-", dir="/run"))
     host = None
     try:

@@ -118,7 +118,7 @@ def test_a_restart_that_fails_with_the_last_update_goes_back_to_the_configuratio
     with injected(host, refuse):
         status, payload = ctl.call("restart")
         assert status == 500, payload
-        assert payload.startswith("restart failed; the last update (") and "was undone to get mail served again" in payload
+        assert payload.startswith("restart failed; the last update (") and "was undone to get mail served again" in payload, payload
         assert "What failed: restart " in payload, payload
         assert probe.files(host) == base
         probe.assert_config(ctl, base, OLD)

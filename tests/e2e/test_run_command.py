@@ -15,24 +15,43 @@ from daemon import REPO
 pytestmark = pytest.mark.mailhost
 
 
-def read_until(proc, pattern: str, timeout: float) -> list[str]:
-    """Lines of proc's output up to the first matching one (a reader thread, because a
-    buffered pipe and select() do not mix)."""
-    queue: Queue = Queue()
-    threading.Thread(target=lambda: [queue.put(l) for l in proc.stdout] + [queue.put(None)],
-                     daemon=True).start()
-    lines, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            line = queue.get(timeout=1)
-        except Empty:
-            continue
-        if line is None:
-            break
-        lines.append(line)
-        if re.match(pattern, line):
-            return lines
-    raise AssertionError(f"no line matching {pattern!r} within {timeout} s; got:\n{''.join(lines)}")
+class Output:
+    """proc's output lines as they come (a reader thread, because a buffered pipe and select()
+    do not mix)."""
+
+    def __init__(self, proc):
+        self.queue: Queue = Queue()
+        threading.Thread(target=lambda: [self.queue.put(l) for l in proc.stdout] + [self.queue.put(None)],
+                         daemon=True).start()
+        self.lines: list[str] = []
+
+    def until(self, pattern: str, timeout: float) -> list[str]:
+        """The lines up to the first matching one."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.queue.get(timeout=1)
+            except Empty:
+                continue
+            if line is None:
+                break
+            self.lines.append(line)
+            if re.match(pattern, line):
+                return self.lines
+        raise AssertionError(f"no line matching {pattern!r} within {timeout} s; got:\n{''.join(self.lines)}")
+
+    def rest(self, seconds: float) -> str:
+        """What comes within `seconds`."""
+        got, deadline = [], time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                line = self.queue.get(timeout=0.2)
+            except Empty:
+                continue
+            if line is None:
+                break
+            got.append(line)
+        return "".join(got)
 
 
 def _background():
@@ -49,8 +68,9 @@ def test_run_command_prints_a_working_curl_line(stop, background):
     proc = subprocess.Popen(["bash", str(REPO / "scripts" / "run")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=_background if background else None)
+    output = Output(proc)
     try:
-        lines = read_until(proc, r"curl ", timeout=300)
+        lines = output.until(r"curl ", timeout=300)
         curl = lines[-1].strip()
         systemd_pid = int(re.search(r"systemd pid (\d+)", "".join(lines)).group(1))
         share = os.path.dirname(re.search(r"^Socket: (\S+)", "".join(lines), re.M).group(1))
@@ -61,10 +81,12 @@ def test_run_command_prints_a_working_curl_line(stop, background):
     finally:
         proc.send_signal(stop)
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=120)     # MailHost.shutdown is bounded at about 50 s
         except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)      # the demo's faulthandler: every thread's stack
+            stacks = output.rest(2)
             proc.kill()
-            raise
+            raise AssertionError(f"scripts/run did not exit within 120 s of {stop.name}:\n{stacks}") from None
     assert proc.returncode == 0
     with pytest.raises(ProcessLookupError):
         os.kill(systemd_pid, 0)

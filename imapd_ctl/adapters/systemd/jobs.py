@@ -41,6 +41,9 @@ def failure_tail(name: str, since: float) -> str:
     return tails[-1]
 
 
+START_LIMIT = "Start request repeated too quickly"     # systemd's words when the start limit stops a job
+
+
 def run_job(state: UnitCache, verb: str, method: str, name: str, timeout: float, *,
             since: float | None = None) -> None:
     """Queue a job and wait for JobRemoved; raise JobFailed with systemd's result and
@@ -59,12 +62,14 @@ def run_job(state: UnitCache, verb: str, method: str, name: str, timeout: float,
     log.info("systemd job %s %s: %s (%.2f s)", verb, name, result, time.time() - started)
     if result == "done":
         return
-    if since is None and method in ("StartUnit", "RestartUnit") and state.get(name).result == "start-limit-hit":
+    tail = failure_tail(name, since or started)
+    if since is None and method in ("StartUnit", "RestartUnit") and (
+            state.get(name).result == "start-limit-hit" or START_LIMIT in tail):
         # systemd's crash-loop brake also stops an operator's explicit request after a few
-        # quick restarts; like `systemctl reset-failed`, clear it once and try again.
+        # quick restarts; like `systemctl reset-failed`, clear it once and try again. (A unit
+        # that had already failed keeps that Result: only the log line says the limit was hit.)
         log.warning("%s hit its start limit; resetting it and retrying %s once", name, verb)
         bus.manager_call(f"reset the start limit of {name}", "ResetFailedUnit", "(s)", (name,))
         return run_job(state, verb, method, name, timeout, since=started)
-    tail = failure_tail(name, since or started)
     raise JobFailed(f"{verb} {name} failed: systemd job result '{result}'"
                     + (f"; last journal lines of {name}:\n{tail}" if tail else ""))
