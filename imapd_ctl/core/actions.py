@@ -117,6 +117,9 @@ class Action:
     mutating: bool = False
     extension: bool = False        # not in the seed controller (query*, dry_run)
     local_action: str | None = None  # *OnNode: the action it runs on the chosen node
+    # What its payload is (a schema of transports.openapi.PAYLOADS): "message" is a sentence,
+    # or with cascade_to_nodes=1 every node's outcome.
+    returns: str = "message"
     # Which code runs an action is not data of this table: operations.controller.HANDLERS
     # binds each action (but the *OnNode ones) to its handler, and a test keeps the two in step.
 
@@ -161,13 +164,14 @@ _NODE_ID = Input(
 )
 
 
-def _mem(name: str) -> Input:
-    return Input(name, "int", minimum=MEM_MIN, maximum=MEM_MAX, starred=True,
-                 example="256000000", description="(In Bytes)")
+def _mem(name: str, where: str) -> Input:
+    return Input(name, "int", minimum=MEM_MIN, maximum=MEM_MAX, starred=True, example="256000000",
+                 description=f"(In Bytes) The most memory one IMAP process {where} may use.")
 
 
-def _conn(name: str) -> Input:
-    return Input(name, "int", minimum=CONN_MIN, maximum=CONN_MAX, starred=True, example="40")
+def _conn(name: str, where: str) -> Input:
+    return Input(name, "int", minimum=CONN_MIN, maximum=CONN_MAX, starred=True, example="40",
+                 description=f"The most IMAP connections {where} at once.")
 
 
 UPDATE_FIELDS = ("imap_mem_limit", "imap_max_connections",
@@ -177,17 +181,21 @@ _V = "4.2.0-260"
 _V_NODE = "4.3.0-290"
 
 ACTIONS: dict[str, Action] = {a.name: a for a in (
-    Action("isRunning", "Checks if the service is running or not.", _V),
+    Action("isRunning", "Checks if the service is running or not.", _V, returns="boolean"),
     Action("isRunningOnNode", "Checks if the service is running on a specific node (Clustering only).",
-           _V_NODE, (_NODE_ID,), local_action="isRunning"),
-    Action("listGeneralName", 'Lists the "normal" name - ie "web server" instead of "httpd".', _V),
+           _V_NODE, (_NODE_ID,), local_action="isRunning", returns="boolean"),
+    Action("listGeneralName", 'Lists the "normal" name - ie "web server" instead of "httpd".', _V,
+           returns="string"),
     Action("listPortNumbers", "Lists a string of the port numbers that this service uses, comma-seperated.",
-           _V),
-    Action("listPortNumbersArray", "Lists array of port numbers and ranges that this service uses.", _V),
-    Action("listRequiredPermissions", "Lists an array of permissions required to control the service.", _V),
-    Action("listServiceInfo", "Lists the service name, ports, page, and status.", _V),
-    Action("listServiceName", 'Lists the service name - ie "httpd" instead of "web server".', _V),
-    Action("listServicePage", "Lists the page that controls the service.", _V),
+           _V, returns="string"),
+    Action("listPortNumbersArray", "Lists array of port numbers and ranges that this service uses.", _V,
+           returns="integers"),
+    Action("listRequiredPermissions", "Lists an array of permissions required to control the service.", _V,
+           returns="strings"),
+    Action("listServiceInfo", "Lists the service name, ports, page, and status.", _V, returns="service_info"),
+    Action("listServiceName", 'Lists the service name - ie "httpd" instead of "web server".', _V,
+           returns="string"),
+    Action("listServicePage", "Lists the page that controls the service.", _V, returns="string"),
     Action("restart", "Restarts the service.", _V, (_CASCADE,), mutating=True),
     Action("restartOnNode", "Restarts the service on a specific node (Clustering only).", _V_NODE,
            (_NODE_ID,), mutating=True, local_action="restart"),
@@ -202,18 +210,20 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
     Action("stopOnNode", "Stops the service on a specific node (Clustering only).", _V_NODE,
            (_NODE_ID,), mutating=True, local_action="stop"),
     Action("update", "Update IMAP4 server settings.", _V,
-           (_mem("imap_mem_limit"), _conn("imap_max_connections"),
-            _mem("imap_secure_mem_limit"), _conn("imap_secure_max_connections"),
+           (_mem("imap_mem_limit", "serving port 143"), _conn("imap_max_connections", "on port 143"),
+            _mem("imap_secure_mem_limit", "serving port 993 (IMAP over TLS)"),
+            _conn("imap_secure_max_connections", "on port 993 (IMAP over TLS)"),
             _CASCADE,
             Input("dry_run", "int", minimum=0, maximum=1, default=0, example="1",
                   description="1 returns the configuration diff and changes nothing (imapd-ctl extension).")),
            mutating=True),
     Action("queryUpdate", "Current values of the update action's inputs (imapd-ctl extension).",
-           "imapd-ctl 0.1", extension=True),
+           "imapd-ctl 0.1", extension=True, returns="values"),
     Action("queryStartOnBoot", "Current value of startOnBoot's input (imapd-ctl extension).",
-           "imapd-ctl 0.1", extension=True),
+           "imapd-ctl 0.1", extension=True, returns="start_on_boot"),
     Action("queryCapacity", "Per port: connections in use, the limit in force and the headroom, with "
-           "the server's own saturation signals (imapd-ctl extension).", "imapd-ctl 0.1", extension=True),
+           "the server's own saturation signals (imapd-ctl extension).", "imapd-ctl 0.1", extension=True,
+           returns="capacity"),
 )}
 
 

@@ -1,7 +1,7 @@
 """The Flask app (factory, as in Flask's tutorial): mounts the transports (HTTP JSON under each
 controller of the table, /nodeworx/mail/imap and /nodeworx/mail/simap; XML-RPC at /xmlrpc; SOAP
-at /soap and /nodeworx/soap), /healthz and /openapi.json, and gives every reply, errors
-included, the InterWorx envelope (on the SOAP paths: a SOAP Fault)."""
+at /soap and /nodeworx/soap), /healthz, /metrics, /openapi.json and the reference at /docs, and
+gives every reply, errors included, the InterWorx envelope (on the SOAP paths: a SOAP Fault)."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ from imapd_ctl.core.actions import CONTROLLERS, brief
 from imapd_ctl.core.errors import ApiError, NotFound
 from imapd_ctl.core.dispatch import Context, check_metrics_reader, dispatch
 from imapd_ctl.core.request import Request, Result
-from imapd_ctl.transports import http, openapi, soap, xmlrpc
+from imapd_ctl.transports import http, openapi, reference, soap, xmlrpc
 from imapd_ctl.transports.body import WSGIApp, bounded, envelope_refusal
 from imapd_ctl.transports.http import MAX_BODY, envelope
 
@@ -124,6 +124,12 @@ def create_app(ctx: Context, *, scrape: Scrape | None = None, metrics_access: st
     def openapi_route() -> Response:
         return Response(json.dumps(openapi.document(), indent=1), mimetype="application/json")
 
+    docs = reference.page().encode()     # the table does not change while the daemon runs
+
+    @app.get("/docs", provide_automatic_options=False)
+    def docs_route() -> Response:
+        return Response(docs, content_type="text/html; charset=utf-8")
+
     @app.get("/metrics", provide_automatic_options=False)
     def metrics_route() -> Response:
         try:
@@ -145,7 +151,7 @@ def create_app(ctx: Context, *, scrape: Scrape | None = None, metrics_access: st
         if isinstance(exc, NoRoute) and exc.description == NoRoute.description:   # not one of ours
             return envelope(404, f"no such path {brief(request.path, 80)}: actions are at CONTROLLER/ACTION "
                                  f"with CONTROLLER one of {', '.join(CONTROLLERS)}; also /xmlrpc, /soap, "
-                                 "/healthz, /openapi.json")
+                                 "/healthz, /metrics, /openapi.json, /docs")
         return envelope(exc.code or 500, f"{exc.name}: {exc.description}")
 
     @app.errorhandler(Exception)

@@ -129,7 +129,9 @@ def test_openapi_and_healthz_are_served(daemon):
     status, body = daemon.http("GET", "/healthz")
     assert status == 200
     doc = json.loads(daemon.http("GET", "/openapi.json")[1])
-    assert {p.rsplit("/", 1)[1] for p in doc["paths"]} == set(ACTIONS)
+    assert {p.rsplit("/", 1)[1] for p in doc["paths"] if p.startswith("/nodeworx/")} == set(ACTIONS)
+    status, page = daemon.http("GET", "/docs")          # no key
+    assert status == 200 and b'<h2 id="queryCapacity">' in page
 
 
 def test_loopback_tcp_listener_serves_both_transports(daemon, mailhost):

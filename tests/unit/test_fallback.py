@@ -4,11 +4,16 @@ systemd and the IMAP server faked (tests/unit/conftest.py)."""
 import json
 import os
 
-from conftest import UNIT
-from test_api import envelope
+from fakes import FakeFlavour
 
 from imapd_ctl.adapters.files import read_bytes_or_none
 from imapd_ctl.core.errors import ActionFailed
+
+UNIT = FakeFlavour.primary_unit
+
+
+def envelope(reply):
+    return json.loads(reply.data)
 
 
 def _update(env, n):
