@@ -51,8 +51,10 @@ Socket: {daemon.socket}
 
 Try:
 curl -s --unix-socket {daemon.socket} -H 'Authorization: Bearer {daemon.key}' http://localhost/nodeworx/mail/imap/isRunning
+IMAPD_CTL_KEY={daemon.key} {REPO}/.venv/bin/imapd-ctl --config {daemon.config} call isRunning
 
-More: POST .../stop, .../start, .../update -d imap_max_connections=20; GET /openapi.json.
+More: the CLI's `call restart`, `call update imap_max_connections=20 dry_run=1`; curl's POST .../stop,
+.../start, .../update -d imap_max_connections=20; GET /openapi.json; the reference at /docs.
 Ctrl-C (or SIGTERM) stops the daemon and throws the host away.""", flush=True)
         signal.pause()
     except KeyboardInterrupt:

@@ -52,7 +52,7 @@ class _Gunicorn(BaseApplication):
         options = {
             "bind": self.binds,
             "workers": s.workers,
-            # One event loop reading requests, a pool of threads running them (README
+            # One event loop reading requests, a pool of threads running them (docs/design.md,
             # "Serving model"); the timeouts derived from the action timeouts.
             **worker.options(s),
             "umask": 0o117,          # the unix socket is rw for root and the socket's group only

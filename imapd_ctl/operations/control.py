@@ -29,7 +29,7 @@ class ServiceControl(Serving):
 
     def _preflight(self, verb: str, units: list[str]) -> None:
         """Refuse to (re)start a server whose configuration it would not start with: the units
-        that serve keep serving (README "When things fail")."""
+        that serve keep serving (docs/failures.md)."""
         try:
             self.flavour.preflight()
         except ConfigInvalid as exc:
@@ -41,7 +41,7 @@ class ServiceControl(Serving):
     def _serve_or_go_back(self, verb: str, units: list[str], job: Callable[[str], None]) -> None:
         """Run `job` on every unit and wait until they serve. If they do not, and the live files
         are still those of the last update, go back to the configuration before it
-        (transaction.failed_start; README "When things fail")."""
+        (transaction.failed_start; docs/failures.md)."""
         def run(job: Callable[[str], None]) -> None:
             for unit in units:
                 job(unit)

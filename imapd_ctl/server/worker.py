@@ -1,7 +1,7 @@
 """The gunicorn worker: one event loop owns every socket and every byte; a pool of threads runs
 whole requests and hands their replies back.
 
-Why (README "Serving model"): panels poll isRunning all day while a restart may wait minutes
+Why (docs/design.md, "Serving model"): panels poll isRunning all day while a restart may wait minutes
 for systemd, and clients may be hostile. So
 - the loop accepts, does the TLS handshake, reads and frames each request (server.channel),
   and writes each reply as its client reads it: no client can hold a thread;

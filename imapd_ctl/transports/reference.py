@@ -1,7 +1,7 @@
 """The API reference a person reads, made from the action table (the one source, as
 /openapi.json is): one static HTML page the daemon serves at /docs without a key (no script,
 nothing from elsewhere, nothing secret), the same content as Markdown (docs/api.md, written by
-tools/apiref.py), and the summary table the README embeds; tests/unit/test_docs.py keeps the
+tools/apiref.py), and the summary table docs/interworx.md embeds; tests/unit/test_docs.py keeps the
 files in step."""
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def _input_brief(spec: Input) -> str:
 
 
 def summary() -> str:
-    """The controllers and actions at a glance (the README embeds it)."""
+    """The controllers and actions at a glance (docs/interworx.md embeds it)."""
     rows = ["| action | method | inputs | what it does |", "|---|---|---|---|"]
     for a in ACTIONS.values():
         inputs = ", ".join(_input_brief(i) for i in a.inputs) or "–"

@@ -3,7 +3,7 @@ call, route(apikey, ctrl_name, action[, input]), from decoded parameters to a Re
 {status, payload} it answers, ready for either encoder. Each transport only decodes its bytes
 into these parameters and encodes the reply.
 
-The rules, the same for both (README "Calling it"):
+The rules, the same for both (docs/interworx.md, "Calling it"):
 - apikey: a string, or a struct/map holding `apikey` (extra members, such as `perms`, are
   ignored); session and email/password logins are refused with a 401 that says so.
 - input: a struct/map of named inputs; nil, an EMPTY array and an empty string mean "no input"

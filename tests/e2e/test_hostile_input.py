@@ -100,7 +100,7 @@ class BadBytes:
 
 def is_valid(spec: Input, value, rpc: bool = False) -> bool:
     """Would the action table's contract accept `value` for `spec`? Written from the contract
-    (README: integers are integers or ASCII digit strings in range; strings match their
+    (docs/api.md: integers are integers or ASCII digit strings in range; strings match their
     pattern; over XML-RPC and SOAP (`rpc`) a boolean is 1/0 for a 0/1 input), not from
     Input.parse, so that both can disagree. Generators only ever send values this calls invalid."""
     if rpc and type(value) is bool and spec.kind == "int":

@@ -272,7 +272,7 @@ def test_installed_enabled_and_running_with_debian_python(pkg):
     # key files go into a root-only directory.
     assert pkg.run("stat", "-c", "%a %U", "/etc/imapd-ctl/imapd-ctl.toml").stdout.split() == ["644", "root"]
     assert pkg.run("stat", "-c", "%a %U", "/etc/imapd-ctl/nodes").stdout.split() == ["700", "root"]
-    # The monitoring pack where the README says, and rules Debian's promtool accepts.
+    # The monitoring pack where docs/monitoring.md says, and rules Debian's promtool accepts.
     for path in MONITORING:
         assert pkg.run("stat", "-c", "%a %U", path).stdout.split() == ["644", "root"], path
     assert "SUCCESS: 11 rules found" in pkg.run("promtool", "check", "rules", MONITORING[0]).stdout

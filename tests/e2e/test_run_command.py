@@ -1,5 +1,6 @@
-"""The README's run command: sets up, starts the daemon on a throw-away mail host, prints a
-key and a curl line; that curl line prints {"status": 0, "payload": true}."""
+"""The README's run command (scripts/run): sets up, starts the daemon on a throw-away mail host, prints a
+key, a curl line and a CLI line; the curl line prints {"status": 0, "payload": true}, the CLI
+line `true`."""
 import os
 import re
 import signal
@@ -70,14 +71,16 @@ def test_run_command_prints_a_working_curl_line(stop, background):
                             preexec_fn=_background if background else None)
     output = Output(proc)
     try:
-        lines = output.until(r"curl ", timeout=300)
-        curl = lines[-1].strip()
+        lines = output.until(r"IMAPD_CTL_KEY=", timeout=300)
+        curl, cli = lines[-2].strip(), lines[-1].strip()
         systemd_pid = int(re.search(r"systemd pid (\d+)", "".join(lines)).group(1))
         share = os.path.dirname(re.search(r"^Socket: (\S+)", "".join(lines), re.M).group(1))
         assert share.startswith("/run/imapd-ctl-demo-") and os.path.isdir(share)
         assert re.search(r"API key \(EMAIL permission\): ictl_\S+", "".join(lines))
         out = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30)
         assert out.stdout == '{"status": 0, "payload": true}\n', (curl, out)
+        out = subprocess.run(cli, shell=True, capture_output=True, text=True, timeout=60)     # the CLI line
+        assert (out.returncode, out.stdout) == (0, "true\n"), (cli, out)
     finally:
         proc.send_signal(stop)
         try:

@@ -1,5 +1,5 @@
 """The references made from the action table (transports.reference, transports.openapi): the
-README's summary and docs/api.md are the generated ones; /docs serves the HTML page without a
+summary in docs/interworx.md and docs/api.md are the generated ones; /docs serves the HTML page without a
 key; /openapi.json is a valid OpenAPI 3.0 document of every action and endpoint."""
 from pathlib import Path
 
@@ -12,8 +12,8 @@ from imapd_ctl.transports import openapi, reference
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_readme_embeds_the_generated_summary():
-    assert reference.summary() in (ROOT / "README.md").read_text(), "the README's table is reference.summary()"
+def test_the_interworx_doc_embeds_the_generated_summary():
+    assert reference.summary() in (ROOT / "docs" / "interworx.md").read_text(), "its table is reference.summary()"
 
 
 def test_docs_api_md_is_the_generated_reference():

@@ -82,7 +82,7 @@ class Dovecot:
         self.units: tuple[str, ...] = (self.s.unit,)
         self.primary_unit = self.s.unit
         # One unit serves 143 and 993 (one master, one `service imap`): the secure-IMAP
-        # controller acts on it too, and so on both ports (README: "Two controllers").
+        # controller acts on it too, and so on both ports (docs/interworx.md, "Two controllers").
         self.secure_unit: str | None = self.s.unit
         self.owned: tuple[str, ...] = (os.fspath(self.s.dropin),)
 
