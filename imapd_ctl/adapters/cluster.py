@@ -1,39 +1,67 @@
 """The cluster: other nodes' imapd-ctl daemons, called over HTTPS with certificate checks.
 
-The registry lives in the settings (`[[nodes]]`: id, url, ca, and key_file: the file holding
-the key, read at each call; or the key inline). `*OnNode` forwards to one
-node; `cascade_to_nodes=1` replays an action on every node in parallel, each with its own
-timeout. A replay is sent with cascade_to_nodes=0, so it never cascades again.
+The registry (adapters.registry: the settings' `[[nodes]]` and the nodes_dir files; id, url,
+ca, and the key or the file holding it, read at each call) is asked at each call. `*OnNode`
+forwards to one node; `cascade_to_nodes=1` replays an action on every node at once (up to
+`cascade_parallel` calls), each with its own timeout, so a cascade takes the slowest node's
+time and a dead node costs one timeout. A replay is sent with cascade_to_nodes=0, so it never
+cascades again.
 """
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import ssl
 import urllib.parse
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 from imapd_ctl.adapters import secrets
 from imapd_ctl.core.actions import CONTROLLER
 from imapd_ctl.core.errors import NotFound
-from imapd_ctl.core.settings import Node
+from imapd_ctl.core.settings import Node, SecretFile
 
 __all__ = ["Cluster", "Node"]
 
 
+_contexts: dict[tuple[str, int, int], ssl.SSLContext] = {}
+_contexts_lock = threading.Lock()
+
+
 def _context(ca: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=ca)   # verifies the chain and the host name/IP
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
+    """A client context trusting `ca` only; one per CA file (as it is now) for every call."""
+    st = os.stat(ca)
+    key = (ca, st.st_mtime_ns, st.st_size)
+    with _contexts_lock:
+        ctx = _contexts.get(key)
+        if ctx is None:
+            ctx = ssl.create_default_context(cafile=ca)   # verifies the chain and the host name/IP
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            _contexts[key] = ctx
+        return ctx
+
+
+def _fixed(nodes: list[Node]) -> Callable[[], list[Node]]:
+    listed = list(nodes)
+    return lambda: listed
 
 
 class Cluster:
-    def __init__(self, local_id: str, nodes: list[Node], timeout: float):
+    """`nodes`: the registry, asked at each call (adapters.registry.Registry.nodes), or a fixed list."""
+
+    def __init__(self, local_id: str, nodes: Callable[[], list[Node]] | list[Node], timeout: float,
+                 parallel: int = 256):
         self.local_id = local_id
-        self.nodes = {n.id: n for n in nodes if n.id != local_id}
+        self._nodes = nodes if callable(nodes) else _fixed(nodes)
         self.timeout = timeout
+        self.parallel = max(1, parallel)
+
+    @property
+    def nodes(self) -> dict[str, Node]:
+        return {n.id: n for n in self._nodes() if n.id != self.local_id}
 
     def known(self) -> str:
         return ", ".join([f"{self.local_id} (this node)"] + sorted(self.nodes))
@@ -48,6 +76,10 @@ class Cluster:
              controller: str = CONTROLLER) -> tuple[int, Any]:
         """(status, payload) of one action of `controller` on a node; failures to reach it are status 502
         with the reason (refused, timed out, certificate not trusted...)."""
+        if node.key_file:
+            wrong = secrets.problem(SecretFile(node.key_file, f"the key of node {node.id}"))
+            if wrong is not None:
+                return 502, f"node {node.id}: not called: {wrong}"
         try:
             key = node.key or secrets.read_key(node.key_file)
         except (OSError, ValueError) as exc:
@@ -55,8 +87,12 @@ class Cluster:
             return 502, f"node {node.id}: cannot read its key from {node.key_file}: {reason}"
         url = urllib.parse.urlsplit(node.url)
         try:
+            context = _context(node.ca)
+        except (OSError, ssl.SSLError) as exc:
+            return 502, f"node {node.id}: cannot use its CA file {node.ca}: {exc}"
+        try:
             conn = http.client.HTTPSConnection(url.hostname or "", url.port or 443, timeout=self.timeout,
-                                               context=_context(node.ca))
+                                               context=context)
             try:
                 conn.request("POST", f"{url.path.rstrip('/')}{controller}/{action}",
                              body=json.dumps(inputs),
@@ -85,6 +121,6 @@ class Cluster:
         nodes = sorted(self.nodes.values(), key=lambda n: n.id)
         if not nodes:
             return []
-        with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(nodes))) as pool:
             results = list(pool.map(lambda n: self.call(n, action, inputs, controller), nodes))
         return [{"id": n.id, "status": s, "payload": p} for n, (s, p) in zip(nodes, results)]

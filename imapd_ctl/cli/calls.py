@@ -92,7 +92,8 @@ def target(settings: Settings, cluster: Cluster, node_id: str | None, *, sock: s
     return remote(cluster, node_id, controller)
 
 
-def fan_out(callers: dict[str, Caller], plan: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Answer]]:
+def fan_out(callers: dict[str, Caller], plan: list[tuple[str, dict[str, Any]]],
+            parallel: int = 256) -> dict[str, dict[str, Answer]]:
     """Every (node, action) of the plan at once: {node: {action: Answer}}. Each call has its
     own timeout (the node's); the whole takes as long as the slowest single call, not the sum.
     A node that cannot be called at all gives Answers with reached=False and the reason."""
@@ -108,7 +109,7 @@ def fan_out(callers: dict[str, Caller], plan: list[tuple[str, dict[str, Any]]]) 
         except (OSError, ValueError, KeyError) as exc:
             return Answer(502, f"{type(exc).__name__}: {exc}", reached=False)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(32, len(jobs)))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(jobs)))) as pool:
         for (node, action, _), answer in zip(jobs, pool.map(one, jobs)):
             results[node][action] = answer
     return results

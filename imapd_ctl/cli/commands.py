@@ -75,7 +75,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         key = access.key_or_operator(args, s)
         callers = {s.node_id: calls.local(sock, key, timeout=s.node_timeout)}
         callers.update({node_id: calls.remote(cluster, node_id) for node_id in sorted(cluster.nodes)})
-        result = status.cluster_status(s.node_id, callers)
+        result = status.cluster_status(s.node_id, callers, s.cascade_parallel)
         print(json.dumps(result, indent=2) if args.json else statusview.cluster_table(result, style))
         return int(result["exit"])
     report = status.node_status(

@@ -13,7 +13,7 @@ from imapd_ctl.core.actions import PERMISSION, PERMISSIONS
 from imapd_ctl.core.errors import ApiError
 from imapd_ctl.operations import prose
 from imapd_ctl.core.protocols import Check
-from imapd_ctl.cli import access, auditview, commands
+from imapd_ctl.cli import access, auditview, commands, nodes
 
 
 def _settings(args: argparse.Namespace) -> settings_mod.Settings:
@@ -120,28 +120,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_node(args: argparse.Namespace) -> int:
     from imapd_ctl.daemon import wiring
     s = _settings(args)
-    cluster = wiring.build(s).cluster
-    if args.node_cmd == "list":
-        if args.json:
-            print(json.dumps([{"id": s.node_id, "url": None, "ca": None, "this": True}]
-                             + [{"id": n.id, "url": n.url, "ca": n.ca, "this": False} for n in cluster.nodes.values()],
-                             indent=1))
-            return 0
-        print(f"{s.node_id}\t(this node)")
-        for node in cluster.nodes.values():
-            print(f"{node.id}\t{node.url}\tca={node.ca}")
-        return 0
-    failed = 0
-    for node in cluster.nodes.values():   # check: does each node answer, with our key and CA?
-        status, payload = cluster.call(node, "isRunning", {})
-        if status == 0:
-            print(f"ok   {node.id}: answers; IMAP server {'running' if payload else 'NOT running'}")
-        else:
-            failed += 1
-            print(f"FAIL {node.id}: status {status}: {payload}")
-    if not cluster.nodes:
-        print("no other nodes are configured ([[nodes]] in the settings)")
-    return 1 if failed else 0
+    return nodes.run(args, s, wiring.build(s).cluster)
 
 
 def cmd_tls(args: argparse.Namespace) -> int:
@@ -224,12 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("name")
     k.set_defaults(fn=cmd_key)
 
-    n = sub.add_parser("node", help="the cluster's nodes")
-    nsub = n.add_subparsers(dest="node_cmd", required=True)
-    nl = nsub.add_parser("list", help="show the node registry",
-                         description="This node, then each [[nodes]] entry of the settings: id, URL, CA file.")
-    nl.add_argument("--json", action="store_true", help="a JSON array of {id, url, ca, this}")
-    nsub.add_parser("check", help="call every node (HTTPS, verified) and show which answer")
+    n = nodes.add_parser(sub)
     n.set_defaults(fn=cmd_node)
 
     t = sub.add_parser("tls", help="the HTTPS listeners' certificate")

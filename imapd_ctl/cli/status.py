@@ -138,9 +138,10 @@ def node_status(settings: Settings, sock: str, key_of: Callable[[], str | None],
     return report
 
 
-def cluster_status(local_id: str, callers: dict[str, Caller]) -> dict[str, Any]:
-    """One row per node (this node first), every node asked at once: {"nodes": [...], "exit"}."""
-    results = fan_out(callers, plan())
+def cluster_status(local_id: str, callers: dict[str, Caller], parallel: int = 256) -> dict[str, Any]:
+    """One row per node (this node first), every node asked at once (up to `parallel` calls):
+    {"nodes": [...], "exit"}."""
+    results = fan_out(callers, plan(), parallel)
     rows = []
     for node, answers in results.items():
         unreached = next((a for a in answers.values() if not a.reached), None)

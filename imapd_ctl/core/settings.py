@@ -82,6 +82,12 @@ class Settings:
     # Other nodes of the cluster: [[nodes]] tables with id, url (https://...), key, ca.
     nodes: list[Node] = field(default_factory=list)
     node_timeout: float = 30.0     # seconds for one node's answer (forwarding, cascades)
+    # More nodes, one file each (ID.toml: url, ca; the key in ID.key beside it, 0600), read
+    # again whenever the directory changes: `imapd-ctl node add|remove` writes them.
+    nodes_dir: str = "/etc/imapd-ctl/nodes.d"
+    # Calls made at once by a cascade, `status --all` and `node check`: every node of a fleet
+    # at once, up to this many (each call is a thread and a connection).
+    cascade_parallel: int = 256
     # Who may read /metrics: "local" (the unix socket and loopback TCP peers, no key), "key"
     # (a key holding the METRICS permission, from any listener), "off" (404).
     metrics_access: str = "local"
@@ -176,13 +182,17 @@ def load(path: str | None = None) -> Settings:
     if not 0 <= settings.metrics_state_interval <= 3600:
         raise ValueError(f"{path}: metrics_state_interval must be a number of seconds from 0 (read at every "
                          f"scrape) to 3600, got {settings.metrics_state_interval:g}")
+    if not 1 <= settings.cascade_parallel <= 4096:
+        raise ValueError(f"{path}: cascade_parallel must be from 1 to 4096 calls at once, got {settings.cascade_parallel}")
     nodes = settings.nodes    # still the raw [[nodes]] tables of the file
-    settings.nodes = [_node(entry, f"{path} [[nodes]] #{i + 1}") for i, entry in enumerate(nodes)]
+    settings.nodes = [node_from(entry, f"{path} [[nodes]] #{i + 1}") for i, entry in enumerate(nodes)]
     settings.source = path
     return settings
 
 
-def _node(entry: Any, where: str) -> Node:
+def node_from(entry: Any, where: str) -> Node:
+    """A node of the registry from its table (the settings' [[nodes]], a nodes_dir file);
+    ValueError naming `where` and what is wrong."""
     fields = ("id", "url", "ca")
     if not isinstance(entry, dict) or not set(fields) <= set(entry) \
             or len({"key", "key_file"} & set(entry)) != 1 or len(entry) != 4:

@@ -16,6 +16,7 @@ from typing import Any
 from imapd_ctl.adapters import peers
 from imapd_ctl.adapters.audit import AuditLog
 from imapd_ctl.adapters.cluster import Cluster
+from imapd_ctl.adapters.registry import Registry
 from imapd_ctl.adapters.journal import Journal, JournalError
 from imapd_ctl.adapters.lock import TransactionLock
 from imapd_ctl.adapters.flavours import detect
@@ -125,7 +126,8 @@ def build(settings: Settings, *, systemd: Systemd | None = None, flavour: Flavou
         bus = systemd
     lock = TransactionLock(settings.lock_path)
     journal = Journal(settings.state_dir)
-    cluster = Cluster(settings.node_id, settings.nodes, settings.node_timeout)
+    cluster = Cluster(settings.node_id, Registry(settings.nodes, settings.nodes_dir).nodes, settings.node_timeout,
+                      settings.cascade_parallel)
 
     detected: list[Flavour] = []
 

@@ -162,7 +162,7 @@ def test_rpm_spec(tmp_path):
     query = "[%{FILENAMES} %{FILEMODES:perms} %{FILEUSERNAME} %{FILEGROUPNAME}\\n]"
     attrs = {line.split()[0]: line.split()[1:] for line in subprocess.run(
         ["rpm", "-qp", "--queryformat", query, str(rpm)], capture_output=True, text=True, check=True).stdout.splitlines()}
-    assert attrs["/etc/imapd-ctl/nodes"] == ["drwx------", "root", "root"]
+    assert attrs["/etc/imapd-ctl/nodes"] == attrs["/etc/imapd-ctl/nodes.d"] == ["drwx------", "root", "root"]
     assert attrs["/var/lib/imapd-ctl"] == ["drwx------", "imapd-ctl", "imapd-ctl"]
     assert attrs["/var/log/imapd-ctl"] == ["drwxr-x---", "imapd-ctl", "imapd-ctl"]
     assert attrs["/etc/imapd-ctl/imapd-ctl.toml"][0] == "-rw-r--r--"
@@ -271,7 +271,8 @@ def test_installed_enabled_and_running_with_debian_python(pkg):
     # Secrets apart from settings: the settings are world-readable (no secrets in them), peer
     # key files go into a root-only directory.
     assert pkg.run("stat", "-c", "%a %U", "/etc/imapd-ctl/imapd-ctl.toml").stdout.split() == ["644", "root"]
-    assert pkg.run("stat", "-c", "%a %U", "/etc/imapd-ctl/nodes").stdout.split() == ["700", "root"]
+    assert pkg.run("stat", "-c", "%a %U", "/etc/imapd-ctl/nodes", "/etc/imapd-ctl/nodes.d").stdout.split() == \
+        ["700", "root", "700", "root"]
     # The monitoring pack where docs/monitoring.md says, and rules Debian's promtool accepts.
     for path in MONITORING:
         assert pkg.run("stat", "-c", "%a %U", path).stdout.split() == ["644", "root"], path
@@ -510,6 +511,28 @@ def test_systemd_run_and_other_units_are_refused_to_the_daemons_user(pkg):
     pkg.run("systemctl", "reset-failed", "dovecot.service")
     assert pkg.run(*AS_DAEMON, "systemctl", "restart", "dovecot.service").returncode == 0
     assert pkg.call("isRunning") == (0, True)
+
+
+def test_a_node_added_as_files_is_called_by_the_hardened_daemon_without_a_restart(pkg):
+    """`imapd-ctl node add` writes root's nodes.d (0700; the key 0600); the daemon's user reads
+    both at its next call (the reply is the peer's: unreachable here, not "unknown node" nor "cannot
+    read its key"); removed, the node is unknown again. The daemon never restarted."""
+    main = pkg.show("imapd-ctl.service", "MainPID")
+    pkg.run("sh", "-c", f"echo ictl_{'p' * 43} > /root/peer2.key")
+    added = pkg.run("imapd-ctl", "node", "add", "peer2", "https://198.18.0.99:2443", "--ca",
+                    "/etc/ssl/certs/ca-certificates.crt", "--key-file", "/root/peer2.key")
+    assert "added peer2" in added.stdout, added.stdout + added.stderr
+    assert pkg.run("stat", "-c", "%a %U", "/etc/imapd-ctl/nodes.d", "/etc/imapd-ctl/nodes.d/peer2.key").stdout.split() \
+        == ["700", "root", "600", "root"]
+    listed = json.loads(pkg.run("imapd-ctl", "node", "list", "--json").stdout)
+    assert ("peer2", "/etc/imapd-ctl/nodes.d/peer2.toml") in [(n["id"], n["source"]) for n in listed]
+    status, payload = pkg.call("isRunningOnNode", "node_id=peer2")
+    assert status == 502 and payload.startswith("node peer2: ") and "key" not in payload, payload
+    assert pkg.run("imapd-ctl", "node", "remove", "peer2").returncode == 0
+    status, payload = pkg.call("isRunningOnNode", "node_id=peer2")
+    assert status == 404 and "unknown node 'peer2'" in payload, payload
+    assert pkg.show("imapd-ctl.service", "MainPID") == main
+    pkg.run("rm", "-f", "/root/peer2.key")
 
 
 def test_a_secret_file_open_to_others_stops_the_daemon_with_exit_78(pkg):

@@ -138,17 +138,23 @@ def test_replay_runs_on_every_node_in_parallel_without_cascading_again(server, p
     assert Cluster("mail1", [], timeout=5).replay("update", {}) == []
 
 
-def test_the_key_is_read_from_its_key_file_at_each_call(server, pki, tmp_path):
+def test_the_key_is_read_from_its_key_file_at_each_call_and_only_if_private(server, pki, tmp_path):
     key_file = tmp_path / "mail2.key"
     key_file.write_text(KEY + "\n")
+    key_file.chmod(0o600)
     server.seen.clear()
     remote = Node("mail2", f"https://127.0.0.1:{server.server_address[1]}", "", pki["ca"], key_file=str(key_file))
     cluster = Cluster("mail1", [remote], timeout=5)
     assert cluster.call(cluster.node("mail2"), "isRunning", {}) == (0, True)
     assert server.seen[-1][1] == f"Bearer {KEY}"
+    calls = len(server.seen)
+    key_file.chmod(0o644)
+    status, payload = cluster.call(cluster.node("mail2"), "isRunning", {})
+    assert status == 502 and payload.startswith("node mail2: not called: ") and f"chmod 0600 {key_file}" in payload
+    assert len(server.seen) == calls                      # the key never left the host
     key_file.unlink()
-    assert cluster.call(cluster.node("mail2"), "isRunning", {}) == \
-        (502, f"node mail2: cannot read its key from {key_file}: No such file or directory")
+    status, payload = cluster.call(cluster.node("mail2"), "isRunning", {})
+    assert status == 502 and "No such file or directory" in payload, payload
 
 
 def test_calls_and_replays_go_to_the_controller_named(server, pki):

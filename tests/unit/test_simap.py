@@ -7,6 +7,8 @@ import xmlrpc.client
 
 import pytest
 
+from imapd_ctl.core.settings import Node
+
 from imapd_ctl.core.actions import IMAP, SIMAP
 
 SSL_UNIT = "fake-imapd-ssl.service"
@@ -150,7 +152,7 @@ def test_forwarding_and_cascades_keep_the_controller(env, monkeypatch):
     """*OnNode for another node and cascade_to_nodes=1 call that node's simap, not its imap."""
     cluster = env.services.cluster
     sent = []
-    monkeypatch.setattr(cluster, "nodes", {"mail2": object()})
+    monkeypatch.setattr(cluster, "_nodes", lambda: [Node("mail2", "https://mail2.example:2443", "k", "/ca.pem")])
     monkeypatch.setattr(cluster, "node", lambda node_id: node_id)
     monkeypatch.setattr(cluster, "call", lambda node, action, inputs, controller: (
         sent.append(("call", node, action, controller)) or (0, True)))
