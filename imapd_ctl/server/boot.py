@@ -5,21 +5,24 @@ handlers only once it has set itself up. Until then the child still has the arbi
 handlers, which put the signal on the (child's copy of the) arbiter's queue, where nothing
 reads it: a SIGTERM sent in that window is lost, the worker serves on, and the stop waits for
 gunicorn's graceful_timeout or systemd's TimeoutStopSec. Here the stop signals are blocked
-from just before the fork until the worker's handlers are in place, so the kernel holds one
-sent meanwhile and delivers it then; the arbiter unblocks them as soon as fork returns."""
+from just before that fork (gunicorn's pre_fork hook, then the fork's own hook) until the
+worker's handlers are in place, so the kernel holds one sent meanwhile and delivers it then;
+the arbiter unblocks them as soon as fork returns. Any other fork changes no mask."""
 from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
-_pending = False     # a worker object was made: the next fork is its (gunicorn's spawn_worker)
+_next_is_a_worker = False   # gunicorn's pre_fork said the next fork is a worker's
+_blocked = False            # this process blocked the stop signals for the fork under way
 
 
-def worker_made() -> None:
-    """The arbiter made a worker object and is about to fork it."""
-    global _pending
-    _pending = True
+def worker_about_to_fork(server: Any = None, worker: Any = None) -> None:
+    """gunicorn's pre_fork hook: the arbiter forks a worker right after it."""
+    global _next_is_a_worker
+    _next_is_a_worker = True
 
 
 def handlers_installed() -> None:
@@ -28,20 +31,22 @@ def handlers_installed() -> None:
 
 
 def _before_fork() -> None:
-    if _pending:
+    global _next_is_a_worker, _blocked
+    if _next_is_a_worker:
+        _next_is_a_worker, _blocked = False, True
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
 def _after_fork_in_parent() -> None:
-    global _pending
-    if _pending:
-        _pending = False
+    global _blocked
+    if _blocked:
+        _blocked = False
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _after_fork_in_child() -> None:
-    global _pending
-    _pending = False          # the mask stays as it is until handlers_installed()
+    global _blocked
+    _blocked = False          # the mask stays as it is until handlers_installed()
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,

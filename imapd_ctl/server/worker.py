@@ -59,7 +59,8 @@ def options(s: Settings) -> dict[str, Any]:
     longest = s.lock_timeout + 2 * (s.job_timeout + s.listen_timeout)
     return {"worker_class": "imapd_ctl.server.worker.Worker", "threads": THREADS,
             "worker_connections": CONNECTIONS, "keepalive": CLIENT_TIMEOUT,
-            "timeout": HEARTBEAT, "graceful_timeout": int(longest) + 10}
+            "timeout": HEARTBEAT, "graceful_timeout": int(longest) + 10,
+            "pre_fork": boot.worker_about_to_fork}
 
 
 try:
@@ -77,10 +78,6 @@ class Worker(BaseWorker):
     client_timeout = float(CLIENT_TIMEOUT)
     reply_timeout = REPLY_TIMEOUT
     budget_bytes = BUDGET_BYTES
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        boot.worker_made()
 
     def init_process(self) -> None:
         self.prepare()

@@ -121,6 +121,36 @@ def test_node_list_and_check(cluster):
     assert "ok   node1" in out and "ok   node3" in out
 
 
+def test_nodes_added_as_files_join_a_cascade_at_once_with_each_failure_named(cluster):
+    """`node add` on node1 while its daemon runs: another name for node2 (node1's key for it), a
+    node that refuses the key it is given, and an address nothing answers. The next cascade has
+    one row per node with its reason; `node remove` takes them out again."""
+    n1, n2, n3 = cluster.nodes
+    ca, key_for_node2 = str(n1.share / "ca.pem"), str(n1.share / "node2.key")
+    main = n1.host.systemctl("show", "-p", "MainPID", "--value", "imapd-ctl-test.service").stdout.strip()
+    n1.daemon.ctl("node", "add", "alias2", f"https://{n2.address}:8443", "--ca", ca, "--key-file", key_for_node2)
+    n1.daemon.ctl("node", "add", "badkey", f"https://{n3.address}:8443", "--ca", ca, input="ictl_" + "w" * 43 + "\n")
+    n1.daemon.ctl("node", "add", "dead", "https://198.19.0.99:8443", "--ca", ca, "--key-file", key_for_node2)
+    listed = {n["id"]: n["source"] for n in json.loads(n1.daemon.ctl("node", "list", "--json").stdout)}
+    assert listed["node2"] == "settings" and listed["alias2"] == "/etc/imapd-ctl/nodes.d/alias2.toml"
+    try:
+        began = time.monotonic()
+        status, payload = n1.daemon.call("startOnBoot", {"mda_imap_startonboot": 1, "cascade_to_nodes": 1})
+        took = time.monotonic() - began
+        assert status == 502, payload
+        by_id = {o["id"]: (o["status"], o["payload"]) for o in payload}
+        assert [o["id"] for o in payload] == ["node1", "alias2", "badkey", "dead", "node2", "node3"]
+        assert all(by_id[n][0] == 0 for n in ("node1", "node2", "node3", "alias2")), by_id
+        assert by_id["badkey"] == (401, "unknown API key")
+        assert by_id["dead"][0] == 502 and by_id["dead"][1].startswith("node dead: "), by_id["dead"]
+        print(f"\ncascade to 5 nodes, one unreachable: {took:.1f} s (node_timeout 20 s)")
+    finally:
+        for name in ("alias2", "badkey", "dead"):
+            n1.daemon.ctl("node", "remove", name)
+    assert n1.daemon.call("isRunningOnNode", {"node_id": "alias2"})[0] == 404
+    assert n1.host.systemctl("show", "-p", "MainPID", "--value", "imapd-ctl-test.service").stdout.strip() == main
+
+
 def test_status_all_is_a_row_per_node_and_names_a_stopped_daemon(cluster):
     n1, n2, n3 = cluster.nodes
 

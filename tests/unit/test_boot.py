@@ -14,7 +14,7 @@ def _blocked() -> set:
 def test_a_stop_sent_while_the_worker_boots_reaches_the_workers_handler():
     inherited = signal.signal(signal.SIGTERM, lambda *_: os._exit(3))   # the arbiter's, in the child: lost
     try:
-        boot.worker_made()
+        boot.worker_about_to_fork()            # gunicorn's pre_fork hook, then its fork
         pid = os.fork()
         if pid == 0:      # the worker, booting
             code = 4
@@ -38,3 +38,17 @@ def test_other_forks_change_no_signal_mask():
         os._exit(0 if not _blocked() & boot.STOP_SIGNALS else 1)
     assert os.waitpid(pid, 0)[1] == 0
     assert not _blocked() & boot.STOP_SIGNALS
+
+
+def test_only_the_fork_gunicorn_announced_blocks_and_the_next_one_does_not():
+    """A Worker made without a fork (tests, tools) must not leave the next fork of the process
+    (a subprocess with preexec_fn) with the stop signals blocked: they would stay blocked across exec."""
+    boot.worker_about_to_fork()
+    first = os.fork()
+    if first == 0:
+        os._exit(0)
+    os.waitpid(first, 0)
+    second = os.fork()
+    if second == 0:
+        os._exit(0 if not _blocked() & boot.STOP_SIGNALS else 1)
+    assert os.waitpid(second, 0)[1] == 0
