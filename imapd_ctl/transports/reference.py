@@ -6,6 +6,7 @@ files in step."""
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 
 from imapd_ctl import __version__
@@ -132,6 +133,11 @@ _STYLE = ("body{font:15px/1.5 system-ui,sans-serif;max-width:60em;margin:2em aut
           "nav a{margin-right:.6em}")
 
 
+def _inline(text: str) -> str:
+    """Escaped, with Markdown's `code` spans as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def _table(head: list[str], rows: list[list[str]]) -> str:
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -144,11 +150,11 @@ def page() -> str:
              f"<title>imapd-ctl API reference {esc(__version__)}</title>",
              f"<style>{_STYLE}</style></head><body>",
              f"<h1>imapd-ctl API reference <small>{esc(__version__)}</small></h1>",
-             f"<p>{esc(INTRO)}</p>",
+             f"<p>{_inline(INTRO)}</p>",
              _table(["controller", "service", "port"], [list(c) for c in _controllers()]),
              "<p>Both controllers have every action below; simap's act on the unit serving port 993. "
              'Also: <a href="/openapi.json">/openapi.json</a>.</p>',
-             "<nav>" + "".join(f'<a href="#{a.name}">{a.name}</a>' for a in ACTIONS.values()) + "</nav>"]
+             "<nav>" + " ".join(f'<a href="#{a.name}">{a.name}</a>' for a in ACTIONS.values()) + "</nav>"]
     for action in ACTIONS.values():
         parts += [f'<h2 id="{action.name}">{esc(action.name)}</h2>', f"<p>{esc(action.description)}</p>",
                   "<ul>",
