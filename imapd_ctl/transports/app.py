@@ -120,11 +120,14 @@ def create_app(ctx: Context, *, scrape: Scrape | None = None, metrics_access: st
     def healthz() -> Response:      # GET and HEAD take _direct's way; here other methods get 405
         return healthy()
 
+    # Both made once: the table does not change while the daemon runs, and a client asking for
+    # them in a loop must cost bytes sent, not a thread's CPU each time.
+    described = json.dumps(openapi.document(), indent=1).encode()
+    docs = reference.page().encode()
+
     @app.get("/openapi.json", provide_automatic_options=False)
     def openapi_route() -> Response:
-        return Response(json.dumps(openapi.document(), indent=1), mimetype="application/json")
-
-    docs = reference.page().encode()     # the table does not change while the daemon runs
+        return Response(described, mimetype="application/json")
 
     @app.get("/docs", provide_automatic_options=False)
     def docs_route() -> Response:
