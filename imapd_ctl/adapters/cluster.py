@@ -27,21 +27,21 @@ from imapd_ctl.core.settings import Node, SecretFile
 __all__ = ["Cluster", "Node"]
 
 
-_contexts: dict[tuple[str, int, int], ssl.SSLContext] = {}
+_contexts: dict[str, tuple[tuple[int, int], ssl.SSLContext]] = {}   # CA file -> (its version, context)
 _contexts_lock = threading.Lock()
 
 
 def _context(ca: str) -> ssl.SSLContext:
-    """A client context trusting `ca` only; one per CA file (as it is now) for every call."""
+    """A client context trusting `ca` only; one per CA file, made again when the file changes."""
     st = os.stat(ca)
-    key = (ca, st.st_mtime_ns, st.st_size)
+    version = (st.st_mtime_ns, st.st_size)
     with _contexts_lock:
-        ctx = _contexts.get(key)
-        if ctx is None:
+        known = _contexts.get(ca)
+        if known is None or known[0] != version:
             ctx = ssl.create_default_context(cafile=ca)   # verifies the chain and the host name/IP
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            _contexts[key] = ctx
-        return ctx
+            known = _contexts[ca] = (version, ctx)
+        return known[1]
 
 
 def _fixed(nodes: list[Node]) -> Callable[[], list[Node]]:
@@ -118,9 +118,14 @@ class Cluster:
         """Run the action (of `controller`) on every other node at once; one outcome per node, by id."""
         inputs = {k: v for k, v in inputs.items() if v is not None}   # None: "keep current"
         inputs["cascade_to_nodes"] = 0
+        return [{"id": n.id, "status": s, "payload": p} for n, (s, p) in self.on_each(action, inputs, controller)]
+
+    def on_each(self, action: str, inputs: dict[str, Any],
+                controller: str = CONTROLLER) -> list[tuple[Node, tuple[int, Any]]]:
+        """The action on every other node at once (up to `parallel` calls), by id: each node
+        with its (status, payload)."""
         nodes = sorted(self.nodes.values(), key=lambda n: n.id)
         if not nodes:
             return []
         with ThreadPoolExecutor(max_workers=min(self.parallel, len(nodes))) as pool:
-            results = list(pool.map(lambda n: self.call(n, action, inputs, controller), nodes))
-        return [{"id": n.id, "status": s, "payload": p} for n, (s, p) in zip(nodes, results)]
+            return list(zip(nodes, pool.map(lambda n: self.call(n, action, inputs, controller), nodes)))

@@ -21,7 +21,6 @@ import fcntl
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from imapd_ctl.adapters.files import atomic_write
 from imapd_ctl.adapters.quickcalls import pid
 from imapd_ctl import __version__
 from imapd_ctl.core.actions import ACTIONS
@@ -118,16 +118,8 @@ class StateCache:
         if not self.path:
             self._kept = kept
             return
-        fd, tmp = tempfile.mkstemp(prefix=".state.", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(kept[1])
-            os.utime(tmp, (kept[0], kept[0]))
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic_write(self.path, kept[1], default_mode=0o600)
+        os.utime(self.path, (kept[0], kept[0]))       # its mtime is the reading's time
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:

@@ -7,7 +7,6 @@ import json
 import os
 import ssl
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 from imapd_ctl.adapters import registry
 from imapd_ctl.adapters.cluster import Cluster
@@ -63,14 +62,12 @@ def _list(args: argparse.Namespace, s: Settings, cluster: Cluster, reg: registry
 
 
 def _check(cluster: Cluster, s: Settings) -> int:
-    nodes = sorted(cluster.nodes.values(), key=lambda n: n.id)
-    if not nodes:
+    answers = cluster.on_each("isRunning", {})
+    if not answers:
         print(f"no other nodes are configured ([[nodes]] in the settings, or files in {s.nodes_dir})")
         return 0
-    with ThreadPoolExecutor(max_workers=min(cluster.parallel, len(nodes))) as pool:
-        answers = list(pool.map(lambda n: cluster.call(n, "isRunning", {}), nodes))
     failed = 0
-    for node, (status, payload) in zip(nodes, answers):
+    for node, (status, payload) in answers:
         if status == 0:
             print(f"ok   {node.id}: answers; IMAP server {'running' if payload else 'NOT running'}")
         else:

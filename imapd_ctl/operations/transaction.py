@@ -195,6 +195,11 @@ def _reapply(flavour: Flavour, systemd: Systemd, entry: JournalEntry, paths: lis
         return replace(done, unreachable=exc)
 
 
+def _foreign(entry: JournalEntry, flavour: Flavour) -> list[str]:
+    """The files a journal record names that the flavour does not have imapd-ctl write."""
+    return sorted((set(entry.old) | set(entry.new)) - set(flavour.owned))
+
+
 def recover(flavour: Flavour, systemd: Systemd, journal: Journal) -> Recovery | None:
     """Finish or undo a change that a crash interrupted (the caller holds the lock).
     Returns what was done, or None when nothing was pending. If the change cannot be undone yet
@@ -203,7 +208,7 @@ def recover(flavour: Flavour, systemd: Systemd, journal: Journal) -> Recovery | 
     entry = journal.pending()
     if entry is None:
         return None
-    foreign = sorted((set(entry.old) | set(entry.new)) - set(flavour.owned))
+    foreign = _foreign(entry, flavour)
     if foreign:
         raise JournalForeign(journal.path, f"it names {', '.join(foreign)}, which {flavour.name} does "
                                            f"not have imapd-ctl write (only {', '.join(flavour.owned)})")
@@ -249,7 +254,7 @@ def previous_change(flavour: Flavour, journal: Journal) -> tuple[JournalEntry | 
         return None, exc
     if entry is None:
         return None, ""
-    if set(entry.old) - set(flavour.owned) or set(entry.new) - set(flavour.owned):
+    if _foreign(entry, flavour):
         return None, f"its record ({journal.previous_path}) names files {flavour.name} does not have imapd-ctl write"
     if any(read_bytes_or_none(path) != data for path, data in entry.new.items()):
         return None, f"the files were changed since that update ({entry.txn_id})"

@@ -26,16 +26,21 @@ class Output:
                          daemon=True).start()
         self.lines: list[str] = []
 
-    def until(self, pattern: str, timeout: float) -> list[str]:
-        """The lines up to the first matching one."""
-        deadline = time.monotonic() + timeout
+    def _lines(self, seconds: float):
+        """The lines as they come within `seconds`, until the output ends."""
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             try:
-                line = self.queue.get(timeout=1)
+                line = self.queue.get(timeout=0.2)
             except Empty:
                 continue
             if line is None:
-                break
+                return
+            yield line
+
+    def until(self, pattern: str, timeout: float) -> list[str]:
+        """The lines up to the first matching one."""
+        for line in self._lines(timeout):
             self.lines.append(line)
             if re.match(pattern, line):
                 return self.lines
@@ -43,16 +48,7 @@ class Output:
 
     def rest(self, seconds: float) -> str:
         """What comes within `seconds`."""
-        got, deadline = [], time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                line = self.queue.get(timeout=0.2)
-            except Empty:
-                continue
-            if line is None:
-                break
-            got.append(line)
-        return "".join(got)
+        return "".join(self._lines(seconds))
 
 
 def _background():
