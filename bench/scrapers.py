@@ -5,8 +5,10 @@ Prints, from one run, side by side for the server's state read at most every 10 
 `metrics_state_interval`) and at every scrape (`metrics_state_interval = 0`, how every scrape
 read it before):
   1. isRunning p50 while --scrapers clients scrape /metrics in a loop / isRunning p50 alone  [<= 2]
-  2. processes started on the machine per scrape (the kernel's fork count over the run)    [0]
-  3. scrapes per second and a scrape's p50
+  2. processes started in the host per scrape (its PID namespace's count over the run)   [0]
+  3. scrapes per second and a scrape's p50 in the loop (scrapes wait their turn in the server's
+     scrape lane, server/lanes.py), and a lone scrape's p50 (one every 50 ms, as a Prometheus
+     server would scrape: it never waits)
 
 The scrapers run in processes of their own (no GIL shared with the isRunning client), on the
 daemon's unix socket, as do the isRunning calls.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -50,32 +53,40 @@ print(json.dumps({"scrapes": len(lat), "p50": statistics.median(lat) if lat else
 """
 
 
-def forks() -> int:
-    """Processes the kernel has started since boot (every fork, machine-wide)."""
-    with open("/proc/stat") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("processes "))
+def forks(host) -> int:
+    """The last process id given out in the host's own PID namespace, where the daemon and the
+    IMAP server run: it grows by one for every process started there (this reading's included),
+    and nothing else on the machine moves it."""
+    return int(host.run(["cat", "/proc/sys/kernel/ns_last_pid"]).stdout)
 
 
-def measure(d, scrapers: int, seconds: float) -> dict:
+def measure(host, d, scrapers: int, seconds: float) -> dict:
     def is_running():
         assert client.call(d.socket, d.key, "isRunning") == (0, True)
+
+    def scrape():
+        time.sleep(0.05)
+        t = time.perf_counter()
+        assert client.request(d.socket, "GET", "/metrics")[0] == 200
+        return time.perf_counter() - t
 
     for _ in range(50):        # warm both workers
         is_running()
         client.request(d.socket, "GET", "/metrics")
     alone, _ = latency(is_running, 2000, seconds)
+    lone = statistics.median(scrape() for _ in range(40))
     procs = 4
-    began = forks()
+    began = forks(host)
     running = [subprocess.Popen([sys.executable, "-c", SCRAPER, str(d.socket), str(scrapers // procs),
                                  str(seconds + 1)], stdout=subprocess.PIPE, text=True,
                                 env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}) for _ in range(procs)]
     time.sleep(0.5)
     loaded, calls = latency(is_running, 2000, seconds)
     results = [json.loads(p.communicate(timeout=seconds + 60)[0]) for p in running]
-    started = forks() - began - procs - 1        # not the scrapers themselves (python -c is one fork each)
+    started = forks(host) - began - 1        # not the reading itself
     scrapes = sum(r["scrapes"] for r in results)
     return {"alone": alone, "loaded": loaded, "calls": calls, "scrapes": scrapes,
-            "rate": scrapes / (seconds + 1), "scrape_p50": sorted(r["p50"] for r in results)[procs // 2],
+            "rate": scrapes / (seconds + 1), "lone": lone, "scrape_p50": sorted(r["p50"] for r in results)[procs // 2],
             "forks_per_scrape": max(0, started) / max(1, scrapes)}
 
 
@@ -88,16 +99,16 @@ def main() -> int:
     scrapers = max(4, min(256, args.scrapers // 4 * 4))
     figures = {}
     with dovecot_daemon(args.index, workers=2) as (host, d, share):
-        figures["every 10 s"] = measure(d, scrapers, args.seconds)
+        figures["every 10 s"] = measure(host, d, scrapers, args.seconds)
         write_config(share, d.node_id, 2, "metrics_state_interval = 0\n")
         d.stop()
         d.start()
-        figures["every scrape"] = measure(d, scrapers, args.seconds)
+        figures["every scrape"] = measure(host, d, scrapers, args.seconds)
     print(f"Dovecot, 2 workers, unix socket, {scrapers} scrapers in a loop, one run; the state read:")
     for name, f in figures.items():
         print(f"  {name:12}  isRunning p50 {f['alone'] * 1e3:6.2f} ms alone, {f['loaded'] * 1e3:6.2f} ms with the "
               f"scrapers ({f['calls']} calls): ratio {f['loaded'] / f['alone']:.2f}; "
-              f"{f['rate']:.0f} scrapes/s, p50 {f['scrape_p50'] * 1e3:.1f} ms; "
+              f"{f['rate']:.0f} scrapes/s, p50 {f['scrape_p50'] * 1e3:.1f} ms (a lone scrape {f['lone'] * 1e3:.2f} ms); "
               f"{f['forks_per_scrape']:.3f} processes started per scrape")
     return 0
 

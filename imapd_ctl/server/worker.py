@@ -6,8 +6,8 @@ for systemd, and clients may be hostile. So
 - the loop accepts, does the TLS handshake, reads and frames each request (server.channel),
   and writes each reply as its client reads it: no client can hold a thread;
 - a thread gets a request only when it is whole, runs the app (server.task) and returns the
-  reply's bytes; requests wait for a free thread in the loop's own queue, where they are
-  counted like everything else;
+  reply's bytes; requests wait for a free thread in the loop's own queues (server.lanes: scrapes
+  of /metrics apart, after the others), where they are counted like everything else;
 - one budget per process bounds the connections (gunicorn's `worker_connections`) and the
   bytes held for them (buffers, queued request bodies, unsent replies); past it, the
   connections that have not shown a valid key go first, oldest first, then the others,
@@ -20,7 +20,6 @@ TLS is used on TCP listeners only: the unix socket (authorised by its file mode)
 """
 from __future__ import annotations
 
-import collections
 import ctypes
 import functools
 import os
@@ -37,6 +36,7 @@ from imapd_ctl.core.settings import Settings
 from imapd_ctl.server import boot, task, tls
 from imapd_ctl.server.channel import Channel, Phase, Rules
 from imapd_ctl.server.framing import Limits, error_reply
+from imapd_ctl.server.lanes import Lanes
 from imapd_ctl.server.listeners import peer_cred
 from imapd_ctl.server.pool import Pool
 from imapd_ctl.transports.http import MAX_BODY
@@ -51,6 +51,7 @@ CLIENT_TIMEOUT = 10    # seconds a client has to send a whole request (TLS hands
 HEARTBEAT = 30         # seconds gunicorn waits for a worker's loop before killing it (never an action)
 KEYLESS_BODY = 8 * 1024   # the most a body may be without a valid key in its header
 BODY_KEYED = frozenset({"/xmlrpc", "/soap", "/nodeworx/soap"})   # their key travels in the body
+SCRAPES = frozenset({"/metrics"})    # served in a lane of their own (server.lanes)
 
 
 def options(s: Settings) -> dict[str, Any]:
@@ -67,11 +68,6 @@ try:
     _malloc_trim: Any = ctypes.CDLL(None).malloc_trim     # glibc
 except (OSError, AttributeError):
     _malloc_trim = None
-
-
-def raise_fd_limit() -> None:
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Worker(BaseWorker):
@@ -92,10 +88,11 @@ class Worker(BaseWorker):
         # gunicorn 20.1/23 say True/False; later releases "off" or a protocol version.
         if getattr(self.cfg, "proxy_protocol", False) not in (False, "off", None):
             raise SystemExit("imapd-ctl: gunicorn's proxy_protocol is not supported by this worker")
-        raise_fd_limit()
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]      # connections are file descriptors
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         self.sel = selectors.DefaultSelector()
         self.channels: dict[Channel, None] = {}      # every open connection, oldest first
-        self.ready: collections.deque[Channel] = collections.deque()   # whole requests, waiting
+        self.ready: Lanes[Channel] = Lanes()       # whole requests, waiting for a thread
         # Connections by the timeout they were armed with, each group in arming order, hence in
         # deadline order: expiry looks at the front of a few groups, nothing piles up.
         self.timers: dict[float, dict[Channel, None]] = {}
@@ -154,8 +151,10 @@ class Worker(BaseWorker):
             self.last_notify = now
 
     def _next_timeout(self) -> float:
-        first = min((next(iter(group)).deadline for group in self.timers.values() if group), default=None)
-        return TICK if first is None else max(0.0, min(TICK, first - time.monotonic()))
+        now = time.monotonic()
+        first = min((next(iter(group)).deadline - now for group in self.timers.values() if group), default=TICK)
+        scrape = self.ready.wait(now)
+        return max(0.0, min(TICK, first, TICK if scrape is None else scrape))
 
     def is_parent_alive(self) -> bool:
         if self.ppid != os.getppid():
@@ -175,9 +174,9 @@ class Worker(BaseWorker):
             unix = listener.family == socket.AF_UNIX
             if unix:             # who connected: the app trusts root here without a key
                 client = peer_cred(sock)
-            now = time.monotonic()
             try:
-                ch = Channel(sock, client, listener.getsockname(), None if unix else self.tls, self.rules, now)
+                ch = Channel(sock, client, listener.getsockname(), None if unix else self.tls, self.rules,
+                             time.monotonic())
             except (OSError, ssl.SSLError):
                 sock.close()
                 continue
@@ -214,7 +213,8 @@ class Worker(BaseWorker):
         if ch.phase is Phase.CLOSED:
             self.channels.pop(ch, None)
         elif ch.phase is Phase.READY and old_phase is not Phase.READY:
-            self.ready.append(ch)
+            assert ch.request is not None
+            self.ready.add(ch, ch.request.refused is None and ch.request.head.path in SCRAPES)
 
     def _cut(self, ch: Channel) -> None:     # a deadline passed, or the budget needs its room
         self._step(ch, lambda now: ch.close())
@@ -257,11 +257,12 @@ class Worker(BaseWorker):
 
     # ------------------------------------------------------------------ threads
     def _schedule(self) -> None:
-        while self.ready and self.pool.free:
-            ch = self.ready.popleft()
-            if ch.phase is Phase.READY:    # else cut while it waited
+        while self.pool.free and (ch := self.ready.take(time.monotonic())) is not None:
+            if ch.phase is Phase.READY:
                 ch.running()
                 self.pool.submit(ch)
+            else:                          # cut while it waited
+                self.ready.taken_back(ch)
 
     def _serve(self, ch: Channel) -> task.Reply:
         """In a thread: the reply to `ch`'s whole request."""
@@ -278,6 +279,7 @@ class Worker(BaseWorker):
             if self.nr >= self.max_requests and self.alive:
                 self.log.info("Autorestarting worker after current request.")
                 self.alive = False
+            self.ready.done(ch, time.monotonic())
             self._step(ch, functools.partial(ch.reply, reply.data, reply.keep and self.alive))
 
     def _drain(self) -> None:

@@ -14,6 +14,7 @@ import time
 import pytest
 from gunicorn.config import Config
 
+from imapd_ctl.server.lanes import Lanes
 from imapd_ctl.server.worker import KEYLESS_BODY, MAX_BODY, Worker
 from imapd_ctl.transports.body import GATE_KEY, PEER_KEY, bounded
 
@@ -30,6 +31,14 @@ def echo(environ, start_response):
     the body's length."""
     if environ["PATH_INFO"] == "/slow":
         app.release.wait(10)
+    if environ["PATH_INFO"] == "/metrics":      # a scrape: how many ran at once, and when it ended
+        with app.lock:
+            app.scraping += 1
+            app.most_scraping = max(app.most_scraping, app.scraping)
+        time.sleep(0.005)
+        with app.lock:
+            app.scraping -= 1
+    app.ended.append(environ["PATH_INFO"])
     if environ["PATH_INFO"] == "/big":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"b" * BIG]
@@ -59,6 +68,7 @@ def start_worker(listener, cfg):
     w.wsgi = app
     w.app = type("App", (), {"gate": staticmethod(gate)})()
     app.release = threading.Event()
+    app.lock, app.scraping, app.most_scraping, app.ended = threading.Lock(), 0, 0, []
     w.prepare()
     w.alive = True
     loop = threading.Thread(target=w.run, daemon=True)
@@ -165,6 +175,19 @@ def test_a_long_request_does_not_hold_up_the_others(serving):
         assert get(path).endswith(b"/x 0")            # the other thread answers
         app.release.set()
         assert read_all(long).endswith(b"/slow 0")    # and the long one answers too
+
+
+def test_scrapes_run_one_at_a_time_after_the_other_requests(tmp_path):
+    with worker_on(tmp_path, threads=8, worker_connections=100) as (w, _, path):
+        scrapers = [connect(path) for _ in range(20)]
+        for s in scrapers:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert get(path).endswith(b"/x 0")     # answered while scrapes still wait their turn
+        for s in scrapers:
+            assert read_all(s).endswith(b"/metrics 0")
+            s.close()
+    assert app.most_scraping == 1
+    assert app.ended.index("/x") < len(app.ended) - 1 and app.ended.count("/metrics") == 20
 
 
 def test_a_body_sent_in_pieces_is_read_whole(serving):
@@ -413,3 +436,20 @@ def test_a_bug_on_one_connection_costs_that_connection_not_the_loop(serving):
 def test_a_unix_socket_request_carries_who_connected_and_what_the_gate_said(serving):
     _, path = serving
     assert get(path, "/peer").endswith(repr(((os.getuid(), os.getgid()), True)).encode())
+
+
+def test_the_scrape_lane_waits_its_spacing_after_each_scrape_and_yields_to_requests():
+    lanes = Lanes(spacing=0.01)
+    lanes.add("s1", scrape=True)
+    lanes.add("s2", scrape=True)
+    lanes.add("r1", scrape=False)
+    assert lanes.take(1.0) == "r1" and lanes.take(1.0) == "s1"
+    assert lanes.take(1.0) is None and lanes.wait(1.0) is None    # one scrape at a time
+    lanes.done("s1", 1.5)
+    assert lanes.take(1.505) is None and lanes.wait(1.505) == pytest.approx(0.005)
+    lanes.add("r2", scrape=False)
+    assert lanes.wait(1.505) is None and lanes.take(1.505) == "r2"
+    assert lanes.take(1.51) == "s2"
+    lanes.taken_back("s2")           # cut while it waited: the lane is free again at once
+    lanes.add("s3", scrape=True)
+    assert lanes.take(1.51) == "s3"
