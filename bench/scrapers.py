@@ -53,13 +53,6 @@ print(json.dumps({"scrapes": len(lat), "p50": statistics.median(lat) if lat else
 """
 
 
-def forks(host) -> int:
-    """The last process id given out in the host's own PID namespace, where the daemon and the
-    IMAP server run: it grows by one for every process started there (this reading's included),
-    and nothing else on the machine moves it."""
-    return int(host.run(["cat", "/proc/sys/kernel/ns_last_pid"]).stdout)
-
-
 def measure(host, d, scrapers: int, seconds: float) -> dict:
     def is_running():
         assert client.call(d.socket, d.key, "isRunning") == (0, True)
@@ -76,14 +69,14 @@ def measure(host, d, scrapers: int, seconds: float) -> dict:
     alone, _ = latency(is_running, 2000, seconds)
     lone = statistics.median(scrape() for _ in range(40))
     procs = 4
-    began = forks(host)
+    began = host.last_pid()
     running = [subprocess.Popen([sys.executable, "-c", SCRAPER, str(d.socket), str(scrapers // procs),
                                  str(seconds + 1)], stdout=subprocess.PIPE, text=True,
                                 env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}) for _ in range(procs)]
     time.sleep(0.5)
     loaded, calls = latency(is_running, 2000, seconds)
     results = [json.loads(p.communicate(timeout=seconds + 60)[0]) for p in running]
-    started = forks(host) - began - 1        # not the reading itself
+    started = host.last_pid() - began - 1        # not the reading itself
     scrapes = sum(r["scrapes"] for r in results)
     return {"alone": alone, "loaded": loaded, "calls": calls, "scrapes": scrapes,
             "rate": scrapes / (seconds + 1), "lone": lone, "scrape_p50": sorted(r["p50"] for r in results)[procs // 2],

@@ -446,6 +446,11 @@ class MailHost:
         """Contents of a file inside the host."""
         return self._nsenter(["cat", "--", str(path)], check=True, timeout=60).stdout
 
+    def last_pid(self) -> int:
+        """The last process id given out in the host's own PID namespace: it grows by one for
+        each process started there (this reading's own included); nothing outside moves it."""
+        return int(self.read_file("/proc/sys/kernel/ns_last_pid"))
+
     def journal(self, *args: str) -> str:
         """``journalctl --no-pager ARGS`` inside the host (e.g. ``"-u", "dovecot"``)."""
         return self.run(["journalctl", "--no-pager", *args], check=False).stdout
