@@ -51,3 +51,13 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                     after_in_child=_after_fork_in_child)
+
+
+def keep_identity(cfg: Any) -> None:
+    """In a worker, after fork, before gunicorn's own start of it: a worker runs as the user
+    systemd started the daemon as and never changes who it is. gunicorn 20.1 (Debian 12) calls
+    setuid() at each worker's start even with the uid the worker already has, and the packaged
+    unit's system call filter refuses setuid() (~@privileged), so the worker would die; with user
+    0 it calls nothing. Only the worker's copy of the settings changes; as root nothing does."""
+    if os.getuid() != 0 and cfg.uid == os.getuid() and cfg.gid == os.getgid():
+        cfg.set("user", 0)

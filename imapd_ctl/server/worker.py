@@ -77,6 +77,7 @@ class Worker(BaseWorker):
 
     def init_process(self) -> None:
         self.prepare()
+        boot.keep_identity(self.cfg)
         super().init_process()
 
     def init_signals(self) -> None:

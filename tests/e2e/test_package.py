@@ -598,7 +598,7 @@ def test_units_verify_and_exposure_score(pkg):
     m = re.search(r"Overall exposure level for imapd-ctl.service: ([0-9.]+) (\w+)", out)
     assert m, out[-2000:]
     print(f"\nsystemd-analyze security imapd-ctl.service: exposure {m.group(1)} {m.group(2)}")
-    assert float(m.group(1)) <= 1.7, out
+    assert float(m.group(1)) <= 1.5, out
 
 
 def test_man_page_status_and_completion_as_debian_finds_them(pkg):

@@ -52,3 +52,37 @@ def test_only_the_fork_gunicorn_announced_blocks_and_the_next_one_does_not():
     if second == 0:
         os._exit(0 if not _blocked() & boot.STOP_SIGNALS else 1)
     assert os.waitpid(second, 0)[1] == 0
+
+
+def test_a_worker_of_a_non_root_daemon_asks_gunicorn_for_no_identity_change():
+    """In a child that became `nobody` (as systemd starts the packaged daemon as its user): after
+    keep_identity, gunicorn's own worker start makes no setuid() (user 0 means "none")."""
+    from gunicorn import util
+    from gunicorn.config import Config
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            cfg = Config()        # gunicorn's default is who imported it (here root): who runs it
+            cfg.set("user", 65534)
+            cfg.set("group", 65534)
+            boot.keep_identity(cfg)
+            assert (cfg.uid, cfg.gid) == (0, 65534)
+            calls = []
+            os.setuid, real = (lambda uid: calls.append(uid)), os.setuid
+            util.set_owner_process(cfg.uid, cfg.gid, initgroups=cfg.initgroups)
+            os.setuid = real
+            code = 0 if calls == [] else 2
+        finally:
+            os._exit(code)
+    assert os.waitpid(pid, 0)[1] >> 8 == 0
+
+
+def test_a_root_daemons_workers_settings_are_left_alone():
+    from gunicorn.config import Config
+    cfg = Config()
+    boot.keep_identity(cfg)
+    assert cfg.uid == os.getuid() == 0
