@@ -107,13 +107,13 @@ def lintian_findings(output: str) -> list[str]:
 
 
 def uncommented_overrides(text: str) -> list[str]:
-    """Override lines of a lintian-overrides file without a comment (the reason) above them."""
+    """Override lines of a lintian-overrides file without a comment (the reason) right above
+    them or above the block of overrides they belong to."""
     bad, previous = [], ""
     for line in text.splitlines():
         if line.strip() and not line.startswith("#") and not previous.startswith(("#", "imapd-ctl:")):
             bad.append(line)
-        if line.strip():
-            previous = line
+        previous = line.strip() and line
     return bad
 
 
