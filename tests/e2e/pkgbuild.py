@@ -106,6 +106,24 @@ def build_rpm(workdir: Path) -> tuple[Path, float]:
 EXPLAINED_TAGS = {"package-supports-alternative-init-but-no-init.d-script"}
 
 
+def build_source(workdir: Path) -> Path:
+    """The Debian source package (.dsc): the orig tarball and the tree from `git archive` of
+    this tree, as a maintainer would make it, then `dpkg-buildpackage -S -us -uc`."""
+    version = re.search(r"\((\S+)-[^-)]+\)", (REPO / "debian" / "changelog").read_text()).group(1)
+    tree = subprocess.run(["git", "-C", str(REPO), "stash", "create"], capture_output=True, text=True,
+                          check=True).stdout.strip() or "HEAD"
+    subprocess.run(["git", "-C", str(REPO), "archive", f"--prefix=imapd-ctl-{version}/", "-o",
+                    str(workdir / f"imapd-ctl_{version}.orig.tar.gz"), tree, "--", ".", ":!debian"], check=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--prefix=imapd-ctl/", tree], capture_output=True,
+                             check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(workdir)
+    r = subprocess.run(["dpkg-buildpackage", "-S", "-us", "-uc"], cwd=workdir / "imapd-ctl", capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PATH": DEBIAN_PATH})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return next(workdir.glob("imapd-ctl_*.dsc"))
+
+
 def lintian_findings(output: str) -> list[str]:
     """lintian's tags that are neither fixed nor overridden nor in EXPLAINED_TAGS: errors,
     warnings, info, pedantic, experimental (O: overridden, N: notes, M: masked by lintian

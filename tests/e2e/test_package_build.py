@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 import subprocess
 
-from pkgbuild import (REPO, SPEC, build_deb, build_rpm, deb_conffiles, deb_entries, deb_file, rpm_entries,
-                      uncommented_overrides)
+from pkgbuild import (REPO, SPEC, build_deb, build_rpm, build_source, deb_conffiles, deb_entries, deb_file,
+                      lintian_findings, rpm_entries, uncommented_overrides)
 
 DEPENDS = ("python3-flask", "python3-gunicorn", "python3-psutil", "python3-gi", "python3-prometheus-client",
            "python3-defusedxml", "python3-werkzeug", "polkitd", "systemd")
@@ -119,7 +119,18 @@ def test_rpm_builds_and_installs_what_the_deb_installs(built_deb, tmp_path):
     assert rpm_conf == deb_conffiles(built_deb[0])
 
 
+def test_source_package_builds_and_lintian_finds_nothing_unexplained(tmp_path):
+    """The source package (orig tarball from `git archive`, as packaging/README.md says) and
+    lintian's source checks (Build-Depends, debian/rules, debian/copyright ...)."""
+    dsc = build_source(tmp_path)
+    r = subprocess.run(["lintian", "--pedantic", "--display-info", "--show-overrides", str(dsc)],
+                       capture_output=True, text=True, timeout=300)
+    print("\nlintian --pedantic source:", *[l for l in r.stdout.splitlines() if l.startswith("O: ")], sep="\n  ")
+    assert lintian_findings(r.stdout) == [], r.stdout
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_every_lintian_override_says_why():
-    text = (REPO / "debian" / "imapd-ctl.lintian-overrides").read_text()
-    assert uncommented_overrides(text) == []
+    for name in ("imapd-ctl.lintian-overrides", "source/lintian-overrides"):
+        assert uncommented_overrides((REPO / "debian" / name).read_text()) == [], name
     assert uncommented_overrides("# why\nimapd-ctl: a\n\nimapd-ctl: b\n") == ["imapd-ctl: b"]   # the check sees one
