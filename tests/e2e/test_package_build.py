@@ -1,6 +1,7 @@
 """The packages as the distributions build them, on this machine (Debian 12), with the real
-tools: dpkg-buildpackage (through scripts/build-deb), lintian is in test_package.py (once per
-distribution, on the .deb built there), rpmbuild and rpmlint here. No test host is needed.
+tools and no test host: dpkg-buildpackage (through scripts/build-deb) for the .deb and the
+source package, lintian on the source package (the .deb's lintian runs in test_package.py, once
+per distribution, on the .deb built there), rpmbuild and rpmlint for the RPM.
 
 The .deb builds reproducibly and installs what the docs and the lifecycle tests rely on; the
 RPM builds from `git archive` with `rpmbuild -bb --nodeps`, passes rpmlint with no errors, and
