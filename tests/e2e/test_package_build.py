@@ -114,6 +114,10 @@ def test_rpm_builds_and_installs_what_the_deb_installs(built_deb, tmp_path):
     for path, attrs in rpm_side.items():
         if attrs[0] == "d":
             assert (deb.get(path) or tmpfiles.get(path)) == attrs, path
+    # ...and every directory that is not a plain 0755 root one is the RPM's too.
+    special = {p for p, v in deb.items() if v[0] == "d" and v[1:] != ("0755", "root", "root")} | set(tmpfiles)
+    assert special == {"/etc/imapd-ctl/nodes", "/etc/imapd-ctl/nodes.d", "/var/lib/imapd-ctl", "/var/log/imapd-ctl"}
+    assert special <= set(rpm_side)
     # The conffiles (%config(noreplace) on RHEL).
     rpm_conf = set(subprocess.run(["rpm", "-qcp", str(rpm)], capture_output=True, text=True,
                                   check=True).stdout.split())
