@@ -83,7 +83,7 @@ def _sections() -> str:
 
 
 def _date() -> str:
-    """The page's date: SOURCE_DATE_EPOCH's (scripts/build-deb sets the last commit's), so the
+    """The page's date: SOURCE_DATE_EPOCH's (dpkg-buildpackage sets debian/changelog's), so the
     same tree gives the same page."""
     import time
     return time.strftime("%Y-%m-%d", time.gmtime(int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)))

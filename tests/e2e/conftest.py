@@ -18,6 +18,7 @@ import pytest
 import rootfs
 from daemon import REPO, install_project, launch
 from mailhost import MailHost, machine_ready
+from pkgbuild import build_deb
 
 
 def _require_machine():
@@ -32,6 +33,17 @@ def _dists() -> tuple[str, ...]:
         return rootfs.wanted_dists()
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.fixture(scope="session")
+def built_deb() -> tuple[Path, float]:
+    """The .deb of this tree, built once per session on this machine by scripts/build-deb
+    (dpkg-buildpackage), in /var/tmp so that test hosts can bind it: (path, seconds)."""
+    outdir = Path(tempfile.mkdtemp(prefix="imapd-ctl-deb-", dir="/var/tmp"))
+    try:
+        yield build_deb(outdir)
+    finally:
+        shutil.rmtree(outdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=_dists())

@@ -48,6 +48,11 @@ TRIXIE_PACKAGES = (
 # Installed after debootstrap, with /proc mounted (polkitd's postinst fails in debootstrap's
 # bare chroot): the .deb's unit control through polkit.
 LATER_PACKAGES = ("polkitd",)
+# The Debian package's Build-Depends (debian/control), git (scripts/build-deb copies the tree git
+# knows) and lintian: tests/e2e/test_package.py builds the .deb with scripts/build-deb
+# (dpkg-buildpackage) inside a Debian 13 host and checks it with Debian 13's lintian.
+BUILD_PACKAGES = ("build-essential", "debhelper", "dh-python", "pybuild-plugin-pyproject", "python3-setuptools",
+                  "python3-wheel", "python3-argparse-manpage", "python3-shtab", "git", "lintian")
 # Downloaded only (Courier conflicts with dovecot-imapd): the same transaction as courierhost.py.
 COURIER_APT = ("--no-install-recommends", "courier-imap", "dovecot-core-", "dovecot-imapd-")
 RECIPE = 1   # bump when the build steps below change
@@ -72,7 +77,7 @@ def wanted_dists() -> tuple[str, ...]:
 
 
 def recipe_hash() -> str:
-    text = repr((RECIPE, "trixie", TRIXIE_PACKAGES, LATER_PACKAGES, COURIER_APT))
+    text = repr((RECIPE, "trixie", TRIXIE_PACKAGES, LATER_PACKAGES, BUILD_PACKAGES, COURIER_APT))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -141,8 +146,8 @@ def _build(path: str) -> None:
             _run([*chroot, "apt-get", "-q", "update"], log, 600)
             _run(["mount", "-t", "proc", "proc", os.path.join(tmp, "proc")], log, 30)
             try:
-                _run([*chroot, "apt-get", "install", "-y", "-q", "--no-install-recommends", *LATER_PACKAGES],
-                     log, 600)
+                _run([*chroot, "apt-get", "install", "-y", "-q", "--no-install-recommends", *LATER_PACKAGES,
+                      *BUILD_PACKAGES], log, 900)
             finally:
                 _run(["umount", os.path.join(tmp, "proc")], log, 30)
             _run([*chroot, "apt-get", "clean"], log, 120)

@@ -1,19 +1,19 @@
 """The Debian package, end to end, on a throw-away mail host (real systemd, real Dovecot).
 
-The .deb is built on this machine (scripts/build-deb), its Debian dependencies are
-downloaded here beforehand (`apt-get install --download-only` into a cache of ours; nothing
+The .deb is built with dpkg-buildpackage (scripts/build-deb) by the distribution it runs on:
+on this machine for Debian 12 (once per session, the `built_deb` fixture), inside the booted
+Debian 13 host for Debian 13; lintian of that distribution checks it. Its Debian dependencies
+are downloaded here beforehand (`apt-get install --download-only` into a cache of ours; nothing
 is installed on this machine), and inside a booted MailHost it is installed with
 `apt-get install ./imapd-ctl_*.deb`, exactly as an operator would. Then: the units are
 enabled and running under systemd and its hardening, with the distribution's own Flask,
 Werkzeug, gunicorn and psutil (Debian 12 and Debian 13: the lifecycle runs once per `dist`; on
 Debian 13 the dependencies are already in the cached root, tests/e2e/rootfs.py); curl over the unix socket gets isRunning from the host's Dovecot; the
 mutating actions work under the sandbox; restarts and crashes keep the API up; TLS and the
-refusal of a non-loopback listener without TLS; upgrade; remove keeps settings and keys;
-purge leaves nothing of ours. The tests run in file order on one host (a lifecycle).
-
-Also: the package builds reproducibly, and the RPM spec passes rpmspec -P, rpmlint and a
-trial rpmbuild (rpm and rpmlint are installed on this machine by the test if missing:
-build tools, as for the package).
+refusal of a non-loopback listener without TLS; upgrade to a next version whose conffiles
+changed, one of them edited by the admin; remove keeps settings and keys; purge leaves nothing
+of ours; a reinstall starts afresh. The tests run in file order on one host (a lifecycle).
+The build itself, the RPM and the comparison of the two: test_package_build.py.
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from bodies import assert_bounded, assert_odd_paths_answer_the_envelope
 from imapd_ctl.server.worker import CONNECTIONS
 import rootfs
 from mailhost import MailHost, machine_ready
+from pkgbuild import (NEXT_VERSION_LINE, build_deb, build_deb_in_host, lintian_findings, source_tree)
 
 # The distribution's own modules the package runs on (name: version prefix, Starting gunicorn X).
 DEBIAN_MODULES = {
@@ -44,9 +44,6 @@ DEBIAN_MODULES = {
 
 pytestmark = pytest.mark.mailhost
 
-REPO = Path(__file__).resolve().parents[2]
-BUILD_DEB = REPO / "scripts" / "build-deb"
-SPEC = REPO / "packaging" / "rpm" / "imapd-ctl.spec"
 DEB_CACHE = Path("/var/tmp/imapd-ctl-debcache")   # downloaded Debian dependencies, reused
 SOCK = "/run/imapd-ctl/imapd-ctl.sock"
 UNITS = ("imapd-ctl.socket", "imapd-ctl.service")
@@ -58,118 +55,6 @@ DOC_FILES = ("/usr/share/man/man8/imapd-ctl.8.gz", "/usr/share/bash-completion/c
 
 MONITORING = ("/usr/share/imapd-ctl/monitoring/imapd-ctl.rules.yml",
               "/usr/share/imapd-ctl/monitoring/imapd-ctl-dashboard.json")
-
-
-def _apt_get(args: list[str], *, timeout: float = 300) -> subprocess.CompletedProcess:
-    """apt-get on this machine; one `apt-get update` and a retry if the lists are stale."""
-    argv = ["apt-get", "-q", "-y", *args]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env={**os.environ, **APT_ENV})
-    if r.returncode != 0:
-        subprocess.run(["apt-get", "-q", "update"], capture_output=True, text=True, timeout=timeout)
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env={**os.environ, **APT_ENV})
-    if r.returncode != 0:
-        pytest.fail(f"{' '.join(argv)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}", pytrace=False)
-    return r
-
-
-def build_deb(outdir: Path, version: str | None = None) -> tuple[Path, float]:
-    env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
-    if version:
-        env["IMAPD_CTL_DEB_VERSION"] = version
-    t0 = time.monotonic()
-    r = subprocess.run([str(BUILD_DEB), str(outdir)], capture_output=True, text=True, env=env, timeout=120)
-    took = time.monotonic() - t0
-    assert r.returncode == 0, r.stderr
-    return Path(r.stdout.strip().splitlines()[-1]), took
-
-
-# ------------------------------------------------------------------ no host needed
-
-def test_deb_is_reproducible_and_uses_debian_python(tmp_path):
-    a, took = build_deb(tmp_path / "a")
-    b, _ = build_deb(tmp_path / "b")
-    print(f"\n.deb build: {took:.2f} s, {a.stat().st_size} bytes")
-    assert a.read_bytes() == b.read_bytes(), "two builds of the same tree differ"
-    info = subprocess.run(["dpkg-deb", "-f", str(a)], capture_output=True, text=True, check=True).stdout
-    depends = re.search(r"^Depends: (.*)$", info, re.M).group(1)
-    for pkg in ("python3-flask", "python3-gunicorn", "python3-psutil", "python3-gi",
-                "python3-prometheus-client", "python3-defusedxml"):
-        assert pkg in depends
-    files = subprocess.run(["dpkg-deb", "-c", str(a)], capture_output=True, text=True, check=True).stdout
-    for path in ("./usr/bin/imapd-ctl", "./usr/lib/python3/dist-packages/imapd_ctl/daemon/serve.py",
-                 "./etc/imapd-ctl/imapd-ctl.toml", "./lib/systemd/system/imapd-ctl.service",
-                 "./lib/systemd/system/imapd-ctl.socket", "./etc/logrotate.d/imapd-ctl"):
-        assert path in files
-    assert all(f".{path}" in files for path in DOC_FILES), files
-    assert "__pycache__" not in files and ".venv" not in files and "site-packages" not in files
-    with tempfile.TemporaryDirectory() as ctl:
-        subprocess.run(["dpkg-deb", "-e", str(a), ctl], check=True)
-        conffiles = Path(ctl, "conffiles").read_text().split()
-        assert "/etc/imapd-ctl/imapd-ctl.toml" in conffiles
-        # The conffile is config/imapd-ctl.toml as it is.
-        shipped = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(a)], capture_output=True, check=True).stdout
-        with tarfile.open(fileobj=__import__("io").BytesIO(shipped)) as tar:
-            data = tar.extractfile("./etc/imapd-ctl/imapd-ctl.toml").read()
-        assert data == (REPO / "config" / "imapd-ctl.toml").read_bytes()
-        for script in ("postinst", "prerm", "postrm"):
-            subprocess.run(["sh", "-n", str(Path(ctl, script))], check=True)
-
-
-def _need_rpm_tools() -> None:
-    if not (shutil.which("rpmspec") and shutil.which("rpmlint") and shutil.which("rpmbuild")):
-        _apt_get(["install", "--no-install-recommends", "rpm", "rpmlint"])
-
-
-def test_rpm_spec(tmp_path):
-    _need_rpm_tools()
-    r = subprocess.run(["rpmspec", "-P", str(SPEC)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert "/usr/lib/systemd/system/imapd-ctl.socket" in r.stdout
-    r = subprocess.run(["rpmlint", str(SPEC)], capture_output=True, text=True)
-    print("\nrpmlint spec:", r.stdout.strip().splitlines()[-1])
-    assert " 0 errors" in r.stdout, r.stdout
-    # A trial build (without the RHEL macro packages: the systemd scriptlet macros are
-    # stubbed), so that %install and %files agree, then rpmlint on the rpm.
-    top = tmp_path / "rpmbuild"
-    src = tmp_path / "src" / "imapd-ctl-0.1.0"
-    src.mkdir(parents=True)
-    for part in ("imapd_ctl", "tools", "config", "systemd", "packaging"):
-        shutil.copytree(REPO / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for part in ("README.md", "pyproject.toml"):
-        shutil.copy(REPO / part, src / part)
-    (top / "SOURCES").mkdir(parents=True)
-    with tarfile.open(top / "SOURCES" / "imapd-ctl-0.1.0.tar.gz", "w:gz") as tar:
-        tar.add(src, arcname="imapd-ctl-0.1.0")
-    stubs = tmp_path / "macros"
-    stubs.write_text("%systemd_post() echo %*\n%systemd_preun() echo %*\n%systemd_postun_with_restart() echo %*\n"
-                     "%_sysusersdir /usr/lib/sysusers.d\n")
-    r = subprocess.run(["rpmbuild", "-bb", "--nodeps", "--define", f"_topdir {top}", "--load", str(stubs), str(SPEC)],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    rpm = next((top / "RPMS" / "noarch").glob("imapd-ctl-*.rpm"))
-    listing = subprocess.run(["rpm", "-qlp", str(rpm)], capture_output=True, text=True, check=True).stdout.split()
-    for path in ("/usr/bin/imapd-ctl", "/etc/imapd-ctl/imapd-ctl.toml", "/usr/lib/systemd/system/imapd-ctl.service",
-                 "/usr/lib/systemd/system/imapd-ctl.socket", "/var/lib/imapd-ctl", "/etc/imapd-ctl/nodes",
-                 "/usr/share/polkit-1/rules.d/50-imapd-ctl.rules", "/usr/lib/sysusers.d/imapd-ctl.conf",
-                 "/usr/lib/systemd/system/imapd-ctl-enable@.service", "/usr/libexec/imapd-ctl/own-config-files",
-                 "/usr/lib/python3.11/site-packages/imapd_ctl/daemon/serve.py", *MONITORING):
-        assert path in listing
-    # The man page (compressed by rpmbuild) and the completion, where Fedora/RHEL look.
-    assert any(p.startswith("/usr/share/man/man8/imapd-ctl.8") for p in listing), listing
-    assert {"/usr/share/bash-completion/completions/imapd-ctl", "/usr/share/zsh/site-functions/_imapd-ctl"} <= set(listing)
-    # Modes and owners as the Debian package makes them: peer keys' directory root-only, state
-    # and logs the daemon's user's, the settings (no secrets in them) world-readable.
-    query = "[%{FILENAMES} %{FILEMODES:perms} %{FILEUSERNAME} %{FILEGROUPNAME}\\n]"
-    attrs = {line.split()[0]: line.split()[1:] for line in subprocess.run(
-        ["rpm", "-qp", "--queryformat", query, str(rpm)], capture_output=True, text=True, check=True).stdout.splitlines()}
-    assert attrs["/etc/imapd-ctl/nodes"] == attrs["/etc/imapd-ctl/nodes.d"] == ["drwx------", "root", "root"]
-    assert attrs["/var/lib/imapd-ctl"] == ["drwx------", "imapd-ctl", "imapd-ctl"]
-    assert attrs["/var/log/imapd-ctl"] == ["drwxr-x---", "imapd-ctl", "imapd-ctl"]
-    assert attrs["/etc/imapd-ctl/imapd-ctl.toml"][0] == "-rw-r--r--"
-    assert attrs["/usr/libexec/imapd-ctl/own-config-files"][0] == "-rwxr-xr-x"
-    r = subprocess.run(["rpmlint", "-r", str(REPO / "packaging" / "rpm" / "rpmlint-filters"), str(rpm)],
-                       capture_output=True, text=True)
-    assert " 0 errors" in r.stdout, r.stdout
 
 
 # ------------------------------------------------------------------ the lifecycle on a host
@@ -222,40 +107,79 @@ class Pkg:
         return self.host.read_file("/etc/imapd-ctl/imapd-ctl.toml").decode()
 
 
+def _apt_get(args: list[str], *, timeout: float = 300) -> subprocess.CompletedProcess:
+    """apt-get on this machine; one `apt-get update` and a retry if the lists are stale."""
+    argv = ["apt-get", "-q", "-y", *args]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env={**os.environ, **APT_ENV})
+    if r.returncode != 0:
+        subprocess.run(["apt-get", "-q", "update"], capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env={**os.environ, **APT_ENV})
+    if r.returncode != 0:
+        pytest.fail(f"{' '.join(argv)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}", pytrace=False)
+    return r
+
+
+def _build(p: "Pkg", tree: Path, version: str | None = None) -> Path:
+    """The .deb of `tree` (a source_tree() copy in p.debdir), built by the distribution of the
+    host: on this machine for Debian 12, inside the host for Debian 13."""
+    if p.dist == "bookworm":
+        deb, took = build_deb(p.debdir, version, repo=tree)
+    else:
+        deb, took = build_deb_in_host(p.host, tree, p.debdir, version)
+    print(f"\ndpkg-buildpackage ({p.dist}): {deb.name}, {took:.1f} s")
+    return deb
+
+
 @pytest.fixture(scope="module")
-def pkg(dist):
+def pkg(dist, request):
     ok, reason = machine_ready()
     if not ok:
         pytest.fail(f"cannot boot a mail host here: {reason} (run `bash scripts/setup` as root)", pytrace=False)
     debdir = Path(tempfile.mkdtemp(prefix="imapd-ctl-deb-", dir="/var/tmp"))
     host = None
     try:
-        deb, took = build_deb(debdir)
-        print(f"\n.deb build: {took:.2f} s")
-        # Dependencies from the package registry, downloaded on this machine (not installed);
-        # the host's root is an overlay of this machine's, so it sees the cache.
         (DEB_CACHE / "partial").mkdir(parents=True, exist_ok=True)
-        if dist == "bookworm":
-            t0 = time.monotonic()
-            _apt_get(["install", "--download-only", "-o", f"Dir::Cache::archives={DEB_CACHE}", str(deb)])
-            print(f"dependencies downloaded/checked: {time.monotonic() - t0:.1f} s")
         host = MailHost(binds=[str(debdir), str(DEB_CACHE)], dist=dist)
         host.boot()
         host.start_dovecot()
-        p = Pkg(host, debdir, deb)
+        p = Pkg(host, debdir, Path())
         p.dist = dist
+        if dist == "bookworm":
+            built, _ = request.getfixturevalue("built_deb")
+            shutil.copy(built, debdir)
+            p.deb = debdir / built.name
+            # Dependencies from the package registry, downloaded on this machine (not installed);
+            # the host's root is an overlay of this machine's, so it sees the cache. (Debian 13's
+            # are in its cached root already.)
+            t0 = time.monotonic()
+            _apt_get(["install", "--download-only", "-o", f"Dir::Cache::archives={DEB_CACHE}", str(p.deb)])
+            print(f"dependencies downloaded/checked: {time.monotonic() - t0:.1f} s")
+        else:
+            p.deb = _build(p, source_tree(debdir / "src"))
         # apt refuses --no-download together with a local .deb, so the downloaded
         # dependencies go into the host's own archive cache (its writes vanish with it).
         p.run("sh", "-c", f"cp {DEB_CACHE}/*.deb /var/cache/apt/archives/ 2>/dev/null || true")
         t0 = time.monotonic()
-        r = p.run("sh", "-c", f"cd {debdir} && apt-get install -y -q ./{deb.name}", check=False, timeout=300)
-        print(f"apt-get install ./{deb.name} inside the host: {time.monotonic() - t0:.1f} s")
+        r = p.run("sh", "-c", f"cd {debdir} && apt-get install -y -q ./{p.deb.name}", check=False, timeout=300)
+        print(f"apt-get install ./{p.deb.name} inside the host: {time.monotonic() - t0:.1f} s")
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
         yield p
     finally:
         if host is not None:
             host.shutdown()
         shutil.rmtree(debdir, ignore_errors=True)
+
+
+def test_lintian_of_the_distribution_finds_nothing_unexplained(pkg):
+    """The distribution's own lintian on the .deb it built: no error or warning that is not
+    overridden (debian/imapd-ctl.lintian-overrides says why for each), no info or pedantic tag
+    that is neither overridden nor explained (pkgbuild.EXPLAINED_TAGS)."""
+    r = pkg.run("lintian", "--pedantic", "--display-info", "--show-overrides", str(pkg.deb), check=False,
+                timeout=300)
+    overridden = [line for line in r.stdout.splitlines() if line.startswith("O: ")]
+    print(f"\nlintian --pedantic ({pkg.dist}): {len(overridden)} overridden:", *overridden, sep="\n  ")
+    assert lintian_findings(r.stdout) == [], r.stdout
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_installed_enabled_and_running_with_debian_python(pkg):
@@ -692,21 +616,38 @@ def test_non_loopback_listener_without_tls_is_refused_at_start(pkg):
     assert pkg.call("isRunning") == (0, True)
 
 
-def test_upgrade_restarts_and_keeps_settings_and_keys(pkg):
-    deb2, _ = build_deb(pkg.debdir, version="0.1.0-1+upgrade1")
+ADMIN_LINE = "# imapd-ctl test: the admin's own edit\n"
+NEXT_VERSION = "0.1.0-1+upgrade1"
+
+
+def test_upgrade_keeps_the_admins_settings_and_replaces_unedited_conffiles(pkg):
+    """The next version changes both conffiles; the admin edited the settings only. As an
+    unattended upgrade does (--force-confdef --force-confold), dpkg keeps the admin's settings
+    and puts the new default beside them; the unedited logrotate file is replaced. Keys stay,
+    both units restart."""
+    pkg.next_deb = _build(pkg, source_tree(pkg.debdir / "next", next_version=True), NEXT_VERSION)
+    before = pkg.config()
+    pkg.set_config(before + ADMIN_LINE)
     pid = pkg.show("imapd-ctl.service", "MainPID")
-    r = pkg.run("sh", "-c", f"cd {pkg.debdir} && apt-get install -y -q ./{deb2.name}", timeout=300)
-    assert "Unpacking imapd-ctl (0.1.0-1+upgrade1) over (0.1.0-1)" in r.stdout
+    r = pkg.run("sh", "-c", f"cd {pkg.debdir} && apt-get install -y -q -o Dpkg::Options::=--force-confdef "
+                f"-o Dpkg::Options::=--force-confold ./{pkg.next_deb.name}", timeout=300)
+    assert f"Unpacking imapd-ctl ({NEXT_VERSION}) over (0.1.0-1)" in r.stdout, r.stdout
+    assert "Keeping old config file as default" in r.stdout, r.stdout
+    assert pkg.config() == before + ADMIN_LINE
+    dist = pkg.host.read_file("/etc/imapd-ctl/imapd-ctl.toml.dpkg-dist").decode()
+    assert dist == before + NEXT_VERSION_LINE
+    assert pkg.host.read_file("/etc/logrotate.d/imapd-ctl").decode().endswith(NEXT_VERSION_LINE)
     assert pkg.show("imapd-ctl.service", "MainPID") not in ("0", pid)
     assert [pkg.active(u) for u in UNITS] == ["active", "active"]
-    assert pkg.call("isRunning") == (0, True)
+    assert pkg.call("isRunning") == (0, True)      # the key made before the upgrade
 
 
 def test_remove_stops_the_units_and_keeps_settings_and_keys(pkg):
     pkg.run("apt-get", "remove", "-y", "-q", "imapd-ctl")
     for unit in UNITS:
         assert pkg.active(unit) != "active", unit
-        assert pkg.run("systemctl", "is-enabled", unit, check=False).stdout.strip() in ("masked", "disabled", ""), unit
+        # Its unit files are gone with the package; nothing enables them.
+        assert pkg.run("systemctl", "is-enabled", unit, check=False).stdout.strip() in ("not-found", ""), unit
     assert not pkg.run("pgrep", "-f", "imapd-ctl serve", check=False).stdout.strip()
     assert pkg.run("test", "-e", SOCK, check=False).returncode != 0
     assert pkg.run("test", "-e", "/usr/bin/imapd-ctl", check=False).returncode != 0
@@ -734,3 +675,20 @@ def test_purge_leaves_no_unit_process_or_file(pkg):
     for path in DOC_FILES:
         assert pkg.run("test", "-e", path, check=False).returncode != 0, path
     assert pkg.active("dovecot") == "active"
+
+
+def test_reinstall_after_purge_starts_afresh(pkg):
+    """Installed again after a purge: the user, directories and units as on a first install,
+    the packaged settings (no admin edit, no dpkg leftovers), no keys."""
+    r = pkg.run("sh", "-c", f"cd {pkg.debdir} && apt-get install -y -q ./{pkg.next_deb.name}", timeout=300)
+    assert "imapd-ctl key create NAME" in r.stdout, r.stdout     # the first-install hint
+    for unit in UNITS:
+        assert pkg.run("systemctl", "is-enabled", unit, check=False).stdout.strip() == "enabled", unit
+        assert pkg.active(unit) == "active", unit
+    assert pkg.run("stat", "-c", "%a %U", "/var/lib/imapd-ctl", "/var/log/imapd-ctl").stdout.split() == \
+        ["700", "imapd-ctl", "750", "imapd-ctl"]
+    assert pkg.run("ls", "-A", "/etc/imapd-ctl").stdout.split() == ["imapd-ctl.toml", "nodes", "nodes.d"]
+    assert pkg.config().endswith(NEXT_VERSION_LINE) and ADMIN_LINE not in pkg.config()
+    assert pkg.run("test", "-e", "/var/lib/imapd-ctl/keys.json", check=False).returncode != 0
+    assert json.loads(pkg.curl("isRunning"))["status"] == 401     # the old key is gone
+    assert pkg.run("imapd-ctl", "call", "isRunning").stdout.strip() == "true"
