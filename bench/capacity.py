@@ -2,7 +2,7 @@
 throw-away Dovecot host.
 
 Prints, from one run, side by side (median latency, one client, unix socket):
-  1. queryCapacity ÷ isRunning, and a /metrics scrape ÷ isRunning;
+  1. queryCapacity ÷ isRunning, and a /metrics scrape ÷ isRunning (scrapes 20 ms apart);
   2. queryCapacity ÷ the shell approach (`doveadm service status imap imap-login` +
      `ss -Htn state established '( sport = :143 or sport = :993 )'`, run inside the host);
   3. queryCapacity with --connections open IMAP connections ÷ with none (and the count it saw).
@@ -53,7 +53,9 @@ def main() -> int:
                 fn()
         run_lat, run_n = latency(is_running, 500, args.seconds)
         cap_lat, cap_n = latency(capacity, 500, args.seconds)
-        scrape_lat, scrape_n = latency(scrape, 500, args.seconds)
+        # A scrape at a time, 20 ms apart, as Prometheus scrapes: back to back, each would wait
+        # for the server's scrape lane (server/lanes.py) and this would time the lane's spacing.
+        scrape_lat, scrape_n = latency(scrape, 500, args.seconds, gap=0.02)
         shell_lat, shell_n = shell_latency(host, SHELL, 200, args.seconds)
         for _ in range(n_conn):
             c = socket.create_connection((host.address, 143), timeout=10)

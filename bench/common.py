@@ -32,11 +32,13 @@ print(statistics.median(samples), len(samples))
 """
 
 
-def latency(fn: Callable[[], object], n: int, seconds: float) -> tuple[float, int]:
-    """Median seconds of fn() over at most n calls and `seconds`, and the sample count."""
+def latency(fn: Callable[[], object], n: int, seconds: float, gap: float = 0.0) -> tuple[float, int]:
+    """Median seconds of fn() over at most n calls and `seconds`, and the sample count; `gap`:
+    seconds slept before each call, not timed."""
     samples: list[float] = []
     end = time.monotonic() + seconds
     while len(samples) < n and time.monotonic() < end:
+        time.sleep(gap)
         t = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t)

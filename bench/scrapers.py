@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -57,17 +56,14 @@ def measure(host, d, scrapers: int, seconds: float) -> dict:
     def is_running():
         assert client.call(d.socket, d.key, "isRunning") == (0, True)
 
-    def scrape():
-        time.sleep(0.05)
-        t = time.perf_counter()
+    def lone_scrape():
         assert client.request(d.socket, "GET", "/metrics")[0] == 200
-        return time.perf_counter() - t
 
     for _ in range(50):        # warm both workers
         is_running()
         client.request(d.socket, "GET", "/metrics")
     alone, _ = latency(is_running, 2000, seconds)
-    lone = statistics.median(scrape() for _ in range(40))
+    lone, _ = latency(lone_scrape, 40, seconds, gap=0.05)
     procs = 4
     began = host.last_pid()
     running = [subprocess.Popen([sys.executable, "-c", SCRAPER, str(d.socket), str(scrapers // procs),
