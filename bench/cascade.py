@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
-from cluster_fixture import Cluster3  # noqa: E402
+from cluster_fixture import HostCluster  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -31,7 +31,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="restarts of each kind (bounded: at most 10)")
     args = ap.parse_args()
     rounds = max(1, min(args.rounds, 10))
-    cluster = Cluster3(size=args.nodes)
+    cluster = HostCluster(size=args.nodes)
     try:
         cluster.start()
         first = cluster.nodes[0].daemon
