@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import resource
+import select
 import socket
 import ssl
 import urllib.parse
@@ -65,6 +66,16 @@ def room_for(calls: int) -> int:
         except (ValueError, OSError):
             pass
     return max(1, min(calls, soft - in_use - FD_RESERVE))
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Has the other end of an idle kept-alive connection closed it (readable with nothing to
+    say: EOF, or TLS close_notify)?"""
+    try:
+        ready, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(ready)
 
 
 def _fixed(nodes: list[Node]) -> Callable[[], list[Node]]:
@@ -117,7 +128,7 @@ class Session:
         except ssl.SSLCertVerificationError as exc:
             return self._gone(f"refused its TLS certificate ({exc.verify_message or exc.reason})")
         except (socket.timeout, TimeoutError):
-            return self._gone(f"no answer from {node.url} within {self.timeout:.0f} s")
+            return self._gone(f"no answer from {node.url} within {self.timeout:g} s")
         except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
             return self._gone(f"cannot reach {node.url}: {exc}")
         try:
@@ -135,17 +146,19 @@ class Session:
         url = urllib.parse.urlsplit(self.node.url)
         request = (f"{url.path.rstrip('/')}{self.controller}/{action}", json.dumps(inputs),
                    {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        if self._conn is not None and self._conn.sock is not None and _closed_by_peer(self._conn.sock):
+            self.close()       # the node ended the kept-alive connection while it was idle
         kept = self._conn is not None
         if self._conn is None:
             self._conn = http.client.HTTPSConnection(url.hostname or "", url.port or 443, timeout=self.timeout,
                                                      context=context)
         try:
             return self._send(*request)
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
             if not kept:
                 raise
-        # The node closed a kept-alive connection while it was idle, before reading this request
-        # (it answers every request it reads): the request is sent once more, on a new connection.
+        # The node closed a kept-alive connection as the request went out, before reading it (it
+        # answers every request it reads): the request is sent once more, on a new connection.
         self.close()
         self._conn = http.client.HTTPSConnection(url.hostname or "", url.port or 443, timeout=self.timeout,
                                                  context=context)
