@@ -1,7 +1,7 @@
 """The caller side of bench/fleet.py sim, in a process of its own: the real fan-out
 (adapters.cluster.Cluster.replay as a cascade makes it, cli.status.cluster_status as `status
---all` makes it) against the peers of a registry. argv: the registry (JSON), node_timeout,
-rounds. Prints one JSON object: median seconds of one peer's restart ("single") and of the
+--all` makes it) against the peers of a registry. argv: "-" (the registry, JSON, on stdin),
+node_timeout, rounds. Prints one JSON object: median seconds of one peer's restart ("single") and of the
 cascade, the peak resident memory the cascade added (KiB), `status --all` kept-alive and with a
 connection per call, and the rows counted by reason."""
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -24,6 +25,11 @@ def _kib(field: str) -> int:
     raise KeyError(field)
 
 
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _reason(row: dict) -> str:
     if row["status"] == 0:
         return "ok"
@@ -35,7 +41,7 @@ def _reason(row: dict) -> str:
 
 
 def main() -> int:
-    registry, timeout, rounds = json.loads(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+    registry, timeout, rounds = json.load(sys.stdin), float(sys.argv[2]), int(sys.argv[3])
     nodes = [Node(e["id"], e["url"], "", e["ca"], key_file=e["key_file"]) for e in registry]
     cluster = Cluster("sim0", nodes, timeout)
     first = nodes[0]
@@ -52,10 +58,12 @@ def main() -> int:
         f.write("5")
     base = _kib("VmRSS")
     cascade_t, rows = [], []
+    cpu = _cpu()
     for _ in range(rounds):
         t = time.perf_counter()
         rows = cluster.replay("restart", {})
         cascade_t.append(time.perf_counter() - t)
+    cpu = (_cpu() - cpu) / rounds
     grow = _kib("VmHWM") - base
 
     def timed_status(callers: dict) -> tuple[float, dict]:
@@ -68,7 +76,7 @@ def main() -> int:
     def fresh(node: Node) -> calls.Caller:
         return lambda action, inputs: calls.Answer(*cluster.call(node, action, inputs))
     fresh_t, _ = timed_status({n.id: fresh(n) for n in nodes})
-    print(json.dumps({"single": single_t, "cascade": statistics.median(cascade_t), "grow_kib": grow,
+    print(json.dumps({"single": single_t, "cascade": statistics.median(cascade_t), "grow_kib": grow, "cascade_cpu": cpu,
                       "status": kept, "status_fresh": fresh_t,
                       "rows_ok": sum(1 for r in result["nodes"] if not r["problems"]),
                       "reasons": dict(collections.Counter(_reason(r) for r in rows)),

@@ -115,6 +115,12 @@ class Peers:
                     s.bind(("127.0.0.1", 0))
                     self.ports[i] = s.getsockname()[1]
 
+    def cpu(self) -> float:
+        """CPU seconds the server processes have used."""
+        tick = os.sysconf("SC_CLK_TCK")
+        return sum(sum(int(x) for x in open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[11:13]) / tick
+                   for p in self.procs)
+
     def stop(self) -> None:
         for proc in self.procs:
             proc.stdin.close()
@@ -129,8 +135,8 @@ class Peers:
 def probe(registry: list[dict], timeout: float, rounds: int) -> dict:
     """Run the caller (bench/fanprobe.py) in a process of its own, so its memory is its own."""
     r = subprocess.run([str(REPO / ".venv" / "bin" / "python"), str(Path(__file__).with_name("fanprobe.py")),
-                        json.dumps(registry), str(timeout), str(rounds)],
-                       capture_output=True, text=True, timeout=600)
+                        "-", str(timeout), str(rounds)],
+                       input=json.dumps(registry), capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         raise RuntimeError(r.stderr[-3000:])
     return json.loads(r.stdout)
@@ -155,13 +161,16 @@ def simulate(args) -> None:
         for n in (int(x) for x in args.sizes.split(",")):
             peers = Peers(["ok"] * n, args.latency, slow, pki, args.servers)
             try:
+                served = peers.cpu()
                 got = probe(registry(peers.ports), args.timeout, 3)
+                served = peers.cpu() - served
             finally:
                 peers.stop()
             print(f"{n:5d} peers: single {got['single']:.3f} s; cascade {got['cascade']:.3f} s "
                   f"(+{got['cascade'] - got['single']:.3f} s); peak memory +{got['grow_kib'] / 1024:.1f} MiB "
                   f"({got['grow_kib'] / n:.0f} KiB per node); status --all {got['status']:.3f} s kept-alive, "
-                  f"{got['status_fresh']:.3f} s a connection per call; {got['rows_ok']}/{n} rows ok; "
+                  f"{got['status_fresh']:.3f} s a connection per call; {got['rows_ok']}/{n} rows ok; CPU per "
+                  f"cascade: caller {got['cascade_cpu']:.2f} s, all the probe's calls: peers {served:.2f} s; "
                   f"load {got['load']}", flush=True)
             mix = ["dead", "slow", "badkey"] + ["ok"] * 7
             behaviours = [mix[i % 10] for i in range(n)]

@@ -5,6 +5,8 @@ named once with the reason, never called twice."""
 import json
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -156,3 +158,17 @@ def test_dead_silent_and_refused_nodes_each_get_one_row_and_one_call(peer, silen
         if not r["reached"]:
             assert r["problems"] == [r["problems"][0]] and r["node"] in r["problems"][0]
     assert len(held) == 16 and ok.connections == 16 and refusing.connections == 16
+
+
+def test_the_open_file_limit_is_raised_for_a_fan_out_that_needs_it():
+    """In a process of its own (the limit is the process's): soft limit 256, a fan-out of 2,000."""
+    probe = ("import resource\n"
+             "from imapd_ctl.adapters.cluster import room_for\n"
+             "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+             "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+             "print(room_for(2000), resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)\n")
+    room, soft, hard = map(int, subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                               check=True).stdout.split())
+    if hard < 4000:
+        pytest.fail(f"this machine's hard limit on open files ({hard}) is too low for the test")
+    assert room == 2000 and 2000 < soft < 4000
