@@ -1,7 +1,7 @@
 """Benchmark: wall time of a cascaded restart to N nodes ÷ a single-node restart.
 
 Fan-out is parallel, so the ratio should stay near 1 (a serial fan-out would be about N).
-Boots N throw-away mail hosts on a bridge (see tests/cluster_fixture.py), each with Dovecot
+Boots N throw-away mail hosts on a bridge (see tests/e2e/cluster_fixture.py; bench/fleet.py for a fleet), each with Dovecot
 and imapd-ctl talking HTTPS to the others. Run as root after scripts/setup:
     .venv/bin/python bench/cascade.py [--nodes 3] [--rounds 3]
 """
