@@ -16,13 +16,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import queue
 import resource
 import select
 import socket
 import ssl
 import urllib.parse
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from imapd_ctl.adapters import secrets
@@ -30,7 +30,7 @@ from imapd_ctl.core.actions import CONTROLLER
 from imapd_ctl.core.errors import NotFound
 from imapd_ctl.core.settings import Node, SecretFile
 
-__all__ = ["Cluster", "Node", "Session", "room_for"]
+__all__ = ["Cluster", "Node", "Session", "at_once", "room_for"]
 
 Reply = tuple[int, Any]
 
@@ -218,9 +218,44 @@ class Cluster:
         return list(zip(nodes, self.fan_out(nodes, lambda n: self.call(n, action, inputs, controller))))
 
     def fan_out(self, items: list[Any], fn: Callable[[Any], Any]) -> list[Any]:
-        """fn(item) for every item at once (a thread each, up to `parallel` and what the file
-        descriptors allow), in the items' order."""
-        if not items:
-            return []
-        with ThreadPoolExecutor(max_workers=min(self.parallel, room_for(len(items)))) as pool:
-            return list(pool.map(fn, items))
+        """fn(item) for every item at once (at_once, up to `parallel`), in the items' order."""
+        return at_once(items, fn, self.parallel)
+
+
+def at_once(items: list[Any], fn: Callable[[Any], Any], cap: int) -> list[Any]:
+    """fn(item) for every item, a thread each (up to `cap` and what the file descriptors allow;
+    the threads take the items left as they finish), in the items' order. A thread the process
+    cannot start (its unit's TasksMax, memory) is not an error: the threads already running
+    take the rest, or this one does. An exception of fn is raised here, after every call ended."""
+    results: list[Any] = [None] * len(items)
+    failures: list[BaseException] = []
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for i in range(len(items)):
+        todo.put(i)
+
+    def work() -> None:
+        while True:
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                results[i] = fn(items[i])
+            except BaseException as exc:       # raised once every call has ended
+                failures.append(exc)
+
+    threads: list[threading.Thread] = []
+    for _ in range(min(max(1, cap), room_for(len(items))) if items else 0):
+        thread = threading.Thread(target=work, name="fan-out", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:                   # "can't start new thread"
+            break
+        threads.append(thread)
+    if not threads:
+        work()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return results

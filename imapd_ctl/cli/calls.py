@@ -5,11 +5,10 @@ operator's key), or another node of the registry over HTTPS with the key this ho
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from imapd_ctl.adapters.cluster import Cluster, room_for
+from imapd_ctl.adapters.cluster import Cluster, at_once
 from imapd_ctl.core import actions
 from imapd_ctl.core.actions import ACTIONS, CONTROLLER
 from imapd_ctl.core.errors import ApiError
@@ -122,7 +121,4 @@ def fan_out(callers: dict[str, Caller], plan: list[tuple[str, dict[str, Any]]],
                 close()
 
     nodes = list(callers)
-    if not nodes:
-        return {}
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, room_for(len(nodes))))) as pool:
-        return dict(zip(nodes, pool.map(node_plan, nodes)))
+    return dict(zip(nodes, at_once(nodes, node_plan, parallel)))

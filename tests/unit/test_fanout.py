@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from test_cluster import KEY, pki  # noqa: F401  (the module's CA and certificate for 127.0.0.1)
 
-from imapd_ctl.adapters.cluster import Cluster, Node
+from imapd_ctl.adapters.cluster import Cluster, Node, at_once
 from imapd_ctl.cli import calls, status
 
 
@@ -172,3 +172,33 @@ def test_the_open_file_limit_is_raised_for_a_fan_out_that_needs_it():
     if hard < 4000:
         pytest.fail(f"this machine's hard limit on open files ({hard}) is too low for the test")
     assert room == 2000 and 2000 < soft < 4000
+
+
+def test_threads_the_process_cannot_start_leave_the_work_to_those_running(monkeypatch):
+    """Past the unit's TasksMax, Thread.start raises: the fan-out still does every item, with
+    the threads it has (or in the calling thread when it has none)."""
+    real_start, started = threading.Thread.start, []
+
+    def start_three(thread):
+        if thread.name == "fan-out" and len(started) >= 3:
+            raise RuntimeError("can't start new thread")
+        started.append(thread)
+        real_start(thread)
+    monkeypatch.setattr(threading.Thread, "start", start_three)
+    items = list(range(50))
+    assert at_once(items, lambda i: i * i, cap=4096) == [i * i for i in items]
+    assert len(started) == 3
+    started.extend([None] * 10)
+    assert at_once(items, lambda i: -i, cap=4096) == [-i for i in items]
+
+
+def test_a_failure_of_one_call_is_raised_after_every_call_ended():
+    done = []
+
+    def fn(i):
+        if i == 3:
+            raise ValueError("a bug")
+        done.append(i)
+    with pytest.raises(ValueError, match="a bug"):
+        at_once(list(range(20)), fn, cap=8)
+    assert sorted(done) == [i for i in range(20) if i != 3]
