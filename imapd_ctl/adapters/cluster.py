@@ -71,11 +71,12 @@ def room_for(calls: int) -> int:
 def _closed_by_peer(sock: socket.socket) -> bool:
     """Has the other end of an idle kept-alive connection closed it (readable with nothing to
     say: EOF, or TLS close_notify)?"""
+    poller = select.poll()      # not select(): a fan-out's descriptors go past 1024
     try:
-        ready, _, _ = select.select([sock], [], [], 0)
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(ready)
 
 
 def _fixed(nodes: list[Node]) -> Callable[[], list[Node]]:
