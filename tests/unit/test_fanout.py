@@ -15,6 +15,7 @@ from test_cluster import KEY, pki  # noqa: F401  (the module's CA and certificat
 
 from imapd_ctl.adapters.cluster import Cluster, Node, at_once
 from imapd_ctl.cli import calls, status
+from imapd_ctl.core.settings import load
 
 
 class _Peer(BaseHTTPRequestHandler):
@@ -202,3 +203,15 @@ def test_a_failure_of_one_call_is_raised_after_every_call_ended():
     with pytest.raises(ValueError, match="a bug"):
         at_once(list(range(20)), fn, cap=8)
     assert sorted(done) == [i for i in range(20) if i != 3]
+
+
+def test_the_cap_is_well_above_a_fleet_and_checked(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("")
+    assert load(str(path)).cascade_parallel == 4096
+    for bad in ("0", "65537"):
+        path.write_text(f"cascade_parallel = {bad}\n")
+        with pytest.raises(ValueError, match="cascade_parallel must be from 1 to 65536 calls at once"):
+            load(str(path))
+    path.write_text("cascade_parallel = 65536\n")
+    assert load(str(path)).cascade_parallel == 65536
