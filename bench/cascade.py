@@ -1,7 +1,7 @@
 """Benchmark: wall time of a cascaded restart to N nodes ÷ a single-node restart.
 
 Fan-out is parallel, so the ratio should stay near 1 (a serial fan-out would be about N).
-Boots N throw-away mail hosts on a bridge (see tests/cluster_fixture.py), each with Dovecot
+Boots N throw-away mail hosts on a bridge (see tests/e2e/cluster_fixture.py; bench/fleet.py for a fleet), each with Dovecot
 and imapd-ctl talking HTTPS to the others. Run as root after scripts/setup:
     .venv/bin/python bench/cascade.py [--nodes 3] [--rounds 3]
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
-from cluster_fixture import Cluster3  # noqa: E402
+from cluster_fixture import HostCluster  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -31,7 +31,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="restarts of each kind (bounded: at most 10)")
     args = ap.parse_args()
     rounds = max(1, min(args.rounds, 10))
-    cluster = Cluster3(size=args.nodes)
+    cluster = HostCluster(size=args.nodes)
     try:
         cluster.start()
         first = cluster.nodes[0].daemon

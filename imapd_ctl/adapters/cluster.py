@@ -2,21 +2,27 @@
 
 The registry (adapters.registry: the settings' `[[nodes]]` and the nodes_dir files; id, url,
 ca, and the key or the file holding it, read at each call) is asked at each call. `*OnNode`
-forwards to one node; `cascade_to_nodes=1` replays an action on every node at once (up to
-`cascade_parallel` calls), each with its own timeout, so a cascade takes the slowest node's
-time and a dead node costs one timeout. A replay is sent with cascade_to_nodes=0, so it never
-cascades again.
+forwards to one node; `cascade_to_nodes=1` replays an action on every node at once, each with
+its own timeout, so a cascade takes the slowest node's time and a dead node costs one timeout.
+A replay is sent with cascade_to_nodes=0, so it never cascades again.
+
+All at once means a thread and a connection per node: the threads wait on the network, and the
+TLS work they do lets go of the GIL. `parallel` (the settings' cascade_parallel) caps them well
+above any real fleet; what bounds them in practice is the file descriptors, so the soft
+RLIMIT_NOFILE is raised toward the hard one when a fan-out needs it.
 """
 from __future__ import annotations
 
 import http.client
 import json
 import os
+import queue
+import resource
+import select
 import socket
 import ssl
 import urllib.parse
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from imapd_ctl.adapters import secrets
@@ -24,11 +30,13 @@ from imapd_ctl.core.actions import CONTROLLER
 from imapd_ctl.core.errors import NotFound
 from imapd_ctl.core.settings import Node, SecretFile
 
-__all__ = ["Cluster", "Node"]
+__all__ = ["Cluster", "Node", "Session", "at_once", "room_for"]
 
+Reply = tuple[int, Any]
 
 _contexts: dict[str, tuple[tuple[int, int], ssl.SSLContext]] = {}   # CA file -> (its version, context)
 _contexts_lock = threading.Lock()
+FD_RESERVE = 64       # descriptors a fan-out leaves to the rest of the process (logs, listeners, the bus)
 
 
 def _context(ca: str) -> ssl.SSLContext:
@@ -44,16 +52,134 @@ def _context(ca: str) -> ssl.SSLContext:
         return known[1]
 
 
+def room_for(calls: int) -> int:
+    """How many of `calls` connections this process can hold open at once, after raising the
+    soft RLIMIT_NOFILE (up to the hard limit) if they would not fit under it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    need = in_use + calls + FD_RESERVE
+    if need > soft and soft != hard:
+        raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    return max(1, min(calls, soft - in_use - FD_RESERVE))
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Has the other end of an idle kept-alive connection closed it (readable with nothing to
+    say: EOF, or TLS close_notify)?"""
+    poller = select.poll()      # not select(): a fan-out's descriptors go past 1024
+    try:
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
+
+
 def _fixed(nodes: list[Node]) -> Callable[[], list[Node]]:
     listed = list(nodes)
     return lambda: listed
+
+
+class Session:
+    """Calls to one node over one HTTPS connection, kept alive between them. Once the node could
+    not be reached, every later call of the session gets that reason at once: a dead node is
+    waited on once, not once per call."""
+
+    def __init__(self, node: Node, timeout: float, controller: str = CONTROLLER):
+        self.node, self.timeout, self.controller = node, timeout, controller
+        self._conn: http.client.HTTPSConnection | None = None
+        self._unreached: Reply | None = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, action: str, inputs: dict[str, Any]) -> Reply:
+        """(status, payload) of one action; failures to reach the node are status 502 with the
+        reason (refused, timed out, certificate not trusted...)."""
+        if self._unreached is not None:
+            return self._unreached
+        node = self.node
+        if node.key_file:
+            wrong = secrets.problem(SecretFile(node.key_file, f"the key of node {node.id}"))
+            if wrong is not None:
+                return 502, f"node {node.id}: not called: {wrong}"
+        try:
+            key = node.key or secrets.read_key(node.key_file)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return 502, f"node {node.id}: cannot read its key from {node.key_file}: {reason}"
+        try:
+            context = _context(node.ca)
+        except (OSError, ssl.SSLError) as exc:
+            return 502, f"node {node.id}: cannot use its CA file {node.ca}: {exc}"
+        try:
+            status, body = self._exchange(context, action, inputs, key)
+        except ssl.SSLCertVerificationError as exc:
+            return self._gone(f"refused its TLS certificate ({exc.verify_message or exc.reason})")
+        except (socket.timeout, TimeoutError):
+            return self._gone(f"no answer from {node.url} within {self.timeout:g} s")
+        except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+            return self._gone(f"cannot reach {node.url}: {exc}")
+        try:
+            reply = json.loads(body)
+            return int(reply["status"]), reply["payload"]
+        except (ValueError, KeyError, TypeError):
+            return 502, f"node {node.id}: not an imapd-ctl reply (HTTP {status})"
+
+    def _gone(self, reason: str) -> Reply:
+        self.close()
+        self._unreached = (502, f"node {self.node.id}: {reason}")
+        return self._unreached
+
+    def _exchange(self, context: ssl.SSLContext, action: str, inputs: dict[str, Any], key: str) -> tuple[int, bytes]:
+        url = urllib.parse.urlsplit(self.node.url)
+        request = (f"{url.path.rstrip('/')}{self.controller}/{action}", json.dumps(inputs),
+                   {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        if self._conn is not None and self._conn.sock is not None and _closed_by_peer(self._conn.sock):
+            self.close()       # the node ended the kept-alive connection while it was idle
+        kept = self._conn is not None
+        if self._conn is None:
+            self._conn = http.client.HTTPSConnection(url.hostname or "", url.port or 443, timeout=self.timeout,
+                                                     context=context)
+        try:
+            return self._send(*request)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
+            if not kept:
+                raise
+        # The node closed a kept-alive connection as the request went out, before reading it (it
+        # answers every request it reads): the request is sent once more, on a new connection.
+        self.close()
+        self._conn = http.client.HTTPSConnection(url.hostname or "", url.port or 443, timeout=self.timeout,
+                                                 context=context)
+        return self._send(*request)
+
+    def _send(self, path: str, body: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        assert self._conn is not None
+        self._conn.request("POST", path, body=body, headers=headers)
+        resp = self._conn.getresponse()
+        data = resp.read()
+        if resp.will_close:
+            self.close()
+        return resp.status, data
 
 
 class Cluster:
     """`nodes`: the registry, asked at each call (adapters.registry.Registry.nodes), or a fixed list."""
 
     def __init__(self, local_id: str, nodes: Callable[[], list[Node]] | list[Node], timeout: float,
-                 parallel: int = 256):
+                 parallel: int = 4096):
         self.local_id = local_id
         self._nodes = nodes if callable(nodes) else _fixed(nodes)
         self.timeout = timeout
@@ -72,47 +198,13 @@ class Cluster:
             raise NotFound(f"node_id: unknown node {node_id!r}; known nodes: {self.known()}")
         return node
 
-    def call(self, node: Node, action: str, inputs: dict[str, Any],
-             controller: str = CONTROLLER) -> tuple[int, Any]:
-        """(status, payload) of one action of `controller` on a node; failures to reach it are status 502
-        with the reason (refused, timed out, certificate not trusted...)."""
-        if node.key_file:
-            wrong = secrets.problem(SecretFile(node.key_file, f"the key of node {node.id}"))
-            if wrong is not None:
-                return 502, f"node {node.id}: not called: {wrong}"
-        try:
-            key = node.key or secrets.read_key(node.key_file)
-        except (OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            return 502, f"node {node.id}: cannot read its key from {node.key_file}: {reason}"
-        url = urllib.parse.urlsplit(node.url)
-        try:
-            context = _context(node.ca)
-        except (OSError, ssl.SSLError) as exc:
-            return 502, f"node {node.id}: cannot use its CA file {node.ca}: {exc}"
-        try:
-            conn = http.client.HTTPSConnection(url.hostname or "", url.port or 443, timeout=self.timeout,
-                                               context=context)
-            try:
-                conn.request("POST", f"{url.path.rstrip('/')}{controller}/{action}",
-                             body=json.dumps(inputs),
-                             headers={"Authorization": f"Bearer {key}",
-                                      "Content-Type": "application/json"})
-                resp = conn.getresponse()
-                body = resp.read()
-            finally:
-                conn.close()
-        except ssl.SSLCertVerificationError as exc:
-            return 502, f"node {node.id}: refused its TLS certificate ({exc.verify_message or exc.reason})"
-        except (socket.timeout, TimeoutError):
-            return 502, f"node {node.id}: no answer from {node.url} within {self.timeout:.0f} s"
-        except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
-            return 502, f"node {node.id}: cannot reach {node.url}: {exc}"
-        try:
-            reply = json.loads(body)
-            return int(reply["status"]), reply["payload"]
-        except (ValueError, KeyError, TypeError):
-            return 502, f"node {node.id}: not an imapd-ctl reply (HTTP {resp.status})"
+    def session(self, node: Node, controller: str = CONTROLLER) -> Session:
+        return Session(node, self.timeout, controller)
+
+    def call(self, node: Node, action: str, inputs: dict[str, Any], controller: str = CONTROLLER) -> Reply:
+        """(status, payload) of one action of `controller` on a node (Session.call)."""
+        with self.session(node, controller) as s:
+            return s.call(action, inputs)
 
     def replay(self, action: str, inputs: dict[str, Any], controller: str = CONTROLLER) -> list[dict[str, Any]]:
         """Run the action (of `controller`) on every other node at once; one outcome per node, by id."""
@@ -121,11 +213,50 @@ class Cluster:
         return [{"id": n.id, "status": s, "payload": p} for n, (s, p) in self.on_each(action, inputs, controller)]
 
     def on_each(self, action: str, inputs: dict[str, Any],
-                controller: str = CONTROLLER) -> list[tuple[Node, tuple[int, Any]]]:
-        """The action on every other node at once (up to `parallel` calls), by id: each node
-        with its (status, payload)."""
+                controller: str = CONTROLLER) -> list[tuple[Node, Reply]]:
+        """The action on every other node at once, by id: each node with its (status, payload)."""
         nodes = sorted(self.nodes.values(), key=lambda n: n.id)
-        if not nodes:
-            return []
-        with ThreadPoolExecutor(max_workers=min(self.parallel, len(nodes))) as pool:
-            return list(zip(nodes, pool.map(lambda n: self.call(n, action, inputs, controller), nodes)))
+        return list(zip(nodes, self.fan_out(nodes, lambda n: self.call(n, action, inputs, controller))))
+
+    def fan_out(self, items: list[Any], fn: Callable[[Any], Any]) -> list[Any]:
+        """fn(item) for every item at once (at_once, up to `parallel`), in the items' order."""
+        return at_once(items, fn, self.parallel)
+
+
+def at_once(items: list[Any], fn: Callable[[Any], Any], cap: int) -> list[Any]:
+    """fn(item) for every item, a thread each (up to `cap` and what the file descriptors allow;
+    the threads take the items left as they finish), in the items' order. A thread the process
+    cannot start (its unit's TasksMax, memory) is not an error: the threads already running
+    take the rest, or this one does. An exception of fn is raised here, after every call ended."""
+    results: list[Any] = [None] * len(items)
+    failures: list[BaseException] = []
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for i in range(len(items)):
+        todo.put(i)
+
+    def work() -> None:
+        while True:
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                results[i] = fn(items[i])
+            except BaseException as exc:       # raised once every call has ended
+                failures.append(exc)
+
+    threads: list[threading.Thread] = []
+    for _ in range(min(max(1, cap), room_for(len(items))) if items else 0):
+        thread = threading.Thread(target=work, name="fan-out", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:                   # "can't start new thread"
+            break
+        threads.append(thread)
+    if not threads:
+        work()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return results

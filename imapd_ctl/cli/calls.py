@@ -4,11 +4,11 @@ operator's key), or another node of the registry over HTTPS with the key this ho
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from imapd_ctl.adapters.cluster import Cluster
+from imapd_ctl.adapters.cluster import Cluster, at_once
 from imapd_ctl.core import actions
 from imapd_ctl.core.actions import ACTIONS, CONTROLLER
 from imapd_ctl.core.errors import ApiError
@@ -64,17 +64,23 @@ def local(sock: str, key: str | None, controller: str = CONTROLLER, timeout: flo
 
 def remote(cluster: Cluster, node_id: str, controller: str = CONTROLLER) -> Caller:
     """Calls to `controller` on another node of the registry (HTTPS, verified, node_timeout per
-    call). An unknown id is a Refusal listing the known ones."""
+    call), over one connection kept alive between them (the caller's `close` ends it); once the
+    node could not be reached, later calls say so at once. An unknown id is a Refusal listing
+    the known ones."""
     try:
         node = cluster.node(node_id)
     except ApiError as exc:            # NotFound: its message lists the known ids
         raise Refusal(USAGE, exc.message) from None
+    session = cluster.session(node, controller)
+    one_at_a_time = threading.Lock()   # one connection: its calls go in turn
 
     def call(action: str, inputs: dict[str, Any]) -> Answer:
-        status, payload = cluster.call(node, action, inputs, controller)
-        # Cluster.call answers 502 with the reason when the node could not be reached at all.
+        with one_at_a_time:
+            status, payload = session.call(action, inputs)
+        # A Session answers 502 with the reason when the node could not be reached at all.
         reached = not (status == 502 and isinstance(payload, str) and payload.startswith(f"node {node.id}:"))
         return Answer(status, payload, reached)
+    call.close = session.close         # type: ignore[attr-defined]
     return call
 
 
@@ -93,15 +99,12 @@ def target(settings: Settings, cluster: Cluster, node_id: str | None, *, sock: s
 
 
 def fan_out(callers: dict[str, Caller], plan: list[tuple[str, dict[str, Any]]],
-            parallel: int = 256) -> dict[str, dict[str, Answer]]:
-    """Every (node, action) of the plan at once: {node: {action: Answer}}. Each call has its
-    own timeout (the node's); the whole takes as long as the slowest single call, not the sum.
-    A node that cannot be called at all gives Answers with reached=False and the reason."""
-    jobs = [(node, action, inputs) for node in callers for action, inputs in plan]
-    results: dict[str, dict[str, Answer]] = {node: {} for node in callers}
-
-    def one(job: tuple[str, str, dict[str, Any]]) -> Answer:
-        node, action, inputs = job
+            parallel: int = 4096) -> dict[str, dict[str, Answer]]:
+    """Every node of `callers` at once, each asked the plan's actions in turn (over one
+    connection where the caller keeps one): {node: {action: Answer}}. Each call has its own
+    timeout (the node's), so the whole takes about as long as the slowest node's plan. A node
+    that cannot be called at all gives Answers with reached=False and the reason."""
+    def one(node: str, action: str, inputs: dict[str, Any]) -> Answer:
         try:
             return callers[node](action, inputs)
         except Refusal as exc:
@@ -109,7 +112,13 @@ def fan_out(callers: dict[str, Caller], plan: list[tuple[str, dict[str, Any]]],
         except (OSError, ValueError, KeyError) as exc:
             return Answer(502, f"{type(exc).__name__}: {exc}", reached=False)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(jobs)))) as pool:
-        for (node, action, _), answer in zip(jobs, pool.map(one, jobs)):
-            results[node][action] = answer
-    return results
+    def node_plan(node: str) -> dict[str, Answer]:
+        try:
+            return {action: one(node, action, inputs) for action, inputs in plan}
+        finally:
+            close = getattr(callers[node], "close", None)
+            if close is not None:
+                close()
+
+    nodes = list(callers)
+    return dict(zip(nodes, at_once(nodes, node_plan, parallel)))

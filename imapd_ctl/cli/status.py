@@ -138,8 +138,8 @@ def node_status(settings: Settings, sock: str, key_of: Callable[[], str | None],
     return report
 
 
-def cluster_status(local_id: str, callers: dict[str, Caller], parallel: int = 256) -> dict[str, Any]:
-    """One row per node (this node first), every node asked at once (up to `parallel` calls):
+def cluster_status(local_id: str, callers: dict[str, Caller], parallel: int = 4096) -> dict[str, Any]:
+    """One row per node (this node first), every node asked at once (up to `parallel` nodes):
     {"nodes": [...], "exit"}."""
     results = fan_out(callers, plan(), parallel)
     rows = []

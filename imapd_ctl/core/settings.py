@@ -87,7 +87,7 @@ class Settings:
     nodes_dir: str = "/etc/imapd-ctl/nodes.d"
     # Calls made at once by a cascade, `status --all` and `node check`: every node of a fleet
     # at once, up to this many (each call is a thread and a connection).
-    cascade_parallel: int = 256
+    cascade_parallel: int = 4096
     # Who may read /metrics: "local" (the unix socket and loopback TCP peers, no key), "key"
     # (a key holding the METRICS permission, from any listener), "off" (404).
     metrics_access: str = "local"
@@ -182,8 +182,8 @@ def load(path: str | None = None) -> Settings:
     if not 0 <= settings.metrics_state_interval <= 3600:
         raise ValueError(f"{path}: metrics_state_interval must be a number of seconds from 0 (read at every "
                          f"scrape) to 3600, got {settings.metrics_state_interval:g}")
-    if not 1 <= settings.cascade_parallel <= 4096:
-        raise ValueError(f"{path}: cascade_parallel must be from 1 to 4096 calls at once, got {settings.cascade_parallel}")
+    if not 1 <= settings.cascade_parallel <= 65536:
+        raise ValueError(f"{path}: cascade_parallel must be from 1 to 65536 calls at once, got {settings.cascade_parallel}")
     nodes = settings.nodes    # still the raw [[nodes]] tables of the file
     settings.nodes = [node_from(entry, f"{path} [[nodes]] #{i + 1}") for i, entry in enumerate(nodes)]
     settings.source = path

@@ -1,5 +1,6 @@
 """The cluster across real hosts: three mail hosts (each its own systemd, Dovecot and
-imapd-ctl) on one bridge, talking HTTPS with certificates from a CA made here."""
+imapd-ctl) on one bridge, talking HTTPS with certificates from a CA made here; one cluster per
+distribution (conftest's `dist`), shared by every test of the module."""
 from __future__ import annotations
 
 import json
@@ -7,15 +8,15 @@ import time
 
 import pytest
 
-from cluster_fixture import Cluster3
+from cluster_fixture import HostCluster
 from daemon import IMAPD_CTL
 
 pytestmark = pytest.mark.mailhost
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    c = Cluster3()
+def cluster(dist):
+    c = HostCluster(dist=dist)
     try:
         c.start()
         yield c

@@ -1,6 +1,6 @@
 """`imapd-ctl status` and `call`'s output without root or a mail host: the real app (dispatch,
 keys, controller on the fakes of conftest.py's `env`) served on a unix socket, the CLI against
-it; other nodes through a stand-in for Cluster.call."""
+it; other nodes through a stand-in for cluster.Session.call."""
 import io
 import json
 import threading
@@ -10,8 +10,7 @@ import pytest
 from test_cli import _UnixHTTPServer
 
 from imapd_ctl.adapters import hostinfo
-from imapd_ctl.adapters.cluster import Cluster
-from imapd_ctl.core.actions import CONTROLLER
+from imapd_ctl.adapters.cluster import Session
 from imapd_ctl.core.settings import Settings
 from imapd_ctl.cli import main as cli, show, status, statusview
 
@@ -96,12 +95,12 @@ def test_status_without_a_key_says_how_to_make_one(served, fake_wiring, capsys, 
 
 def _other_nodes(monkeypatch, env):
     """node2 answers as this node's app does (for the controller asked); node3 cannot be reached."""
-    def call(self, node, action, inputs, controller=CONTROLLER):
-        if node.id == "node3":
+    def call(self, action, inputs):
+        if self.node.id == "node3":
             return 502, "node node3: cannot reach https://198.18.0.3:8443: [Errno 111] Connection refused"
-        reply = env.client.post(f"{controller}/{action}", json=inputs, headers=env.auth())
+        reply = env.client.post(f"{self.controller}/{action}", json=inputs, headers=env.auth())
         return tuple(reply.get_json().values())
-    monkeypatch.setattr(Cluster, "call", call)
+    monkeypatch.setattr(Session, "call", call)
 
 
 def test_status_all_is_one_row_per_node_and_names_the_unreachable(served, env, fake_wiring, capsys, monkeypatch):
@@ -127,7 +126,7 @@ def test_call_node_forwards_through_the_registry(served, env, fake_wiring, capsy
     assert capsys.readouterr().out == "true\n"
     assert ctl(served, "call", "listPortNumbers", "--node", "node2", "--controller", "simap") == 0
     assert capsys.readouterr().out == "993\n"            # node2's simap, not its imap
-    monkeypatch.setattr(Cluster, "call", lambda self, node, action, inputs, controller: (401, "unknown API key"))
+    monkeypatch.setattr(Session, "call", lambda self, action, inputs: (401, "unknown API key"))
     assert ctl(served, "call", "isRunning", "--node", "node2") == 5
     assert "node node2 refused the key this host holds for it" in capsys.readouterr().err
 

@@ -97,7 +97,7 @@ def test_certificate_of_another_ca_is_refused(server, pki):
 def test_no_answer_in_time_is_a_timeout(server, pki):
     cluster = Cluster("mail1", [node(server, pki, path="/delay-1500")], timeout=0.3)
     status, payload = cluster.call(cluster.node("mail2"), "isRunning", {})
-    assert (status, payload) == (502, f"node mail2: no answer from {cluster.node('mail2').url} within 0 s")
+    assert (status, payload) == (502, f"node mail2: no answer from {cluster.node('mail2').url} within 0.3 s")
 
 
 def test_a_reply_that_is_not_an_envelope(server, pki):
