@@ -73,6 +73,10 @@ def start_worker(listener, cfg):
     w.alive = True
     loop = threading.Thread(target=w.run, daemon=True)
     loop.start()
+    # run() takes the app's gate first: a test that swaps the rules must not race it.
+    deadline = time.monotonic() + 5
+    while w.rules.gate is not gate and time.monotonic() < deadline:
+        time.sleep(0.001)
     return w, loop
 
 
