@@ -121,6 +121,12 @@ class Peers:
         return sum(sum(int(x) for x in open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[11:13]) / tick
                    for p in self.procs)
 
+    def __enter__(self) -> "Peers":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         for proc in self.procs:
             proc.stdin.close()
@@ -159,13 +165,10 @@ def simulate(args) -> None:
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     try:
         for n in (int(x) for x in args.sizes.split(",")):
-            peers = Peers(["ok"] * n, args.latency, slow, pki, args.servers)
-            try:
+            with Peers(["ok"] * n, args.latency, slow, pki, args.servers) as peers:
                 served = peers.cpu()
                 got = probe(registry(peers.ports), args.timeout, 3)
                 served = peers.cpu() - served
-            finally:
-                peers.stop()
             print(f"{n:5d} peers: single {got['single']:.3f} s; cascade {got['cascade']:.3f} s "
                   f"(+{got['cascade'] - got['single']:.3f} s); peak memory +{got['grow_kib'] / 1024:.1f} MiB "
                   f"({got['grow_kib'] / n:.0f} KiB per node); status --all {got['status']:.3f} s kept-alive, "
@@ -174,13 +177,10 @@ def simulate(args) -> None:
                   f"load {got['load']}", flush=True)
             mix = ["dead", "slow", "badkey"] + ["ok"] * 7
             behaviours = [mix[i % 10] for i in range(n)]
-            peers = Peers(behaviours, args.latency, slow, pki, args.servers)
-            try:
+            with Peers(behaviours, args.latency, slow, pki, args.servers) as peers:
                 began = time.monotonic()
                 got = probe(registry(peers.ports), args.timeout, 1)
                 took = time.monotonic() - began
-            finally:
-                peers.stop()
             print(f"{n:5d} peers, a tenth each dead, slow past the timeout, refusing the key: cascade "
                   f"{got['cascade']:.3f} s (timeout {args.timeout} s); rows by reason: {got['reasons']} "
                   f"(probe process {took:.1f} s)", flush=True)

@@ -150,23 +150,22 @@ class Session:
         if self._conn is not None and self._conn.sock is not None and _closed_by_peer(self._conn.sock):
             self.close()       # the node ended the kept-alive connection while it was idle
         kept = self._conn is not None
-        if self._conn is None:
-            self._conn = http.client.HTTPSConnection(url.hostname or "", url.port or 443, timeout=self.timeout,
-                                                     context=context)
         try:
-            return self._send(*request)
+            return self._send(url, context, *request)
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
             if not kept:
                 raise
         # The node closed a kept-alive connection as the request went out, before reading it (it
         # answers every request it reads): the request is sent once more, on a new connection.
         self.close()
-        self._conn = http.client.HTTPSConnection(url.hostname or "", url.port or 443, timeout=self.timeout,
-                                                 context=context)
-        return self._send(*request)
+        return self._send(url, context, *request)
 
-    def _send(self, path: str, body: str, headers: dict[str, str]) -> tuple[int, bytes]:
-        assert self._conn is not None
+    def _send(self, url: urllib.parse.SplitResult, context: ssl.SSLContext, path: str, body: str,
+              headers: dict[str, str]) -> tuple[int, bytes]:
+        """The request over the kept connection, or a new one when there is none."""
+        if self._conn is None:
+            self._conn = http.client.HTTPSConnection(url.hostname or "", url.port or 443, timeout=self.timeout,
+                                                     context=context)
         self._conn.request("POST", path, body=body, headers=headers)
         resp = self._conn.getresponse()
         data = resp.read()
@@ -216,11 +215,7 @@ class Cluster:
                 controller: str = CONTROLLER) -> list[tuple[Node, Reply]]:
         """The action on every other node at once, by id: each node with its (status, payload)."""
         nodes = sorted(self.nodes.values(), key=lambda n: n.id)
-        return list(zip(nodes, self.fan_out(nodes, lambda n: self.call(n, action, inputs, controller))))
-
-    def fan_out(self, items: list[Any], fn: Callable[[Any], Any]) -> list[Any]:
-        """fn(item) for every item at once (at_once, up to `parallel`), in the items' order."""
-        return at_once(items, fn, self.parallel)
+        return list(zip(nodes, at_once(nodes, lambda n: self.call(n, action, inputs, controller), self.parallel)))
 
 
 def at_once(items: list[Any], fn: Callable[[Any], Any], cap: int) -> list[Any]:
